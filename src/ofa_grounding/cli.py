@@ -1,0 +1,170 @@
+"""`ofa-ground` command line: a thin layer over the Python API.
+
+Exit codes: 0 success; 2 bad usage (wrong arguments, unusable --model, unreadable --jsonl file);
+1 when any input (image or description) failed. Errors go to stderr, one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .image import DEFAULT_MAX_PIXELS, ImageLoadError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ofa-ground", description="Visual grounding with OFA: find the box a "
+                                     "description refers to.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="ground descriptions in an image",
+                       description="Ground one or more descriptions in an image, or a batch from --jsonl.")
+    p.add_argument("--model", required=True, help="model directory (ModelScope OFA layout or ours)")
+    p.add_argument("image", nargs="?", help="image file")
+    p.add_argument("text", nargs="*", help="one or more descriptions")
+    p.add_argument("--jsonl", type=Path, help='file with one {"image": path, "text": str} per line '
+                   "(paths relative to the file's folder); prints one JSON line per input")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--alternatives", action="store_true", help="also print the other beams' boxes")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--batch-size", type=int, default=8, help="descriptions decoded together (default 8)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"ofa-ground: error: {message}", file=sys.stderr)
+
+
+def _load_grounder(args: argparse.Namespace) -> Any:
+    from .predictor import Grounder  # torch import deferred so that --help is instant
+
+    if args.batch_size < 1:
+        raise _UsageError("--batch-size must be at least 1")
+    try:
+        return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
+                                        batch_size=args.batch_size)
+    except CheckpointError as exc:
+        raise _UsageError(f"--model: {exc}") from None
+    except RuntimeError as exc:  # e.g. an unavailable device
+        raise _UsageError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.jsonl is not None:
+        if args.image or args.text:
+            raise _UsageError("give either IMAGE TEXT... or --jsonl FILE, not both")
+        return _predict_jsonl(args)
+    if not args.image or not args.text:
+        raise _UsageError("predict needs IMAGE and at least one TEXT (or --jsonl FILE)")
+    grounder = _load_grounder(args)
+    try:
+        results = grounder.predict(args.image, args.text)
+    except ImageLoadError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    width, height = results[0].image_size
+    if args.json:
+        print(json.dumps({"image": args.image, "width": width, "height": height,
+                          "results": [r.to_dict(alternatives=args.alternatives) for r in results]}))
+    else:
+        print(_table(args.image, width, height, results, args.alternatives))
+    for r in results:
+        if r.truncated:
+            _error(f"warning: description truncated to the model's source length: {r.text[:60]!r}...")
+    return EXIT_OK
+
+
+def _table(image: str, width: int, height: int, results: list, alternatives: bool) -> str:
+    lines = [f"{image} ({width}x{height})",
+             f"{'x0':>9} {'y0':>9} {'x1':>9} {'y1':>9} {'score':>8} {'conf':>7}  text"]
+    for r in results:
+        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {r.text}")
+        if alternatives:
+            for a in r.alternatives:
+                lines.append(" ".join(f"{v:9.2f}" for v in a.box) + f" {a.score:8.4f} {a.confidence:7.4f}    (alt)")
+    return "\n".join(lines)
+
+
+def _predict_jsonl(args: argparse.Namespace) -> int:
+    try:
+        lines = args.jsonl.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"--jsonl {args.jsonl}: cannot read ({exc})") from None
+    base = args.jsonl.parent
+    # Parse every line first, so that one image's descriptions run together (one image load).
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or not isinstance(item.get("image"), str) or not isinstance(
+                    item.get("text"), str):
+                raise ValueError('expected {"image": str, "text": str}')
+            records.append({"image": item["image"], "text": item["text"]})
+        except ValueError as exc:
+            records.append({"image": None, "text": None, "error": f"{args.jsonl}:{n}: {str(exc).splitlines()[0]}"})
+    grounder = _load_grounder(args)
+    by_image: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        if "error" not in rec:
+            by_image.setdefault(rec["image"], []).append(i)
+    outputs: list[dict[str, Any]] = [dict(r) for r in records]
+    for image, indices in by_image.items():
+        path = Path(image) if Path(image).is_absolute() else base / image
+        try:
+            results = grounder.predict(path, [records[i]["text"] for i in indices])
+        except (ImageLoadError, ValueError, TypeError) as exc:
+            for i in indices:
+                outputs[i]["error"] = str(exc)
+            continue
+        for i, r in zip(indices, results):
+            outputs[i].update(width=r.image_size[0], height=r.image_size[1], box=list(r.box), score=r.score,
+                              confidence=r.confidence, tokens=list(r.tokens))
+            if args.alternatives:
+                outputs[i]["alternatives"] = r.to_dict(alternatives=True)["alternatives"]
+    failed = 0
+    for out in outputs:
+        print(json.dumps(out))
+        if "error" in out:
+            failed += 1
+            _error(out["error"])
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 on bad usage
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except _UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

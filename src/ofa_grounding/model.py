@@ -1,0 +1,428 @@
+"""OFA encoder-decoder for visual grounding, read top to bottom.
+
+Order: position buckets -> attention -> encoder layer -> decoder layer -> encoder -> decoder -> OFAModel.
+Module and parameter names follow OFA's checkpoints (`encoder.layers.0.self_attn.q_proj.weight` ...),
+so loading a ModelScope state dict is a strict copy (see checkpoint.py for the few keys it drops).
+
+Shapes use: B samples, K beams, N = B*K decoder rows, L text tokens, P image tokens, S = P + L
+encoder tokens, T decoder positions, d model width, H heads, dh = d / H.
+
+Positions never enter the token stream; they only produce additive attention biases: an absolute term
+(projected, LayerNormed position embeddings, q.k) plus learned relative tables per layer (1-D log buckets
+among text tokens, 2-D buckets among image tokens). Layers are pre-norm NormFormer layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import ResNet, drop_path, linear_rates
+from .config import OFAConfig
+
+__all__ = ["OFAModel", "EncoderOutput", "DecoderState"]
+
+# OFA builds its 1-D bucket tables for this many positions; the log-bucket formula uses it as a
+# constant regardless of `max_position_embeddings`.
+_BUCKET_MAX_POSITION = 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# Relative position buckets
+
+
+@lru_cache(maxsize=8)
+def _token_bucket_by_offset(bucket_size: int) -> torch.Tensor:
+    """Bucket of every relative offset r = i - j in [-1023, 1023], stored at index r + 1023.
+
+    Same arithmetic as OFA's `make_token_bucket_position` (float32 log, ceil): offsets within
+    bucket_size/2 get their own bucket, farther ones share logarithmically wider buckets.
+    """
+    rel = torch.arange(-(_BUCKET_MAX_POSITION - 1), _BUCKET_MAX_POSITION)
+    sign = torch.sign(rel)
+    mid = bucket_size // 2
+    abs_pos = torch.where((rel < mid) & (rel > -mid), mid - 1, rel.abs())
+    log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((_BUCKET_MAX_POSITION - 1) / mid) * (mid - 1)) + mid
+    bucket = torch.where(abs_pos.le(mid), rel, log_pos.int() * sign).long()
+    return bucket + bucket_size - 1
+
+
+def token_rel_bucket(bucket_size: int, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
+    """(Tq, Tk) bucket ids for 1-D relative offsets between query and key positions."""
+    rel = q_positions[:, None] - k_positions[None, :]
+    return _token_bucket_by_offset(bucket_size).to(rel.device)[rel + _BUCKET_MAX_POSITION - 1]
+
+
+@lru_cache(maxsize=8)
+def image_grid_buckets(bucket_size: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image position ids (P,) and 2-D relative bucket ids (P, P) for an h x w feature grid.
+
+    Ids are 1-based with row stride `bucket_size` (not w): id = r * bucket_size + c + 1. The bucket of
+    tokens a, b is (r_a - r_b + bucket_size - 1) * (2 * bucket_size - 1) + (c_a - c_b + bucket_size - 1).
+    """
+    if h > bucket_size or w > bucket_size:
+        raise ValueError(f"image feature grid {h}x{w} exceeds image_bucket_size {bucket_size}")
+    r = torch.arange(h).repeat_interleave(w)
+    c = torch.arange(w).repeat(h)
+    ids = r * bucket_size + c + 1
+    side = 2 * bucket_size - 1
+    buckets = (r[:, None] - r[None, :] + bucket_size - 1) * side + (c[:, None] - c[None, :] + bucket_size - 1)
+    return ids, buckets
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an additive bias and NormFormer per-head output scales (`c_attn`)."""
+
+    def __init__(self, d_model: int, heads: int, scale_factor: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, d_model // heads
+        self.scaling = (self.head_dim * scale_factor) ** -0.5
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.c_attn = nn.Parameter(torch.ones(heads))
+        self.dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, dh)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) queries; k, v (B, H, Tk, dh); bias broadcastable to (B, H, T, Tk) -> (B, T, d)."""
+        B, T, d = x.shape
+        q = self._split(self.q_proj(x) * self.scaling)  # scale after the bias, before the product
+        logits = torch.matmul(q, k.transpose(-1, -2)) + bias  # (B, H, T, Tk)
+        probs = F.dropout(logits.softmax(dim=-1), self.dropout, self.training)
+        out = torch.matmul(probs, v) * self.c_attn.view(1, -1, 1, 1)  # (B, H, T, dh), heads scaled
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, d))
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+
+
+class _Layer(nn.Module):
+    """What encoder and decoder layers share: the NormFormer FFN and the residual branch regularisers."""
+
+    def _init_common(self, cfg: OFAConfig, ffn_dim: int, drop_path_rate: float) -> None:
+        d = cfg.d_model
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, ffn_dim)
+        self.ffn_layer_norm = nn.LayerNorm(ffn_dim)  # NormFormer: LN at FFN width after the activation
+        self.fc2 = nn.Linear(ffn_dim, d)
+        self.dropout, self.activation_dropout = cfg.dropout, cfg.activation_dropout
+        self.drop_path_rate = drop_path_rate
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ffn_layer_norm(F.gelu(self.fc1(self.final_layer_norm(x))))
+        return self.fc2(F.dropout(h, self.activation_dropout, self.training))
+
+    def _residual(self, branch: torch.Tensor) -> torch.Tensor:
+        return drop_path(F.dropout(branch, self.dropout, self.training), self.drop_path_rate, self.training)
+
+
+class EncoderLayer(_Layer):
+    """x += LN_mid(Attn(LN(x))); x += fc2(LN_ffn(GELU(fc1(LN(x)))))."""
+
+    def __init__(self, cfg: OFAConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.self_attn = Attention(d, cfg.encoder_attention_heads, cfg.attn_scale_factor, cfg.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(d)
+        self._init_common(cfg, cfg.encoder_ffn_dim, drop_path_rate)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.self_attn_layer_norm(x)
+        x = x + self._residual(self.self_attn_mid_layer_norm(self.self_attn(h, *self.self_attn.project_kv(h), bias)))
+        return x + self._residual(self._ffn(x))
+
+
+class DecoderLayer(_Layer):
+    """Self-attention (cached keys/values when decoding step by step), cross-attention, FFN."""
+
+    def __init__(self, cfg: OFAConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        d, heads = cfg.d_model, cfg.decoder_attention_heads
+        self.self_attn = Attention(d, heads, cfg.attn_scale_factor, cfg.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(d)
+        self.cross_attn = Attention(d, heads, cfg.attn_scale_factor, cfg.attention_dropout)
+        self.cross_attn_layer_norm = nn.LayerNorm(d)
+        self.cross_attn_mid_layer_norm = nn.LayerNorm(d)
+        self._init_common(cfg, cfg.decoder_ffn_dim, drop_path_rate)
+
+    def forward(self, y: torch.Tensor, self_bias: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
+                cross_bias: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """y (N, t, d) with N = B*K rows; cross_kv (B, H, S, dh) shared by the K beams of a sample.
+
+        With `cache`, y holds only the newest position and earlier self-attention keys/values come
+        from (and are appended to) the cache.
+        """
+        h = self.self_attn_layer_norm(y)
+        k, v = self.self_attn.project_kv(h)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        y = y + self._residual(self.self_attn_mid_layer_norm(self.self_attn(h, k, v, self_bias)))
+        N, t, d = y.shape
+        B = cross_kv[0].shape[0]
+        # The K beams of a sample attend to the same encoder keys: treat them as K*t queries of one row.
+        h = self.cross_attn_layer_norm(y).reshape(B, N // B * t, d)
+        cross = self.cross_attn(h, *cross_kv, cross_bias).reshape(N, t, d)
+        y = y + self._residual(self.cross_attn_mid_layer_norm(cross))
+        return y + self._residual(self._ffn(y))
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoder
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # (B, S, d) after the final LayerNorm; image tokens first, then text
+    pad_mask: torch.Tensor  # (B, S) bool, True at padding
+    position: torch.Tensor  # (B, S, d) normalised position embeddings (the decoder's cross bias uses them)
+
+
+def _key_mask(pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, Sk) additive mask: 0 for real keys, the dtype's minimum (not -inf) for padding."""
+    return torch.zeros(pad_mask.shape, dtype=dtype, device=pad_mask.device).masked_fill(
+        pad_mask, torch.finfo(dtype).min)[:, None, None, :]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        d, heads = cfg.d_model, cfg.encoder_attention_heads
+        self.cfg = cfg
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
+        self.embed_images = ResNet(cfg.resnet_type, cfg.resnet_drop_path_rate)
+        self.image_proj = nn.Linear(ResNet.out_channels, d)
+        self.type_embedding = nn.Embedding(2, d)  # row 0 text, row 1 image
+        self.layernorm_embedding = nn.LayerNorm(d)
+        self.patch_layernorm_embedding = nn.LayerNorm(d)
+        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size ** 2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.pos_q_linear = nn.Linear(d, d)
+        self.pos_k_linear = nn.Linear(d, d)
+        self.pos_scaling = (d / heads * cfg.attn_scale_factor) ** -0.5
+        rates = linear_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
+        self.layers = nn.ModuleList(EncoderLayer(cfg, r) for r in rates)
+        self.layer_norm = nn.LayerNorm(d)
+        tables = 1 if cfg.share_attn_bias else cfg.encoder_layers
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(tables))
+        self.image_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(tables))
+
+    def embed_image(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) pixels -> image token embeddings (B, P, d) before their LayerNorm, and the grid (h, w).
+
+        This is the part of the encoder that depends on the image only; it can be computed once and
+        reused for many texts.
+        """
+        feats = self.embed_images(patch_images)  # (B, 1024, h, w)
+        h, w = feats.shape[-2:]
+        tokens = self.image_proj(feats.flatten(2).transpose(1, 2)) * self.embed_scale  # (B, P, d), row-major
+        return tokens + self.type_embedding.weight[1], (h, w)
+
+    def _head_bias(self, positions: torch.Tensor) -> torch.Tensor:
+        """Absolute position bias (B, H, S, S) = (s * Pq(pos)) . Pk(pos)."""
+        B, S, _ = positions.shape
+        H = self.cfg.encoder_attention_heads
+        q = self.pos_q_linear(positions).view(B, S, H, -1).transpose(1, 2) * self.pos_scaling
+        k = self.pos_k_linear(positions).view(B, S, H, -1).transpose(1, 2)
+        return torch.matmul(q, k.transpose(2, 3))
+
+    def forward(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
+        """input_ids (B, L) right-padded with pad_token_id; image_embeds (B, P, d) from `embed_image`."""
+        B, L = input_ids.shape
+        P = image_embeds.shape[1]
+        if L > self.cfg.max_position_embeddings:
+            raise ValueError(f"text of {L} tokens exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
+        image_ids, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid)
+        image_ids, image_buckets = image_ids.to(input_ids.device), image_buckets.to(input_ids.device)
+
+        text = self.embed_tokens(input_ids) * self.embed_scale + self.type_embedding.weight[0]
+        x = torch.cat([self.patch_layernorm_embedding(image_embeds), self.layernorm_embedding(text)], dim=1)
+        text_pad = input_ids.eq(self.cfg.pad_token_id)
+        pad_mask = torch.cat([text_pad.new_zeros(B, P), text_pad], dim=1)  # (B, S)
+        has_pads = bool(text_pad.any())
+        if has_pads:
+            x = x * (1 - pad_mask.unsqueeze(-1).type_as(x))
+
+        # Positions are the same for every sample of the batch: text 0..L-1, image ids from the grid.
+        text_pos = self.pos_ln(self.embed_positions.weight[:L])
+        image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))
+        positions = torch.cat([image_pos, text_pos], dim=0).unsqueeze(0)  # (1, S, d)
+        abs_bias = self._head_bias(positions)  # (1, H, S, S)
+        text_buckets = token_rel_bucket(self.cfg.token_bucket_size, *(torch.arange(L, device=x.device),) * 2)
+        key_mask = _key_mask(pad_mask, x.dtype) if has_pads else None
+
+        for i, layer in enumerate(self.layers):
+            t = 0 if self.cfg.share_attn_bias else i
+            bias = abs_bias.clone()
+            bias[:, :, P:, P:] += self.token_rel_pos_table_list[t](text_buckets).permute(2, 0, 1)
+            bias[:, :, :P, :P] += self.image_rel_pos_table_list[t](image_buckets).permute(2, 0, 1)
+            if key_mask is not None:
+                bias = bias + key_mask  # (B, H, S, S)
+            x = layer(x, bias)
+        return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder
+
+
+@dataclass
+class DecoderState:
+    """What step-by-step decoding keeps between steps (see `Decoder.start`)."""
+
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (B, H, S, dh) each, computed once
+    cross_bias: torch.Tensor  # (B, H, T, S) absolute position bias + encoder padding mask
+    self_bias: list[torch.Tensor]  # per layer (H, T, T) absolute + relative bias
+    output_weight: torch.Tensor  # (V', d) rows of the tied embedding for the ids whose logits are needed
+    caches: list[dict[str, torch.Tensor]]  # per layer self-attention keys/values (N, H, t, dh)
+    step: int = 0
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.cfg = cfg
+        self.embed_tokens = embed_tokens  # tied: also the output projection (no bias)
+        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
+        self.layernorm_embedding = nn.LayerNorm(d)
+        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + 2, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.self_pos_q_linear = nn.Linear(d, d)
+        self.self_pos_k_linear = nn.Linear(d, d)
+        self.cross_pos_q_linear = nn.Linear(d, d)
+        self.cross_pos_k_linear = nn.Linear(d, d)
+        self.pos_scaling = (d / cfg.decoder_attention_heads * cfg.attn_scale_factor) ** -0.5
+        rates = linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, r) for r in rates)
+        self.layer_norm = nn.LayerNorm(d)
+        tables = 1 if cfg.share_attn_bias else cfg.decoder_layers
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(2 * cfg.token_bucket_size - 1, cfg.decoder_attention_heads) for _ in range(tables))
+
+    def _biases(self, T: int, enc: EncoderOutput) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Self-attention bias per layer (H, T, T) and cross-attention bias (B, H, T, S) for positions 0..T-1."""
+        H = self.cfg.decoder_attention_heads
+        B, S, _ = enc.position.shape
+        target = self.pos_ln(self.embed_positions.weight[:T])  # (T, d)
+        q_self = self.self_pos_q_linear(target).view(T, H, -1).transpose(0, 1) * self.pos_scaling
+        k_self = self.self_pos_k_linear(target).view(T, H, -1).transpose(0, 1)
+        abs_self = torch.matmul(q_self, k_self.transpose(1, 2))  # (H, T, T)
+        positions = torch.arange(T, device=target.device)
+        buckets = token_rel_bucket(self.cfg.token_bucket_size, positions, positions)
+        self_bias = [abs_self + self.token_rel_pos_table_list[0 if self.cfg.share_attn_bias else i](buckets)
+                     .permute(2, 0, 1) for i in range(len(self.layers))]
+        q_cross = self.cross_pos_q_linear(target).view(T, H, -1).transpose(0, 1) * self.pos_scaling  # (H, T, dh)
+        k_cross = self.cross_pos_k_linear(enc.position).view(B, S, H, -1).transpose(1, 2)  # (B, H, S, dh)
+        cross_bias = torch.matmul(q_cross.unsqueeze(0), k_cross.transpose(2, 3))  # (B, H, T, S)
+        if bool(enc.pad_mask.any()):
+            cross_bias = cross_bias + _key_mask(enc.pad_mask, cross_bias.dtype)
+        return self_bias, cross_bias
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.layernorm_embedding(self.embed_tokens(tokens) * self.embed_scale)
+
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
+        """Teacher-forced pass over whole prefixes (B, T), starting with BOS -> logits (B, T, V)."""
+        T = prev_tokens.shape[1]
+        self_bias, cross_bias = self._biases(T, enc)
+        causal = torch.full((T, T), float("-inf"), device=prev_tokens.device).triu(1)
+        y = self._embed(prev_tokens)
+        for layer, bias in zip(self.layers, self_bias):
+            kv = layer.cross_attn.project_kv(enc.hidden)
+            y = layer(y, bias + causal, kv, cross_bias)
+        return F.linear(self.layer_norm(y), self.embed_tokens.weight)
+
+    def start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None = None) -> DecoderState:
+        """Prepare incremental decoding of up to `max_steps` positions; cross keys/values computed once."""
+        self_bias, cross_bias = self._biases(max_steps, enc)
+        weight = self.embed_tokens.weight if output_ids is None else self.embed_tokens.weight[output_ids]
+        return DecoderState(
+            cross_kv=[layer.cross_attn.project_kv(enc.hidden) for layer in self.layers],
+            cross_bias=cross_bias, self_bias=self_bias, output_weight=weight,
+            caches=[{} for _ in self.layers])
+
+    def step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Feed the newest token of each row (N,) at position `state.step` -> logits (N, V') of its successor."""
+        t = state.step
+        if t >= state.cross_bias.shape[2]:
+            raise RuntimeError(f"decoder state was prepared for {state.cross_bias.shape[2]} steps")
+        y = self._embed(tokens[:, None])  # (N, 1, d)
+        cross_bias = state.cross_bias[:, :, t:t + 1]  # (B, H, 1, S), the same for all K beams
+        for layer, bias, kv, cache in zip(self.layers, state.self_bias, state.cross_kv, state.caches):
+            y = layer(y, bias[:, t:t + 1, :t + 1], kv, cross_bias, cache)
+        state.step += 1
+        return F.linear(self.layer_norm(y[:, 0]), state.output_weight)
+
+    @staticmethod
+    def reorder(state: DecoderState, order: torch.Tensor) -> None:
+        """Follow the beam search's choice of parent rows (N,) (always within each sample's K rows)."""
+        for cache in state.caches:
+            for key in cache:
+                cache[key] = cache[key].index_select(0, order)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+class OFAModel(nn.Module):
+    """ResNet + OFA encoder + OFA decoder with one token embedding shared by both and the output layer."""
+
+    def __init__(self, cfg: OFAConfig) -> None:
+        super().__init__()
+        unsupported = [name for name, bad in (
+            ("normformer=False", not cfg.normformer),
+            ("encoder_normalize_before=False", not cfg.encoder_normalize_before),
+            ("decoder_normalize_before=False", not cfg.decoder_normalize_before),
+            ("entangle_position_embedding=True", cfg.entangle_position_embedding),
+            ("use_gamma_feature=True", cfg.use_gamma_feature),
+            ("layernorm_embedding=False", not cfg.layernorm_embedding),
+            ("patch_layernorm_embedding=False", not cfg.patch_layernorm_embedding),
+            ("add_type_embedding=False", not cfg.add_type_embedding),
+            (f"activation_function={cfg.activation_function!r}", cfg.activation_function != "gelu"),
+        ) if bad]
+        if unsupported:
+            raise ValueError(f"unsupported OFA configuration (no published OFA checkpoint uses it): "
+                             f"{', '.join(unsupported)}")
+        self.config = cfg
+        embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
+        self.encoder = Encoder(cfg, embed_tokens)
+        self.decoder = Decoder(cfg, embed_tokens)
+
+    def encode(self, input_ids: torch.Tensor, patch_images: torch.Tensor) -> EncoderOutput:
+        image_embeds, grid = self.encoder.embed_image(patch_images)
+        return self.encoder(input_ids, image_embeds, grid)
+
+    def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for training: prev_tokens starts with BOS."""
+        return self.decoder(prev_tokens, self.encode(input_ids, patch_images))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,63 @@
+"""Named architecture presets (OFA's model card sizes), each with its preprocessing and decoding defaults.
+
+A preset describes an architecture, not weights: `create_model("tiny")` gives random weights of that
+shape. Checkpoints carry their own `config.json`, which always wins over any preset.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass, field
+
+from .config import GenerationConfig, OFAConfig, PreprocessConfig
+
+__all__ = ["Preset", "get_preset", "list_presets", "register_preset"]
+
+
+@dataclass
+class Preset:
+    name: str
+    model: OFAConfig
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    description: str = ""
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> None:
+    """Add (or replace) a preset under `preset.name`."""
+    _PRESETS[preset.name] = preset
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """Preset names matching a shell-style pattern, sorted by model width."""
+    names = [n for n in _PRESETS if fnmatch.fnmatch(n, pattern)]
+    return sorted(names, key=lambda n: (_PRESETS[n].model.d_model, n))
+
+
+def get_preset(name: str) -> Preset:
+    """A copy of the named preset (callers may modify it freely)."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+    return copy.deepcopy(_PRESETS[name])
+
+
+def _ofa(name: str, d: int, heads: int, enc: int, dec: int, resnet: str) -> Preset:
+    model = OFAConfig(d_model=d, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                      encoder_layers=enc, decoder_layers=dec, encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d,
+                      resnet_type=resnet)
+    return Preset(name, model, description=f"OFA-{name}: {resnet} (3 stages), d {d}, {heads} heads, {enc}+{dec} layers")
+
+
+# Sizes from the OFA model card (fairseq `ofa_<size>_architecture`); FFN = 4 x d everywhere.
+for _p in (
+    _ofa("tiny", 256, 4, 4, 4, "resnet50"),
+    _ofa("medium", 512, 8, 4, 4, "resnet101"),
+    _ofa("base", 768, 12, 6, 6, "resnet101"),
+    _ofa("large", 1024, 16, 12, 12, "resnet152"),
+    _ofa("huge", 1280, 16, 24, 12, "resnet152"),
+):
+    register_preset(_p)

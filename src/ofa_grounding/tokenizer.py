@@ -1,0 +1,102 @@
+"""Text side: caption normalisation, the grounding prompt, and GPT-2 byte-level BPE in OFA's id space.
+
+BPE itself is the Hugging Face `tokenizers` library. OFA uses BART/fairseq ids (0 <s>, 1 <pad>, 2 </s>,
+3 <unk>, dict.txt order, 50264 <mask>), then 8192 `<code_i>` (50265..58456) and 1000 `<bin_i>`
+(58457..59456). The vocabulary shipped in `assets/` is already in that id space (see assets/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+__all__ = ["OFATokenizer", "pre_caption", "ASSETS_DIR", "NUM_CODES", "NUM_BINS"]
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+NUM_CODES = 8192
+NUM_BINS = 1000
+BOS, PAD, EOS, UNK = 0, 1, 2, 3
+_SPECIAL = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+def pre_caption(caption: str, max_words: int) -> str:
+    """OFA's caption cleaning, step for step (the reference's `pre_caption`).
+
+    Lowercase; strip leading `,.!?*#:;~`; `-` and `/` become spaces; `<person>` becomes `person`;
+    runs of 2+ whitespace become one space (single tabs/newlines survive); strip trailing newlines,
+    then surrounding spaces; keep the first `max_words` space-separated words.
+    """
+    caption = caption.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ").replace("<person>", "person")
+    caption = re.sub(r"\s{2,}", " ", caption).rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    if len(words) > max_words:
+        caption = " ".join(words[:max_words])
+    return caption
+
+
+class OFATokenizer:
+    """Byte-level BPE over a BART-id `vocab.json` + GPT-2 `merges.txt`, plus OFA's code and bin tokens.
+
+    Literal special-token strings inside user text (`<s>`, `<mask>`, `<bin_12>` ...) become their single
+    ids, as in the reference's slow tokenizer; `<mask>` also swallows the whitespace before it.
+    """
+
+    def __init__(self, vocab_file: str | Path, merges_file: str | Path) -> None:
+        for path in (vocab_file, merges_file):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"tokenizer file not found: {path}")
+        try:
+            vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{vocab_file}: not a JSON vocabulary ({exc})") from None
+        if not isinstance(vocab, dict) or vocab.get("<s>") != BOS or vocab.get("</s>") != EOS or vocab.get("<pad>") != PAD:
+            raise ValueError(f"{vocab_file}: not a BART-id vocabulary (<s>=0, <pad>=1, </s>=2 expected); "
+                             "GPT-2's own encoder.json must be remapped through fairseq's dict.txt first")
+        self.bpe_size = len(vocab)
+        merges = []
+        for line in Path(merges_file).read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith("#version"):
+                a, _, b = line.partition(" ")
+                merges.append((a, b))
+        tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, normalized=False) for t in _SPECIAL]
+                               + [AddedToken("<mask>", lstrip=True, normalized=False)])
+        extra = [f"<code_{i}>" for i in range(NUM_CODES)] + [f"<bin_{i}>" for i in range(NUM_BINS)]
+        tok.add_tokens([AddedToken(t, normalized=False) for t in extra])
+        self._tok = tok
+        self.code_offset = self.bpe_size
+        self.bin_offset = self.bpe_size + NUM_CODES
+        self.vocab_size = self.bin_offset + NUM_BINS
+        if tok.get_vocab_size() != self.vocab_size or tok.token_to_id("<bin_0>") != self.bin_offset:
+            raise ValueError(f"{vocab_file}: unexpected vocabulary layout ({tok.get_vocab_size()} ids)")
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> OFATokenizer:
+        directory = Path(directory)
+        return cls(directory / "vocab.json", directory / "merges.txt")
+
+    @classmethod
+    def default(cls) -> OFATokenizer:
+        """The English OFA vocabulary shipped with the package."""
+        return cls.from_dir(ASSETS_DIR)
+
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """BPE ids of `text` (no BOS/EOS), cut to the first `max_tokens`."""
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return ids if max_tokens is None else ids[:max_tokens]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(i)
+
+    def grounding_ids(self, text: str, prompt: str, max_src_length: int) -> list[int]:
+        """Encoder ids for a grounding query: [<s>] + BPE(prompt with the cleaned caption)[:max] + [</s>]."""
+        caption = pre_caption(text, max_src_length)
+        return [BOS] + self.encode(prompt.format(caption), max_src_length) + [EOS]
