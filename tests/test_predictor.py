@@ -1,0 +1,114 @@
+"""Parity of whole queries with the reference (../shared/reference/cases.json), and the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import reference_dirs, require
+from ofa_grounding import Grounder, GroundingResult
+
+BOX_TOL = 1e-3  # pixels
+SCORE_TOL = 1e-4  # log-prob units: the reference re-runs the decoder without a cache (reassociation only)
+
+
+def _load(ref: Path) -> tuple[Grounder, list[dict]]:
+    doc = json.loads((require(ref) / "cases.json").read_text(encoding="utf-8"))
+    return Grounder.from_pretrained(ref / doc["model_dir"]), doc["cases"]
+
+
+@pytest.mark.parametrize("ref", reference_dirs(), ids=lambda p: p.name)
+def test_every_reference_case(ref: Path) -> None:
+    grounder, cases = _load(ref)
+    assert cases
+    for case in cases:
+        if "error" in case:
+            pytest.fail(f"{case['id']}: the reference raised ({case['error']}); decide and document our behaviour")
+        ids, _ = grounder.encode_text(case["text"])
+        assert ids == case["input_ids"], case["id"]
+        r = grounder.predict(ref / case["image"], case["text"])
+        assert r.tokens == tuple(case["tokens"]), case["id"]
+        np.testing.assert_allclose(r.box, case["box"], atol=BOX_TOL, rtol=0, err_msg=case["id"])
+        assert abs(r.score - case["score"]) < SCORE_TOL, case["id"]
+        beams = [(list(a.tokens) + [2], a.score) for a in r.alternatives]
+        ours = [(list(r.tokens) + [2], r.score), *beams]
+        assert [t for t, _ in ours] == [b["tokens"] for b in case["beams"]], case["id"]
+        for (_, s), b in zip(ours, case["beams"]):
+            assert abs(s - b["score"]) < SCORE_TOL, case["id"]
+        np.testing.assert_allclose(np.log(r.confidence) * 4, sum(case["positional_scores"][:4]), atol=4 * SCORE_TOL)
+
+
+def test_image_inputs_agree(reference_grounder: Grounder, reference_dir: Path) -> None:
+    path = reference_dir / "images/scene_640x480.png"
+    text = "the red circle on the left"
+    by_path = reference_grounder.predict(path, text)
+    by_str = reference_grounder.predict(str(path), text)
+    by_bytes = reference_grounder.predict(path.read_bytes(), text)
+    by_pil = reference_grounder.predict(Image.open(path), text)
+    by_array = reference_grounder.predict(np.asarray(Image.open(path).convert("RGB")), text)
+    for other in (by_str, by_bytes, by_pil, by_array):
+        assert other.tokens == by_path.tokens and other.box == by_path.box
+
+
+def test_several_descriptions_match_single_calls(reference_grounder: Grounder, reference_dir: Path,
+                                                 reference_cases: list[dict]) -> None:
+    """A list of texts (different token lengths, so padded together) gives each text's single answer."""
+    cases = [c for c in reference_cases if c["image"] == "images/scene_640x480.png"][:8]
+    results = reference_grounder.predict(reference_dir / cases[0]["image"], [c["text"] for c in cases])
+    assert isinstance(results, list) and len(results) == len(cases)
+    assert len({len(c["input_ids"]) for c in cases}) > 1
+    for r, c in zip(results, cases):
+        assert isinstance(r, GroundingResult) and r.text == c["text"]
+        assert r.tokens == tuple(c["tokens"]), c["id"]
+        np.testing.assert_allclose(r.box, c["box"], atol=BOX_TOL, rtol=0)
+        assert abs(r.score - c["score"]) < SCORE_TOL
+
+
+def test_result_fields(reference_grounder: Grounder, reference_dir: Path) -> None:
+    r = reference_grounder.predict(reference_dir / "images/portrait_333x500.png", "a dog lying on the grass")
+    assert r.image_size == (333, 500)
+    assert len(r.box) == 4 and all(isinstance(v, float) for v in r.box)
+    assert 0 < r.confidence <= 1
+    assert len(r.alternatives) == 4
+    assert [a.score for a in r.alternatives] == sorted((a.score for a in r.alternatives), reverse=True)
+    assert all(a.score <= r.score for a in r.alternatives)
+    d = r.to_dict()
+    assert list(d) == ["text", "box", "score", "confidence", "tokens"]
+    assert len(r.to_dict(alternatives=True)["alternatives"]) == 4
+
+
+def test_modelscope_compatible_call(reference_grounder: Grounder, reference_dir: Path,
+                                    reference_cases: list[dict]) -> None:
+    case = reference_cases[0]
+    out = reference_grounder({"image": str(reference_dir / case["image"]), "text": case["text"]})
+    assert set(out) == {"boxes", "scores"}
+    np.testing.assert_allclose(out["boxes"], [case["box"]], atol=BOX_TOL, rtol=0)
+    assert len(out["scores"]) == 1 and 0 < out["scores"][0] <= 1  # a real confidence, not the constant 1.0
+    with pytest.raises(TypeError, match="image"):
+        reference_grounder({"text": "x"})
+
+
+def test_long_text_is_truncated_and_flagged(reference_grounder: Grounder, reference_cases: list[dict]) -> None:
+    long_case = next(c for c in reference_cases if c["id"] == "p042")
+    ids, cut = reference_grounder.encode_text(long_case["text"])
+    assert cut and len(ids) == 258 and ids == long_case["input_ids"]
+    assert reference_grounder.encode_text("a blue square") == (reference_cases[1]["input_ids"], False)
+
+
+def test_text_must_be_a_string(reference_grounder: Grounder, reference_dir: Path) -> None:
+    with pytest.raises(TypeError, match="string"):
+        reference_grounder.predict(reference_dir / "images/scene_640x480.png", [b"bytes"])
+
+
+def test_tiny_model_end_to_end(tiny_model_dir: Path, reference_dir: Path) -> None:
+    """Another size, other weights, another image size: runs and decodes 4 bins into pixel boxes."""
+    g = Grounder.from_pretrained(tiny_model_dir)
+    assert g.preprocess.patch_image_size == 128
+    rs = g.predict(np.zeros((40, 60, 3), np.uint8), ["a", "the left one", ""])
+    for r in rs:
+        assert r.image_size == (60, 40)
+        assert all(t >= g.tokenizer.bin_offset or t in (0, 3) for t in r.tokens)
