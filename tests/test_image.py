@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ofa_grounding.image import (ImageLoadError, bins_to_box, box_to_bins, image_to_tensor, load_image,
-                                 resize_ratios)
+from ofa_grounding.image import ImageLoadError, bins_to_box, box_to_bins, image_to_tensor, load_image, resize_ratios
 
 
 def _png(image: Image.Image) -> bytes:

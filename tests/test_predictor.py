@@ -34,8 +34,8 @@ def test_every_reference_case(ref: Path) -> None:
         assert r.tokens == tuple(case["tokens"]), case["id"]
         np.testing.assert_allclose(r.box, case["box"], atol=BOX_TOL, rtol=0, err_msg=case["id"])
         assert abs(r.score - case["score"]) < SCORE_TOL, case["id"]
-        beams = [(list(a.tokens) + [2], a.score) for a in r.alternatives]
-        ours = [(list(r.tokens) + [2], r.score), *beams]
+        beams = [([*a.tokens, 2], a.score) for a in r.alternatives]
+        ours = [([*r.tokens, 2], r.score), *beams]
         assert [t for t, _ in ours] == [b["tokens"] for b in case["beams"]], case["id"]
         for (_, s), b in zip(ours, case["beams"]):
             assert abs(s - b["score"]) < SCORE_TOL, case["id"]

@@ -14,5 +14,17 @@ from .presets import get_preset, list_presets
 
 __version__ = "0.1.0"
 
-__all__ = ["Grounder", "GroundingResult", "Alternative", "load_checkpoint", "CheckpointError", "ImageLoadError",
-           "OFAConfig", "PreprocessConfig", "GenerationConfig", "get_preset", "list_presets", "__version__"]
+__all__ = [
+           "Alternative",
+           "CheckpointError",
+           "GenerationConfig",
+           "Grounder",
+           "GroundingResult",
+           "ImageLoadError",
+           "OFAConfig",
+           "PreprocessConfig",
+           "__version__",
+           "get_preset",
+           "list_presets",
+           "load_checkpoint",
+]

@@ -25,8 +25,15 @@ from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .model import OFAModel
 from .tokenizer import OFATokenizer
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint", "load_state_dict",
-           "convert_state_dict", "init_weights"]
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "convert_state_dict",
+    "init_weights",
+    "load_checkpoint",
+    "load_state_dict",
+    "save_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +76,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
+        # mmap: the file's pages are released as a whole once every tensor was copied out (see
+        # convert_state_dict), instead of leaving freed fragments on the heap.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear line
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {reason})") from None
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -108,7 +118,12 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: OFAModel) -> dict[
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
-    return {k: v.to(expected[k].dtype) for k, v in state.items()}
+    converted: dict[int, torch.Tensor] = {}  # tied keys share one tensor: convert it once
+    for k, v in state.items():
+        if id(v) not in converted:  # always a copy, never a view of the file's memory
+            converted[id(v)] = v.to(expected[k].dtype, copy=True)
+        state[k] = converted[id(v)]
+    return state
 
 
 def init_weights(model: OFAModel, std: float = 0.02) -> OFAModel:
@@ -187,6 +202,9 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
                     preprocess: PreprocessConfig, generation: GenerationConfig,
                     metadata: dict[str, str] | None = None) -> Path:
     """Write our layout: config.json, configuration.json, model.safetensors, vocab.json, merges.txt."""
+    if model.encoder.embed_images.fused:
+        raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
+                         "as loaded by load_checkpoint instead")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps({"model_type": "ofa", **model.config.to_dict()}, indent=2))

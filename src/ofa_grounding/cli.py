@@ -18,7 +18,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .image import DEFAULT_MAX_PIXELS, ImageLoadError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

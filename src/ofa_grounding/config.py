@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OFAConfig", "PreprocessConfig", "GenerationConfig", "RESNET_LAYERS"]
+__all__ = ["RESNET_LAYERS", "GenerationConfig", "OFAConfig", "PreprocessConfig"]
 
 # Bottleneck blocks per stage of the 3-stage ResNet OFA uses (no layer4). "resnet18" still uses
 # bottleneck blocks and "resnet34" equals "resnet50" in OFA's code; both kept for checkpoint compatibility.

@@ -18,10 +18,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageInput", "ImageLoadError", "load_image", "to_rgb", "image_to_tensor", "resize_ratios",
-           "bins_to_box", "box_to_bins", "DEFAULT_MAX_PIXELS"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageInput",
+    "ImageLoadError",
+    "bins_to_box",
+    "box_to_bins",
+    "image_to_tensor",
+    "load_image",
+    "resize_ratios",
+    "to_rgb",
+]
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; decoded RGB would take 300 MB
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from .backbone import ResNet, drop_path, linear_rates
 from .config import OFAConfig
 
-__all__ = ["OFAModel", "EncoderOutput", "DecoderState"]
+__all__ = ["DecoderState", "EncoderOutput", "OFAModel"]
 
 # OFA builds its 1-D bucket tables for this many positions; the log-bucket formula uses it as a
 # constant regardless of `max_position_embeddings`.
@@ -104,9 +104,10 @@ class Attention(nn.Module):
         """x (B, T, d) queries; k, v (B, H, Tk, dh); bias broadcastable to (B, H, T, Tk) -> (B, T, d)."""
         B, T, d = x.shape
         q = self._split(self.q_proj(x) * self.scaling)  # scale after the bias, before the product
-        logits = torch.matmul(q, k.transpose(-1, -2)) + bias  # (B, H, T, Tk)
-        probs = F.dropout(logits.softmax(dim=-1), self.dropout, self.training)
-        out = torch.matmul(probs, v) * self.c_attn.view(1, -1, 1, 1)  # (B, H, T, dh), heads scaled
+        # softmax(q.k + bias) v, fused: no (T, Tk) logits or probabilities kept in memory.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out * self.c_attn.view(1, -1, 1, 1)  # (B, H, T, dh), heads scaled
         return self.out_proj(out.transpose(1, 2).reshape(B, T, d))
 
 
@@ -199,6 +200,12 @@ class EncoderOutput:
     position: torch.Tensor  # (B, S, d) normalised position embeddings (the decoder's cross bias uses them)
 
 
+def _gather_heads(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
+    """Relative bias (H, Tq, Tk) = table[buckets] per head, gathered straight into head-major layout."""
+    H = table.weight.shape[1]
+    return table.weight.t().index_select(1, buckets.reshape(-1)).view(H, *buckets.shape)
+
+
 def _key_mask(pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, 1, 1, Sk) additive mask: 0 for real keys, the dtype's minimum (not -inf) for padding."""
     return torch.zeros(pad_mask.shape, dtype=dtype, device=pad_mask.device).masked_fill(
@@ -277,14 +284,24 @@ class Encoder(nn.Module):
         text_buckets = token_rel_bucket(self.cfg.token_bucket_size, *(torch.arange(L, device=x.device),) * 2)
         key_mask = _key_mask(pad_mask, x.dtype) if has_pads else None
 
+        # bias = absolute + relative, summed before it meets the logits (as the reference does); relative
+        # terms only within the image block and within the text block. Without autograd one buffer serves
+        # every layer: only its two diagonal blocks change from layer to layer.
+        reuse = not torch.is_grad_enabled()
+        bias = abs_bias.clone() if reuse else abs_bias
         for i, layer in enumerate(self.layers):
             t = 0 if self.cfg.share_attn_bias else i
-            bias = abs_bias.clone()
-            bias[:, :, P:, P:] += self.token_rel_pos_table_list[t](text_buckets).permute(2, 0, 1)
-            bias[:, :, :P, :P] += self.image_rel_pos_table_list[t](image_buckets).permute(2, 0, 1)
-            if key_mask is not None:
-                bias = bias + key_mask  # (B, H, S, S)
-            x = layer(x, bias)
+            text_rel = _gather_heads(self.token_rel_pos_table_list[t], text_buckets)
+            image_rel = _gather_heads(self.image_rel_pos_table_list[t], image_buckets)
+            if reuse:
+                torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
+                torch.add(abs_bias[:, :, :P, :P], image_rel, out=bias[:, :, :P, :P])
+            else:
+                bias = abs_bias.clone()
+                bias[:, :, P:, P:] += text_rel
+                bias[:, :, :P, :P] += image_rel
+            del image_rel
+            x = layer(x, bias if key_mask is None else bias + key_mask)  # (B, H, S, S) with padding
         return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
 
 
@@ -336,8 +353,8 @@ class Decoder(nn.Module):
         abs_self = torch.matmul(q_self, k_self.transpose(1, 2))  # (H, T, T)
         positions = torch.arange(T, device=target.device)
         buckets = token_rel_bucket(self.cfg.token_bucket_size, positions, positions)
-        self_bias = [abs_self + self.token_rel_pos_table_list[0 if self.cfg.share_attn_bias else i](buckets)
-                     .permute(2, 0, 1) for i in range(len(self.layers))]
+        self_bias = [abs_self + _gather_heads(self.token_rel_pos_table_list[0 if self.cfg.share_attn_bias else i],
+                                              buckets) for i in range(len(self.layers))]
         q_cross = self.cross_pos_q_linear(target).view(T, H, -1).transpose(0, 1) * self.pos_scaling  # (H, T, dh)
         k_cross = self.cross_pos_k_linear(enc.position).view(B, S, H, -1).transpose(1, 2)  # (B, H, S, dh)
         cross_bias = torch.matmul(q_cross.unsqueeze(0), k_cross.transpose(2, 3))  # (B, H, T, S)

@@ -20,10 +20,10 @@ from .checkpoint import load_checkpoint
 from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, load_image, resize_ratios
-from .model import OFAModel
+from .model import EncoderOutput, OFAModel
 from .tokenizer import OFATokenizer, pre_caption
 
-__all__ = ["Grounder", "GroundingResult", "Alternative"]
+__all__ = ["Alternative", "Grounder", "GroundingResult"]
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,11 @@ class Grounder:
 
     def __init__(self, model: OFAModel, tokenizer: OFATokenizer, preprocess: PreprocessConfig | None = None,
                  generation: GenerationConfig | None = None, device: str | torch.device | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8, fuse: bool = True) -> None:
         self.device = torch.device(device or "cpu")
         self.model = model.eval().to(self.device)
+        if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
+            self.model.encoder.embed_images.fuse_for_inference_()
         self.tokenizer = tokenizer
         self.preprocess = preprocess or PreprocessConfig()
         self.generation = generation or GenerationConfig()
@@ -134,31 +136,36 @@ class Grounder:
         for t, (_, cut) in zip(texts, encoded):
             if cut:
                 log.warning("description truncated to %d tokens: %.60r...", self.preprocess.max_src_length, t)
-        pixels = image_to_tensor(rgb, self.preprocess.patch_image_size, self.preprocess.mean, self.preprocess.std)
+        pixels = self.image_tensor(rgb)
         results: list[GroundingResult] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            results += self._predict_batch(pixels, rgb.size, texts[chunk], encoded[chunk])
+            enc, src_len = self.encode(pixels, [ids for ids, _ in encoded[chunk]])
+            results += self.decode(enc, src_len, rgb.size, texts[chunk], [cut for _, cut in encoded[chunk]])
         return results[0] if isinstance(text, str) else results
 
+    def image_tensor(self, rgb: Image.Image) -> torch.Tensor:
+        """(3, S, S) normalised pixels of an RGB image, as the model expects them."""
+        return image_to_tensor(rgb, self.preprocess.patch_image_size, self.preprocess.mean, self.preprocess.std)
+
     @torch.inference_mode()
-    def _predict_batch(self, pixels: torch.Tensor, size_wh: tuple[int, int], texts: list[str],
-                       encoded: list[tuple[list[int], bool]]) -> list[GroundingResult]:
-        B = len(texts)
-        cfg = self.model.config
-        L = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((B, L), cfg.pad_token_id, dtype=torch.long)
-        for i, (ids, _) in enumerate(encoded):
+    def encode(self, pixels: torch.Tensor, token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
+        """Backbone once for the image, then the encoder over each description (right-padded batch)."""
+        B, L = len(token_ids), max(len(ids) for ids in token_ids)
+        input_ids = torch.full((B, L), self.model.config.pad_token_id, dtype=torch.long)
+        for i, ids in enumerate(token_ids):
             input_ids[i, : len(ids)] = torch.tensor(ids)
-        input_ids = input_ids.to(self.device)
-
         image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device))
-        enc = self.model.encoder(input_ids, image_embeds.expand(B, -1, -1), grid)
-        hyps = self._search(enc, B, L)
+        return self.model.encoder(input_ids.to(self.device), image_embeds.expand(B, -1, -1), grid), L
 
+    @torch.inference_mode()
+    def decode(self, enc: EncoderOutput, src_len: int, size_wh: tuple[int, int], texts: list[str],
+               truncated: list[bool]) -> list[GroundingResult]:
+        """Beam search for each encoded description, then bins -> boxes in original-image pixels."""
+        hyps = self._search(enc, len(texts), src_len)
         ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
         results = []
-        for text, (_, cut), sample in zip(texts, encoded, hyps):
+        for text, cut, sample in zip(texts, truncated, hyps):
             tokens = torch.tensor([h.tokens[:4] for h in sample], dtype=torch.long)
             boxes = bins_to_box(tokens - self.tokenizer.bin_offset, ratios.expand(len(sample), 2),
                                 self.generation.num_bins, self.preprocess.max_image_size).tolist()
@@ -169,7 +176,7 @@ class Grounder:
                                            tuple(best.tokens[:4]), size_wh, alts, cut))
         return results
 
-    def _search(self, enc: Any, batch: int, src_len: int) -> list[list[Hypothesis]]:
+    def _search(self, enc: EncoderOutput, batch: int, src_len: int) -> list[list[Hypothesis]]:
         gen = self.generation
         max_steps = int(gen.max_len_a * src_len + gen.max_len_b) + 1
         decoder = self.model.decoder

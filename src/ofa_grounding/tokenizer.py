@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-__all__ = ["OFATokenizer", "pre_caption", "ASSETS_DIR", "NUM_CODES", "NUM_BINS"]
+__all__ = ["ASSETS_DIR", "NUM_BINS", "NUM_CODES", "OFATokenizer", "pre_caption"]
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 NUM_CODES = 8192
@@ -52,7 +52,7 @@ class OFATokenizer:
             vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{vocab_file}: not a JSON vocabulary ({exc})") from None
-        if not isinstance(vocab, dict) or vocab.get("<s>") != BOS or vocab.get("</s>") != EOS or vocab.get("<pad>") != PAD:
+        if not isinstance(vocab, dict) or [vocab.get(t) for t in _SPECIAL[:3]] != [BOS, PAD, EOS]:
             raise ValueError(f"{vocab_file}: not a BART-id vocabulary (<s>=0, <pad>=1, </s>=2 expected); "
                              "GPT-2's own encoder.json must be remapped through fairseq's dict.txt first")
         self.bpe_size = len(vocab)
@@ -99,4 +99,4 @@ class OFATokenizer:
     def grounding_ids(self, text: str, prompt: str, max_src_length: int) -> list[int]:
         """Encoder ids for a grounding query: [<s>] + BPE(prompt with the cleaned caption)[:max] + [</s>]."""
         caption = pre_caption(text, max_src_length)
-        return [BOS] + self.encode(prompt.format(caption), max_src_length) + [EOS]
+        return [BOS, *self.encode(prompt.format(caption), max_src_length), EOS]

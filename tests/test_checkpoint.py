@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ofa_grounding import CheckpointError, Grounder
+from ofa_grounding.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
+from ofa_grounding.tokenizer import ASSETS_DIR
+
+
+def _copy_without_weights(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".bin" and f.suffix != ".safetensors":
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_modelscope_directory_loads_fp16_upcast(reference_model_dir: Path) -> None:
+    ckpt = load_checkpoint(reference_model_dir)
+    params = dict(ckpt.model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    stored = torch.load(reference_model_dir / "pytorch_model.bin", weights_only=True)
+    assert torch.equal(params["encoder.layers.0.fc1.weight"], stored["encoder.layers.0.fc1.weight"].float())
+    # tied: one tensor for encoder, decoder and output projection
+    assert ckpt.model.encoder.embed_tokens.weight is ckpt.model.decoder.embed_tokens.weight
+    assert ckpt.model.num_parameters() == 33_488_336 - 1765 * 256 - 2 * 256 * 2 - 4 * 6892 * 4
+    assert ckpt.generation.beam_size == 5 and ckpt.generation.constraint_range == (58457, 59457)
+    assert ckpt.preprocess.patch_image_size == 512 and ckpt.preprocess.mean == (0.5, 0.5, 0.5)
+
+
+def test_safetensors_round_trip_gives_identical_answers(reference_model_dir: Path, reference_dir: Path,
+                                                        tmp_path: Path) -> None:
+    ckpt = load_checkpoint(reference_model_dir)
+    out = save_checkpoint(tmp_path / "ours", ckpt.model, reference_model_dir, ckpt.preprocess, ckpt.generation)
+    assert {p.name for p in out.iterdir()} == {"config.json", "configuration.json", "model.safetensors",
+                                               "vocab.json", "merges.txt"}
+    again = load_checkpoint(out)
+    for (k, a), (_, b) in zip(ckpt.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert again.generation == ckpt.generation and again.preprocess == ckpt.preprocess
+    image = reference_dir / "images/scene_640x480.png"
+    a = Grounder(ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation).predict(image, "a blue square")
+    b = Grounder.from_pretrained(out / "model.safetensors").predict(image, "a blue square")
+    assert a == b
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such model"):
+        load_checkpoint(tmp_path / "missing")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no weights file"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="unreadable JSON"):
+        load_checkpoint(tmp_path)
+
+
+def test_missing_tokenizer_file(reference_model_dir: Path, tmp_path: Path) -> None:
+    d = _copy_without_weights(reference_model_dir, tmp_path / "m")
+    (d / "pytorch_model.bin").symlink_to(reference_model_dir / "pytorch_model.bin")
+    (d / "merges.txt").unlink()
+    with pytest.raises(CheckpointError, match="missing tokenizer file merges.txt"):
+        load_checkpoint(d)
+
+
+def _write_state(d: Path, state: dict) -> None:
+    torch.save(state, d / "pytorch_model.bin")
+
+
+def test_missing_unexpected_and_misshaped_keys(reference_model_dir: Path, tmp_path: Path) -> None:
+    state = torch.load(reference_model_dir / "pytorch_model.bin", weights_only=True)
+    d = _copy_without_weights(reference_model_dir, tmp_path / "m")
+
+    broken = dict(state)
+    del broken["encoder.layers.2.fc1.bias"]
+    _write_state(d, broken)
+    with pytest.raises(CheckpointError, match=r"missing: encoder\.layers\.2\.fc1\.bias"):
+        load_checkpoint(d)
+
+    broken = dict(state)
+    broken["encoder.layers.9.fc1.bias"] = torch.zeros(3)
+    _write_state(d, broken)
+    with pytest.raises(CheckpointError, match=r"unexpected: encoder\.layers\.9\.fc1\.bias"):
+        load_checkpoint(d)
+
+    broken = dict(state)
+    broken["encoder.image_proj.weight"] = torch.zeros(256, 512)
+    _write_state(d, broken)
+    with pytest.raises(CheckpointError, match=r"wrong shape: encoder\.image_proj\.weight \(256, 512\)"):
+        load_checkpoint(d)
+
+    broken = dict(state)
+    broken["decoder.output_projection.weight"] = broken["decoder.output_projection.weight"].clone() + 1
+    _write_state(d, broken)
+    with pytest.raises(CheckpointError, match="differ"):
+        load_checkpoint(d)
+
+
+def test_config_of_another_size_is_a_shape_error(reference_model_dir: Path, tmp_path: Path) -> None:
+    d = _copy_without_weights(reference_model_dir, tmp_path / "m")
+    (d / "pytorch_model.bin").symlink_to(reference_model_dir / "pytorch_model.bin")
+    config = json.loads((d / "config.json").read_text())
+    config["encoder_ffn_dim"] = 2048
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wrong shape: encoder.layers.0.fc1.bias"):
+        load_checkpoint(d)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickles_are_never_unrestricted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"weight": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_state_dict(path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_tiny_model_saved_and_loaded(tiny_model_dir: Path) -> None:
+    ckpt = load_checkpoint(tiny_model_dir)
+    assert ckpt.model.config.d_model == 32 and ckpt.model.config.resnet_type == "resnet18"
+    assert (tiny_model_dir / "vocab.json").read_bytes() == (ASSETS_DIR / "vocab.json").read_bytes()

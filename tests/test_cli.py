@@ -1,0 +1,86 @@
+"""The `ofa-ground` contract: output formats other tools parse, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ofa_grounding.cli import main
+
+
+def test_predict_json(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+                      capsys: pytest.CaptureFixture) -> None:
+    image = str(reference_dir / "images/scene_640x480.png")
+    cases = reference_cases[:2]
+    assert main(["predict", "--model", str(reference_model_dir), image, cases[0]["text"], cases[1]["text"],
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["image", "width", "height", "results"]
+    assert (out["image"], out["width"], out["height"]) == (image, 640, 480)
+    for r, c in zip(out["results"], cases):
+        assert list(r) == ["text", "box", "score", "confidence", "tokens"]
+        assert r["text"] == c["text"] and r["tokens"] == c["tokens"]
+        assert all(abs(a - b) < 1e-3 for a, b in zip(r["box"], c["box"]))
+
+
+def test_predict_table(reference_model_dir: Path, reference_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    image = str(reference_dir / "images/scene_640x480.png")
+    assert main(["predict", "--model", str(reference_model_dir), image, "the red circle on the left"]) == 0
+    out = capsys.readouterr().out
+    assert "(640x480)" in out and "616.94" in out and "the red circle on the left" in out
+
+
+def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+                       tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    shutil.copytree(reference_dir / "images", tmp_path / "images")
+    lines = [json.dumps({"image": reference_cases[i]["image"], "text": reference_cases[i]["text"]})
+             for i in (0, 6, 1)]  # scene, portrait, scene again: grouped per image, printed in order
+    lines.insert(1, json.dumps({"image": "images/missing.png", "text": "x"}))
+    lines.insert(2, "{broken json")
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["predict", "--model", str(reference_model_dir), "--jsonl", str(tmp_path / "in.jsonl")]) == 1
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == 5
+    for row, i in zip((rows[0], rows[3], rows[4]), (0, 6, 1)):
+        assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "tokens"]
+        assert row["tokens"] == reference_cases[i]["tokens"] and row["text"] == reference_cases[i]["text"]
+    assert rows[1]["image"] == "images/missing.png" and "not found" in rows[1]["error"]
+    assert "in.jsonl:3" in rows[2]["error"]
+    assert len(captured.err.strip().splitlines()) == 2  # one line per failed input
+
+
+def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    image = str(reference_dir / "images/scene_640x480.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    runs = {
+        2: [["predict", "--model", str(tmp_path), image, "x"],  # not a checkpoint
+            ["predict", "--model", str(reference_model_dir), image],  # no text
+            ["predict", "--model", str(reference_model_dir), "--jsonl", str(tmp_path / "none.jsonl")],
+            ["predict", "--model", str(reference_model_dir), image, "x", "--jsonl", "f"]],
+        1: [["predict", "--model", str(reference_model_dir), str(bad), "x"],
+            ["predict", "--model", str(reference_model_dir), str(tmp_path / "nope.png"), "x"]],
+    }
+    for code, argvs in runs.items():
+        for argv in argvs:
+            assert main(argv) == code, argv
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as info:
+        main(["predict"])
+    assert info.value.code == 2
+
+
+def test_console_script_runs(reference_model_dir: Path, reference_dir: Path) -> None:
+    image = str(reference_dir / "images/tiny_97x61.png")
+    proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", "predict", "--model", str(reference_model_dir),
+                           image, "a blue square", "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["width"] == 97
