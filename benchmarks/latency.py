@@ -119,6 +119,16 @@ def worker_reference(model: str, image: str, text: str, iters: int) -> dict:
             "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__}
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_worker(python: str, which: str, args: argparse.Namespace) -> dict | None:
     cmd = [python, __file__, "--worker", which, "--model", str(args.model), "--image", str(args.image),
            "--text", args.text, "--iters", str(args.iters)]
@@ -157,7 +167,7 @@ def main() -> int:
     if ours is None:
         return 1
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}; "
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores; "
           f"torch {ours['torch']}, 2 threads; {args.iters} queries; image {Path(args.image).name}")
     head = f"{'':28} {'ours':>10}" + (f" {'reference':>10} {'ratio':>7}" if ref else "")
     print(head)

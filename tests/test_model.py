@@ -11,13 +11,14 @@ from ofa_grounding.config import OFAConfig
 from ofa_grounding.generation import beam_search
 from ofa_grounding.model import OFAModel, _token_bucket_by_offset, image_grid_buckets
 
-# Tolerances against golden.npz (made by the reference on another machine; measured differences on
-# this project's CI machine in brackets): the ResNet output [0], encoder output and position
-# embeddings [3.5e-5], decoder logits of every step and beam [1.5e-4; 3.8e-5 against the reference run
-# on the same machine, the rest being the KV cache's reassociation].
-RESNET_ATOL = 1e-3
-ENCODER_ATOL = 1e-4
-LOGITS_ATOL = 3e-4
+# Absolute tolerances against golden.npz, with the largest differences measured on this project's
+# machines in brackets. The golden tensors come from the reference on another machine: there our
+# unfused float32 path matched the reference run on the same machine bit for bit (ResNet and encoder)
+# and the golden file to 3.5e-5. The default inference path (BatchNorm folded into the convolutions,
+# fused attention, KV-cached decoder) moves the numbers by reassociation only:
+RESNET_ATOL = 1e-3  # values up to 114 [1.8e-4]
+ENCODER_ATOL = 2e-4  # encoder output, values up to 4.3 [7.0e-5]; position embeddings [0]
+LOGITS_ATOL = 3e-4  # raw decoder logits of all 5 steps x 5 beams, values up to 5 [1.3e-4]
 
 
 @pytest.mark.parametrize("case", ["fixed", "wide"])
