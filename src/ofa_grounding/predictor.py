@@ -21,7 +21,7 @@ from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, load_image, resize_ratios
 from .model import EncoderOutput, OFAModel
-from .tokenizer import OFATokenizer, pre_caption
+from .tokenizer import OFATokenizer
 
 __all__ = ["Alternative", "Grounder", "GroundingResult"]
 
@@ -108,11 +108,7 @@ class Grounder:
         """Encoder ids for one description, and whether the description had to be truncated."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
-        limit = self.preprocess.max_src_length
-        ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, limit)
-        caption = pre_caption(text, 10 ** 9)
-        full = len(self.tokenizer.encode(self.preprocess.prompt.format(caption)))
-        return ids, full > limit or len(caption.split(" ")) > limit
+        return self.tokenizer.encode_query(text, self.preprocess.prompt, self.preprocess.max_src_length)
 
     def load_image(self, image: ImageInput) -> Image.Image:
         return load_image(image, self.max_pixels)

@@ -98,5 +98,11 @@ class OFATokenizer:
 
     def grounding_ids(self, text: str, prompt: str, max_src_length: int) -> list[int]:
         """Encoder ids for a grounding query: [<s>] + BPE(prompt with the cleaned caption)[:max] + [</s>]."""
+        return self.encode_query(text, prompt, max_src_length)[0]
+
+    def encode_query(self, text: str, prompt: str, max_src_length: int) -> tuple[list[int], bool]:
+        """`grounding_ids`, and whether the text was cut (to max_src_length words, then tokens)."""
         caption = pre_caption(text, max_src_length)
-        return [BOS, *self.encode(prompt.format(caption), max_src_length), EOS]
+        ids = self.encode(prompt.format(caption))
+        cut = len(ids) > max_src_length or caption != pre_caption(text, len(text) + 1)
+        return [BOS, *ids[:max_src_length], EOS], cut
