@@ -64,7 +64,8 @@ def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir
         2: [["predict", "--model", str(tmp_path), image, "x"],  # not a checkpoint
             ["predict", "--model", str(reference_model_dir), image],  # no text
             ["predict", "--model", str(reference_model_dir), "--jsonl", str(tmp_path / "none.jsonl")],
-            ["predict", "--model", str(reference_model_dir), image, "x", "--jsonl", "f"]],
+            ["predict", "--model", str(reference_model_dir), image, "x", "--jsonl", "f"],
+            ["predict", "--model", str(reference_model_dir), "--device", "nonsense", image, "x"]],
         1: [["predict", "--model", str(reference_model_dir), str(bad), "x"],
             ["predict", "--model", str(reference_model_dir), str(tmp_path / "nope.png"), "x"]],
     }

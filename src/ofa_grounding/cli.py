@@ -65,7 +65,7 @@ def _load_grounder(args: argparse.Namespace) -> Any:
                                         batch_size=args.batch_size)
     except CheckpointError as exc:
         raise _UsageError(f"--model: {exc}") from None
-    except RuntimeError as exc:  # e.g. an unavailable device
+    except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
         raise _UsageError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
 
 
@@ -155,7 +155,7 @@ def _predict_jsonl(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 on bad usage
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.ERROR,
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
@@ -164,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line for the user; -v shows where it came from
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _error(f"unexpected {type(exc).__name__}: {first} (run with -v for details)")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class Grounder:
                  generation: GenerationConfig | None = None, device: str | torch.device | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8, fuse: bool = True) -> None:
         self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device} requested but CUDA is not available")
         self.model = model.eval().to(self.device)
         if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
             self.model.encoder.embed_images.fuse_for_inference_()
