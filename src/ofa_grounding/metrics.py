@@ -1,0 +1,69 @@
+"""Box metrics as OFA computes them, and accuracy summaries with breakdowns. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = ["box_iou", "is_hit", "summarize", "breakdown", "size_bucket", "length_bucket"]
+
+Box = Sequence[float]
+
+
+def _intersection(pred: Box, gt: Box) -> tuple[float, float]:
+    return min(pred[2], gt[2]) - max(pred[0], gt[0]), min(pred[3], gt[3]) - max(pred[1], gt[1])
+
+
+def box_iou(pred: Box, gt: Box) -> float:
+    """IoU of two x0,y0,x1,y1 boxes as OFA scores it: inter / (area_pred + area_gt - inter + 1e-6).
+
+    A predicted box with x1 < x0 (or y1 < y0) has no area; its IoU is 0.
+    """
+    iw, ih = _intersection(pred, gt)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    area_pred = max(pred[2] - pred[0], 0.0) * max(pred[3] - pred[1], 0.0)
+    area_gt = (gt[2] - gt[0]) * (gt[3] - gt[1])
+    return inter / (area_pred + area_gt - inter + 1e-6)
+
+
+def is_hit(pred: Box, gt: Box, threshold: float = 0.5) -> bool:
+    """OFA's rule: IoU >= threshold and a non-empty intersection."""
+    iw, ih = _intersection(pred, gt)
+    return iw > 0 and ih > 0 and box_iou(pred, gt) >= threshold
+
+
+def size_bucket(box: Box) -> str:
+    """COCO's object sizes by ground-truth area: small < 32^2 <= medium < 96^2 <= large (pixels)."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"
+
+
+def length_bucket(text: str) -> str:
+    n = len(text.split())
+    return "1-2 words" if n <= 2 else "3-5 words" if n <= 5 else "6-9 words" if n <= 9 else "10+ words"
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Count, Acc@0.5, Acc@0.75 (as fractions) and mean IoU over records with "box" and "gt_box"."""
+    n = hits50 = hits75 = 0
+    iou_sum = 0.0
+    for r in records:
+        n += 1
+        hits50 += is_hit(r["box"], r["gt_box"], 0.5)
+        hits75 += is_hit(r["box"], r["gt_box"], 0.75)
+        iou_sum += box_iou(r["box"], r["gt_box"])
+    if n == 0:
+        return {"count": 0, "acc50": 0.0, "acc75": 0.0, "miou": 0.0}
+    return {"count": n, "acc50": hits50 / n, "acc75": hits75 / n, "miou": iou_sum / n}
+
+
+def breakdown(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], str | None]) -> dict[str, dict]:
+    """`summarize` per group; records whose key is None are left out."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        k = key(r)
+        if k is not None:
+            groups.setdefault(k, []).append(r)
+    return {k: summarize(v) for k, v in sorted(groups.items())}
