@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import CheckpointError
+from .data import FORMATS, DataError
 from .image import DEFAULT_MAX_PIXELS, ImageLoadError
 
 __all__ = ["build_parser", "main"]
@@ -48,6 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="descriptions decoded together (default 8)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     p.set_defaults(func=_predict)
+
+    e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
+                       description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns. Runs sharded "
+                                   "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
+    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("--data", required=True, type=Path,
+                   help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
+    e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
+    e.add_argument("--format", choices=FORMATS, help="dataset format (default: from the path)")
+    e.add_argument("--images", type=Path, help="REFER: the COCO train2014 image folder")
+    e.add_argument("--out", type=Path, help="write predictions as JSONL (id, text, box, gt_box, iou, score, split)")
+    e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    e.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+    e.add_argument("--limit", type=int, help="evaluate only the first N samples of each split")
+    e.add_argument("--batch-size", type=int, default=8, help="descriptions of one image decoded together")
+    e.add_argument("--device", default=None)
+    e.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.set_defaults(func=_eval)
+
+    s = sub.add_parser("make-synthetic", help="write the synthetic referring-expression benchmark",
+                       description="Deterministic scenes of shapes with referring expressions, written as "
+                                   "OUT/{train,val,test}.jsonl + OUT/images/*.png; prints trivial baselines.")
+    s.add_argument("out", type=Path, help="output folder")
+    s.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument("--per-scene", type=int, default=2, help="expressions per scene (default 2)")
+    s.add_argument("--json", action="store_true", help="print counts and baselines as JSON")
+    s.set_defaults(func=_make_synthetic)
     return parser
 
 
@@ -150,6 +182,91 @@ def _predict_jsonl(args: argparse.Namespace) -> int:
             failed += 1
             _error(out["error"])
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.2f}"
+
+
+def _summary_table(rows: list[tuple[str, dict]], first: str = "split") -> str:
+    width = max([len(first)] + [len(name) for name, _ in rows])
+    lines = [f"{first:<{width}} {'count':>7} {'Acc@0.5':>8} {'Acc@0.75':>8} {'mIoU':>6}"]
+    for name, s in rows:
+        lines.append(f"{name:<{width}} {s['count']:>7} {_pct(s['acc50']):>8} {_pct(s['acc75']):>8} {s['miou']:6.3f}")
+    return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .data import list_splits, open_dataset
+    from .evaluate import distributed_context, evaluate
+
+    ctx = distributed_context(args.device)
+    if ctx.world_size > 1 and args.device and args.device.startswith("cuda"):
+        args.device = f"cuda:{ctx.local_rank}"
+    try:
+        splits = args.split or [s for s in list_splits(args.data, args.format) if s != "train"] or [None]
+        datasets = [(split, open_dataset(args.data, args.format, split, strict=args.strict, images=args.images))
+                    for split in splits]
+    except DataError as exc:
+        raise _UsageError(f"--data: {exc}") from None
+    grounder = _load_grounder(args)
+    reports = []
+    try:
+        for split, dataset in datasets:
+            report = evaluate(grounder, dataset, split, rank=ctx.rank, world_size=ctx.world_size,
+                              progress=not args.no_progress, limit=args.limit)
+            reports.append(ctx.gather(report))
+    except DataError as exc:  # --strict
+        _error(str(exc))
+        ctx.close()
+        return EXIT_FAILED
+    ctx.close()
+    if not ctx.is_main:
+        return EXIT_OK
+    if args.out:
+        with args.out.open("w", encoding="utf-8") as f:
+            for report in reports:
+                for row in report.predictions():
+                    f.write(json.dumps(row) + "\n")
+    issues = [i for r in reports for i in r.issues]
+    for issue in issues:
+        _error(f"skipped: {issue}")
+    if args.json:
+        print(json.dumps({"model": args.model, "data": str(args.data), "processes": ctx.world_size,
+                          "splits": {str(r.split): {**r.summary, "seconds": r.seconds, "skipped": len(r.issues),
+                                                    "breakdowns": r.breakdowns()} for r in reports}}))
+        return EXIT_OK
+    print(_summary_table([(str(r.split), r.summary) for r in reports]))
+    for r in reports:
+        for title, groups in r.breakdowns().items():
+            print(f"\n{r.split}: by {title}")
+            print(_summary_table(list(groups.items()), title))
+    seconds = sum(r.seconds for r in reports)
+    count = sum(r.summary["count"] for r in reports)
+    print(f"\n{count} samples in {seconds:.1f} s on {ctx.world_size} process(es)"
+          + (f"; {len(issues)} skipped (listed on stderr)" if issues else ""))
+    return EXIT_OK
+
+
+def _make_synthetic(args: argparse.Namespace) -> int:
+    from .synthetic import baseline_accuracies, write_synthetic
+
+    if args.n < 1 or args.size < 64 or args.per_scene < 1:
+        raise _UsageError("--n and --per-scene must be positive and --size at least 64")
+    counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene)
+    rows = {split: [json.loads(line) for line in (args.out / f"{split}.jsonl").open(encoding="utf-8")]
+            for split in counts}
+    baselines = {split: baseline_accuracies(r) for split, r in rows.items() if r}
+    if args.json:
+        print(json.dumps({"out": str(args.out), "counts": counts, "baselines_acc50": baselines}))
+        return EXIT_OK
+    print(f"wrote {sum(counts.values())} samples to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    names = list(next(iter(baselines.values())))
+    print("\ntrivial baselines, Acc@0.5 (%):")
+    print(f"{'':50}" + "".join(f"{split:>8}" for split in baselines))
+    for name in names:
+        print(f"{name:50}" + "".join(f"{_pct(b[name]):>8}" for b in baselines.values()))
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

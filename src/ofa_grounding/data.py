@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,9 +119,9 @@ def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
             except ValueError as exc:
                 ds.report(where, str(exc).splitlines()[0])
                 continue
-            row_split = row.get("split", split)
+            row_split = row.get("split")
             if split is not None and row_split != split:
-                continue
+                continue  # rows without a split label only count when no split is asked for
             image_path = Path(image) if Path(image).is_absolute() else base / image
             meta = {k: v for k, v in row.items() if k not in ("image", "text", "box", "id", "split")}
             meta["line"] = where
@@ -177,11 +177,15 @@ def read_tsv(path: str | Path, split: str | None = None, strict: bool = False) -
 # REFER releases: refs(<split_by>).p + instances.json + COCO images
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Admits only plain data: dicts, lists, tuples, strings, numbers (no classes, no functions)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: REFER pickles hold plain data only")
+        raise _Refused(f"refusing to load {module}.{name}: REFER pickles hold plain data only")
 
 
 def load_refer_pickle(path: str | Path) -> list[dict]:
@@ -190,9 +194,11 @@ def load_refer_pickle(path: str | Path) -> list[dict]:
     try:
         with path.open("rb") as f:
             refs = _PlainDataUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise DataError(f"{path}: {exc}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # a damaged pickle can fail in many ways
         raise DataError(f"{path}: not a readable REFER pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
         raise DataError(f"{path}: expected a list of ref dicts")
@@ -324,7 +330,7 @@ def list_splits(path: str | Path, format: str | None = None) -> list[str | None]
     path = Path(path)
     format = format or detect_format(path)
     if format == "jsonl" and path.is_dir():
-        return [p.stem for p in sorted(path.glob("*.jsonl"))]
+        return _split_order(p.stem for p in path.glob("*.jsonl"))
     if format == "tsv":
         return [None]
     if format == "jsonl":
@@ -337,7 +343,9 @@ def list_splits(path: str | Path, format: str | None = None) -> list[str | None]
                 except ValueError:
                     continue
         return list(seen)
-    refs = load_refer_pickle(_find_refs_file(path, None))
+    return _split_order({r.get("split") for r in load_refer_pickle(_find_refs_file(path, None))})
+
+
+def _split_order(names: Iterable[str | None]) -> list[str | None]:
     order = ["train", "val", "test", "testA", "testB", "testC"]
-    found = {r.get("split") for r in refs}
-    return sorted(found, key=lambda s: (order.index(s) if s in order else len(order), str(s)))
+    return sorted(set(names), key=lambda s: (order.index(s) if s in order else len(order), str(s)))

@@ -1,0 +1,177 @@
+"""Run a Grounder over a dataset split: predictions, Acc@0.5 / Acc@0.75 / mean IoU, breakdowns.
+
+Samples of one image that follow each other are decoded together (one image load and preprocessing,
+one batched encoder/decoder pass). Under `torchrun` each process takes every world_size-th such
+group, and rank 0 gathers the records: since a group is computed the same way whoever runs it, the
+numbers equal a single-process run's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .data import DataError, DataIssue, Dataset, Sample
+from .image import ImageLoadError
+from .metrics import box_iou, breakdown, is_hit, length_bucket, size_bucket, summarize
+from .predictor import Grounder
+
+__all__ = ["EvalReport", "evaluate", "distributed_context", "PREDICTION_KEYS"]
+
+PREDICTION_KEYS = ("id", "text", "box", "gt_box", "iou", "score", "split")
+BOX_TOLERANCE = 1.0  # pixels a ground-truth box may stick out of its image (rounding in annotations)
+
+
+@dataclass
+class EvalReport:
+    split: str | None
+    records: list[dict[str, Any]]
+    issues: list[DataIssue] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return summarize(self.records)
+
+    def breakdowns(self) -> dict[str, dict[str, dict]]:
+        out = {"box size": breakdown(self.records, lambda r: size_bucket(r["gt_box"])),
+               "expression length": breakdown(self.records, lambda r: length_bucket(r["text"]))}
+        if any("kind" in r for r in self.records):
+            out["expression kind"] = breakdown(self.records, lambda r: r.get("kind"))
+        return out
+
+    def predictions(self) -> Iterator[dict[str, Any]]:
+        for r in self.records:
+            yield {k: r[k] for k in PREDICTION_KEYS}
+
+
+def _groups(samples: Iterable[Sample], size: int) -> Iterator[list[tuple[int, Sample]]]:
+    """Runs of consecutive samples of the same image, at most `size` long, with their positions."""
+    group: list[tuple[int, Sample]] = []
+    for i, sample in enumerate(samples):
+        if group and (group[-1][1].image_key != sample.image_key or len(group) == size):
+            yield group
+            group = []
+        group.append((i, sample))
+    if group:
+        yield group
+
+
+def _box_outside(box: tuple[float, ...], size_wh: tuple[int, int]) -> bool:
+    w, h, tol = *size_wh, BOX_TOLERANCE
+    return box[0] < -tol or box[1] < -tol or box[2] > w + tol or box[3] > h + tol
+
+
+def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, rank: int = 0, world_size: int = 1,
+             progress: bool = True, limit: int | None = None) -> EvalReport:
+    """Predict every sample of `dataset` (this rank's share of it) and score the predictions.
+
+    Problems (unreadable image, box outside its image, malformed rows reported by the reader) are
+    recorded in `report.issues` and the sample is skipped; with a strict dataset they raise `DataError`.
+    """
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    issues: list[DataIssue] = []
+    samples: Iterable[Sample] = dataset
+    if limit is not None:
+        samples = (s for i, s in zip(range(limit), dataset))
+    bar = tqdm(desc=f"eval {split or ''}".strip(), unit="sample", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    for g, group in enumerate(_groups(samples, grounder.batch_size)):
+        if g % world_size != rank:
+            continue
+        first = group[0][1]
+        try:
+            image = grounder.load_image(first.image)
+        except ImageLoadError as exc:
+            for _, s in group:
+                _issue(dataset, issues, s, str(exc))
+            continue
+        kept = []
+        for i, s in group:
+            if _box_outside(s.box, image.size):
+                _issue(dataset, issues, s, f"box {list(s.box)} lies outside the {image.size[0]}x{image.size[1]} image")
+            else:
+                kept.append((i, s))
+        if not kept:
+            continue
+        results = grounder.predict(image, [s.text for _, s in kept])
+        for (i, s), r in zip(kept, results):
+            record = {"index": i, "id": s.id, "text": s.text, "box": list(r.box), "gt_box": list(s.box),
+                      "iou": box_iou(r.box, s.box), "score": r.score, "hit": is_hit(r.box, s.box),
+                      "split": s.split if s.split is not None else split}
+            if "kind" in s.meta:
+                record["kind"] = s.meta["kind"]
+            records.append(record)
+        bar.update(len(group))
+    bar.close()
+    issues = list(dataset.issues) + issues  # the reader's problems first (malformed lines)
+    return EvalReport(split, records, issues, time.perf_counter() - start)
+
+
+def _issue(dataset: Dataset, issues: list[DataIssue], sample: Sample, message: str) -> None:
+    where = sample.meta.get("line") or f"id {sample.id}"
+    issue = DataIssue(f"{where} ({sample.id})" if sample.meta.get("line") else where, message)
+    if dataset.strict:
+        raise DataError(str(issue))
+    issues.append(issue)
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, report: EvalReport) -> EvalReport | None:
+        """All ranks' records on rank 0, in dataset order (None on the other ranks)."""
+        if self.world_size == 1:
+            return report
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world_size if self.is_main else None
+        dist.gather_object((report.records, report.issues, report.seconds), parts, dst=0)
+        if not self.is_main:
+            return None
+        records = sorted((r for p in parts for r in p[0]), key=lambda r: r["index"])
+        seen: set[str] = set()
+        issues = []
+        for p in parts:  # every rank reads the whole file, so the reader's issues repeat
+            for issue in p[1]:
+                if str(issue) not in seen:
+                    seen.add(str(issue))
+                    issues.append(issue)
+        return EvalReport(report.split, records, issues, max(p[2] for p in parts))
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def distributed_context(device: str | None = None) -> DistributedContext:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK; start a process group when there are several."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistributedContext()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device or "").startswith("cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistributedContext(rank, world, local)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from ofa_grounding.synthetic import SceneObject, baseline_accuracies, resolve, write_synthetic
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for split in ("train", "val", "test") for line in (folder / f"{split}.jsonl").open()]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn")
+    write_synthetic(out, 300, seed=5)
+    return out
+
+
+def test_same_seed_same_bytes(tmp_path: Path, bench: Path) -> None:
+    write_synthetic(tmp_path / "again", 300, seed=5)
+    assert _digest(tmp_path / "again") == _digest(bench)
+    write_synthetic(tmp_path / "other", 300, seed=6)
+    assert _digest(tmp_path / "other") != _digest(bench)
+
+
+def test_more_samples_only_add_scenes(tmp_path: Path, bench: Path) -> None:
+    write_synthetic(tmp_path / "small", 40, seed=5)
+    small = _digest(tmp_path / "small")
+    big = _digest(bench)
+    assert all(big[name] == digest for name, digest in small.items() if name.startswith("images/"))
+
+
+def test_every_expression_picks_exactly_its_target(bench: Path) -> None:
+    rows = _rows(bench)
+    assert len(rows) == 300
+    for row in rows:
+        objects = [SceneObject(**{**o, "box": tuple(o["box"])}) for o in row["objects"]]
+        assert resolve(row["expression"], objects) == [row["target"]], row["id"]
+        assert row["box"] == row["objects"][row["target"]]["box"]
+        assert row["expression"]["desc"].get("shape", "shape") in row["text"]
+    assert {r["kind"] for r in rows} == {"attribute", "relation", "ordinal", "superlative"}
+
+
+def test_splits_have_disjoint_scenes(bench: Path) -> None:
+    images = {split: {json.loads(line)["image"] for line in (bench / f"{split}.jsonl").open()}
+              for split in ("train", "val", "test")}
+    assert images["train"] and images["val"] and images["test"]
+    assert not (images["train"] & images["val"] or images["train"] & images["test"] or images["val"] & images["test"])
+
+
+def test_trivial_baselines_stay_below_40_percent(bench: Path) -> None:
+    accuracies = baseline_accuracies(_rows(bench))
+    assert len(accuracies) == 4
+    assert all(acc < 0.40 for acc in accuracies.values()), accuracies
+
+
+def test_relation_semantics() -> None:
+    red_left = SceneObject("circle", "red", "small", "solid", (10, 100, 30, 120))
+    red_right = SceneObject("circle", "red", "small", "solid", (200, 100, 220, 120))
+    anchor = SceneObject("square", "blue", "large", "solid", (100, 90, 150, 140))
+    objects = [red_left, red_right, anchor]
+    expr = {"kind": "relation", "desc": {"color": "red", "shape": "circle"}, "anchor": {"shape": "square"},
+            "relation": "left of"}
+    assert resolve(expr, objects) == [0]
+    assert resolve({**expr, "relation": "right of"}, objects) == [1]
+    assert resolve({**expr, "relation": "above"}, objects) == []
+    assert resolve({"kind": "ordinal", "desc": {"shape": "circle"}, "direction": "right", "index": 0}, objects) == [1]
+    assert resolve({"kind": "superlative", "desc": {"color": "red"}, "extreme": "largest"}, objects) == []  # a tie
