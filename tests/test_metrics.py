@@ -27,5 +27,7 @@ def test_summary_and_breakdowns() -> None:
     assert summarize([]) == {"count": 0, "acc50": 0.0, "acc75": 0.0, "miou": 0.0}
     by_size = breakdown(records, lambda r: size_bucket(r["gt_box"]))
     assert list(by_size) == ["large", "small"] and by_size["small"]["acc50"] == 1.0
+    assert list(breakdown(records, lambda r: size_bucket(r["gt_box"]), ("small", "medium", "large"))) == [
+        "small", "large"]
     assert length_bucket("a b") == "1-2 words" and length_bucket("one two three four") == "3-5 words"
     assert size_bucket([0, 0, 31, 33]) == "small" and size_bucket([0, 0, 96, 96]) == "large"

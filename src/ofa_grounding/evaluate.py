@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .data import DataError, DataIssue, Dataset, Sample
 from .image import ImageLoadError
-from .metrics import box_iou, breakdown, is_hit, length_bucket, size_bucket, summarize
+from .metrics import LENGTH_ORDER, SIZE_ORDER, box_iou, breakdown, is_hit, length_bucket, size_bucket, summarize
 from .predictor import Grounder
 
 __all__ = ["EvalReport", "evaluate", "distributed_context", "PREDICTION_KEYS"]
@@ -40,8 +40,8 @@ class EvalReport:
         return summarize(self.records)
 
     def breakdowns(self) -> dict[str, dict[str, dict]]:
-        out = {"box size": breakdown(self.records, lambda r: size_bucket(r["gt_box"])),
-               "expression length": breakdown(self.records, lambda r: length_bucket(r["text"]))}
+        out = {"box size": breakdown(self.records, lambda r: size_bucket(r["gt_box"]), SIZE_ORDER),
+               "expression length": breakdown(self.records, lambda r: length_bucket(r["text"]), LENGTH_ORDER)}
         if any("kind" in r for r in self.records):
             out["expression kind"] = breakdown(self.records, lambda r: r.get("kind"))
         return out

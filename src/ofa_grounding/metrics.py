@@ -59,11 +59,17 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, float]:
     return {"count": n, "acc50": hits50 / n, "acc75": hits75 / n, "miou": iou_sum / n}
 
 
-def breakdown(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], str | None]) -> dict[str, dict]:
-    """`summarize` per group; records whose key is None are left out."""
+SIZE_ORDER = ("small", "medium", "large")
+LENGTH_ORDER = ("1-2 words", "3-5 words", "6-9 words", "10+ words")
+
+
+def breakdown(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], str | None],
+              order: Sequence[str] = ()) -> dict[str, dict]:
+    """`summarize` per group, groups in `order` first, then alphabetically; records keyed None are left out."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         k = key(r)
         if k is not None:
             groups.setdefault(k, []).append(r)
-    return {k: summarize(v) for k, v in sorted(groups.items())}
+    rank = {name: i for i, name in enumerate(order)}
+    return {k: summarize(groups[k]) for k in sorted(groups, key=lambda k: (rank.get(k, len(rank)), k))}
