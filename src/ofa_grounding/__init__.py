@@ -9,22 +9,11 @@
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .image import ImageLoadError
-from .predictor import Alternative, Grounder, GroundingResult
+from .predictor import DEFAULT_MODEL, Alternative, Grounder, GroundingResult
 from .presets import get_preset, list_presets
 
 __version__ = "0.1.0"
 
-__all__ = [
-           "Alternative",
-           "CheckpointError",
-           "GenerationConfig",
-           "Grounder",
-           "GroundingResult",
-           "ImageLoadError",
-           "OFAConfig",
-           "PreprocessConfig",
-           "__version__",
-           "get_preset",
-           "list_presets",
-           "load_checkpoint",
-]
+__all__ = ["DEFAULT_MODEL", "Alternative", "CheckpointError", "GenerationConfig", "Grounder", "GroundingResult",
+           "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "get_preset", "list_presets",
+           "load_checkpoint"]

@@ -57,24 +57,26 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem + layer1..layer3 of ResNet-50/101/152; output channels 1024 at stride 16."""
+    """Stem + layer1..layer3 of ResNet-50/101/152: 16 x `width` output channels (1024 for OFA) at stride 16.
 
-    out_channels = 1024
+    `width` (64 in every OFA model) scales all widths; smaller values make our own small demo models.
+    """
 
-    def __init__(self, resnet_type: str = "resnet50", drop_path_rate: float = 0.0) -> None:
+    def __init__(self, resnet_type: str = "resnet50", drop_path_rate: float = 0.0, width: int = 64) -> None:
         super().__init__()
         blocks = RESNET_LAYERS[resnet_type]
         rates = linear_rates(drop_path_rate, sum(blocks))
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.out_channels = 16 * width
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_ch, start = 64, 0
-        for i, (width, stride, n) in enumerate(zip((64, 128, 256), (1, 2, 2), blocks)):
+        in_ch, start = width, 0
+        for i, (stage_width, stride, n) in enumerate(zip((width, 2 * width, 4 * width), (1, 2, 2), blocks)):
             layer = []
             for j in range(n):
-                layer.append(Bottleneck(in_ch, width, stride if j == 0 else 1, rates[start + j]))
-                in_ch = width * Bottleneck.expansion
+                layer.append(Bottleneck(in_ch, stage_width, stride if j == 0 else 1, rates[start + j]))
+                in_ch = stage_width * Bottleneck.expansion
             start += n
             setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
 

@@ -200,8 +200,14 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
 def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str | Path,
                     preprocess: PreprocessConfig, generation: GenerationConfig,
-                    metadata: dict[str, str] | None = None) -> Path:
-    """Write our layout: config.json, configuration.json, model.safetensors, vocab.json, merges.txt."""
+                    metadata: dict[str, str] | None = None, modelscope: bool = False,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write our layout: config.json, configuration.json, model.safetensors, vocab.json, merges.txt.
+
+    With `modelscope`, also `pytorch_model.bin` holding every key an OFA checkpoint has (the tied output
+    projection, and zero-initialised tensors for the parts grounding never runs), for tools that read
+    ModelScope's layout. `dtype=torch.float16` stores the weights at half size (loading upcasts them).
+    """
     if model.encoder.embed_images.fused:
         raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
                          "as loaded by load_checkpoint instead")
@@ -218,5 +224,26 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
     (directory / "configuration.json").write_text(json.dumps(settings, indent=2))
     for name in ("vocab.json", "merges.txt"):
         (directory / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
+    stored = model
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        stored = OFAModel(model.config).to(dtype)
+        stored.load_state_dict(model.state_dict())
+    save_model(stored, str(directory / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
+    if modelscope:
+        torch.save(_modelscope_state_dict(model), directory / "pytorch_model.bin")
     return directory
+
+
+def _modelscope_state_dict(model: OFAModel) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state["decoder.embed_tokens.weight"] = state["encoder.embed_tokens.weight"]  # one tensor, three names
+    state["decoder.output_projection.weight"] = state["encoder.embed_tokens.weight"]
+    d, heads = cfg.d_model, cfg.decoder_attention_heads
+    state["decoder.embed_image_positions.weight"] = torch.zeros(cfg.image_bucket_size ** 2 + 1, d)
+    for name in ("image_pos_ln", "code_layernorm_embedding"):
+        state[f"decoder.{name}.weight"], state[f"decoder.{name}.bias"] = torch.ones(d), torch.zeros(d)
+    for i in range(1 if cfg.share_attn_bias else cfg.decoder_layers):
+        state[f"decoder.image_rel_pos_table_list.{i}.weight"] = torch.zeros((2 * cfg.image_bucket_size - 1) ** 2 + 3,
+                                                                           heads)
+    return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="ground descriptions in an image",
                        description="Ground one or more descriptions in an image, or a batch from --jsonl.")
-    p.add_argument("--model", required=True, help="model directory (ModelScope OFA layout or ours)")
+    p.add_argument("--model", help="model directory, ModelScope OFA layout or ours (default: the bundled demo model)")
     p.add_argument("image", nargs="?", help="image file")
     p.add_argument("text", nargs="*", help="one or more descriptions")
     p.add_argument("--jsonl", type=Path, help='file with one {"image": path, "text": str} per line '
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
                        description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns. Runs sharded "
                                    "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
-    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("--model", help="model directory (default: the bundled demo model)")
     e.add_argument("--data", required=True, type=Path,
                    help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
     e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
@@ -69,6 +70,44 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(func=_eval)
+
+    t = sub.add_parser("train", help="finetune (or train from a preset) on grounding data",
+                       description="OFA's RefCOCO finetuning recipe. Multi-process: torchrun --nproc_per_node N "
+                                   "-m ofa_grounding.cli train ... (DDP; gloo on CPU, nccl on GPU).")
+    t.add_argument("--model", required=True, help="initial model directory, or a preset name for random weights")
+    t.add_argument("--data", required=True, help="training data (any format `eval` reads)")
+    t.add_argument("--split", default="train", help="training split (default train; 'all' for every row)")
+    t.add_argument("--val", help="validation data (default: none)")
+    t.add_argument("--val-split", default="val")
+    t.add_argument("--val-limit", type=int, help="validate on the first N samples only")
+    t.add_argument("--out", required=True, help="output folder: last/ and best/ model directories, log.csv")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--max-steps", type=int, help="stop after this many updates (overrides --epochs)")
+    t.add_argument("--batch-size", type=int, default=16, help="samples per process per micro-batch")
+    t.add_argument("--accum", type=int, default=1, help="micro-batches per update (gradient accumulation)")
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--min-lr", type=float, default=0.0)
+    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--clip-norm", type=float, default=1.0)
+    t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
+    t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    t.add_argument("--augment", default="", help="comma-separated, off by default: flip (mirrors left/right "
+                   "words too), jitter (brightness/contrast)")
+    t.add_argument("--eval-every", type=int, default=500)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    t.add_argument("--cache-images", action="store_true", help="keep resized training images in memory")
+    t.add_argument("--device", default=None)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--modelscope", action="store_true", help="also write pytorch_model.bin with every OFA key")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL after that step
+    t.add_argument("-v", "--verbose", action="store_true")
+    t.set_defaults(func=_train)
 
     s = sub.add_parser("make-synthetic", help="write the synthetic referring-expression benchmark",
                        description="Deterministic scenes of shapes with referring expressions, written as "
@@ -232,9 +271,10 @@ def _eval(args: argparse.Namespace) -> int:
     for issue in issues:
         _error(f"skipped: {issue}")
     if args.json:
-        print(json.dumps({"model": args.model, "data": str(args.data), "processes": ctx.world_size,
-                          "splits": {str(r.split): {**r.summary, "seconds": r.seconds, "skipped": len(r.issues),
-                                                    "breakdowns": r.breakdowns()} for r in reports}}))
+        splits = {str(r.split): {**r.summary, "seconds": r.seconds, "skipped": len(r.issues),
+                                 "breakdowns": r.breakdowns()} for r in reports}
+        print(json.dumps({"model": str(args.model or "(bundled demo)"), "data": str(args.data),
+                          "processes": ctx.world_size, "splits": splits}))
         return EXIT_OK
     print(_summary_table([(str(r.split), r.summary) for r in reports]))
     for r in reports:
@@ -245,6 +285,29 @@ def _eval(args: argparse.Namespace) -> int:
     count = sum(r.summary["count"] for r in reports)
     print(f"\n{count} samples in {seconds:.1f} s on {ctx.world_size} process(es)"
           + (f"; {len(issues)} skipped (listed on stderr)" if issues else ""))
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train.loop import TrainConfig, train
+
+    if args.resume and not (Path(args.out) / "last" / "trainer_state.json").is_file():
+        raise _UsageError(f"--resume: no checkpoint in {args.out}/last")
+    cfg = TrainConfig(model=args.model, data=args.data, out=args.out, split=None if args.split == "all" else args.split,
+                      val=args.val, val_split=args.val_split, val_limit=args.val_limit, epochs=args.epochs,
+                      max_steps=args.max_steps, batch_size=args.batch_size, accum=args.accum, lr=args.lr,
+                      min_lr=args.min_lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+                      label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, drop_path=args.drop_path,
+                      dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
+                      eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
+                      cache_images=args.cache_images, device=args.device, resume=args.resume,
+                      modelscope=args.modelscope, progress=not args.no_progress, kill_at_step=args.kill_at_step)
+    try:
+        summary = train(cfg)
+    except (CheckpointError, DataError) as exc:
+        raise _UsageError(str(exc)) from None
+    if summary is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ class OFAConfig:
     encoder_ffn_dim: int = 1024
     decoder_ffn_dim: int = 1024
     resnet_type: str = "resnet50"
+    resnet_width: int = 64  # stem/first-stage width; OFA always uses 64 (-> 1024 output channels). Ours only.
     max_position_embeddings: int = 1024  # text/decoder position tables have this + 2 rows
     token_bucket_size: int = 256  # 1-D relative position buckets: 2 * 256 - 1 table rows
     image_bucket_size: int = 42  # 2-D image grid side; image position ids use this row stride

@@ -219,8 +219,8 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
-        self.embed_images = ResNet(cfg.resnet_type, cfg.resnet_drop_path_rate)
-        self.image_proj = nn.Linear(ResNet.out_channels, d)
+        self.embed_images = ResNet(cfg.resnet_type, cfg.resnet_drop_path_rate, cfg.resnet_width)
+        self.image_proj = nn.Linear(self.embed_images.out_channels, d)
         self.type_embedding = nn.Embedding(2, d)  # row 0 text, row 1 image
         self.layernorm_embedding = nn.LayerNorm(d)
         self.patch_layernorm_embedding = nn.LayerNorm(d)
@@ -365,8 +365,12 @@ class Decoder(nn.Module):
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.layernorm_embedding(self.embed_tokens(tokens) * self.embed_scale)
 
-    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
-        """Teacher-forced pass over whole prefixes (B, T), starting with BOS -> logits (B, T, V)."""
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOutput,
+                output_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced pass over whole prefixes (B, T), starting with BOS -> logits (B, T, V).
+
+        With `output_ids` (V',) only those ids' logits are computed: (B, T, V').
+        """
         T = prev_tokens.shape[1]
         self_bias, cross_bias = self._biases(T, enc)
         causal = torch.full((T, T), float("-inf"), device=prev_tokens.device).triu(1)
@@ -374,7 +378,8 @@ class Decoder(nn.Module):
         for layer, bias in zip(self.layers, self_bias):
             kv = layer.cross_attn.project_kv(enc.hidden)
             y = layer(y, bias + causal, kv, cross_bias)
-        return F.linear(self.layer_norm(y), self.embed_tokens.weight)
+        weight = self.embed_tokens.weight if output_ids is None else self.embed_tokens.weight[output_ids]
+        return F.linear(self.layer_norm(y), weight)
 
     def start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None = None) -> DecoderState:
         """Prepare incremental decoding of up to `max_steps` positions; cross keys/values computed once."""
@@ -437,9 +442,10 @@ class OFAModel(nn.Module):
         image_embeds, grid = self.encoder.embed_image(patch_images)
         return self.encoder(input_ids, image_embeds, grid)
 
-    def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for training: prev_tokens starts with BOS."""
-        return self.decoder(prev_tokens, self.encode(input_ids, patch_images))
+    def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor, prev_tokens: torch.Tensor,
+                output_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) (or (B, T, V') for `output_ids`); prev_tokens starts with BOS."""
+        return self.decoder(prev_tokens, self.encode(input_ids, patch_images), output_ids)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -23,7 +23,10 @@ from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor,
 from .model import EncoderOutput, OFAModel
 from .tokenizer import OFATokenizer
 
-__all__ = ["Alternative", "Grounder", "GroundingResult"]
+__all__ = ["DEFAULT_MODEL", "Alternative", "Grounder", "GroundingResult"]
+
+# Our demo model, trained on the synthetic benchmark and shipped in the package (see the README).
+DEFAULT_MODEL = Path(__file__).parent / "models" / "demo"
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +102,13 @@ class Grounder:
         self._vocab_ids = open_vocab_ids(self.generation, model.config.vocab_size, self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs: Any) -> Grounder:
-        """Load a model directory (ModelScope layout or ours); see `checkpoint.load_checkpoint`."""
-        ckpt = load_checkpoint(path)
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device | None = None,
+                        **kwargs: Any) -> Grounder:
+        """Load a model directory (ModelScope layout or ours; see `checkpoint.load_checkpoint`).
+
+        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`).
+        """
+        ckpt = load_checkpoint(DEFAULT_MODEL if path is None else path)
         return cls(ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, device=device, **kwargs)
 
     # -- inputs ---------------------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Training samples: the inference preprocessing, plus the box as 4 bin tokens + EOS.
+
+Random access over a dataset's samples (images stay on disk unless `cache_images`), deterministic
+optional augmentations keyed by (seed, epoch, index) so that a resumed run sees the same data, and a
+sampler that hands each process a disjoint share of one shuffled order.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+from ..config import GenerationConfig, PreprocessConfig
+from ..data import Sample
+from ..image import box_to_bins, load_image, resize_ratios
+from ..tokenizer import BOS, EOS, OFATokenizer
+
+__all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "AUGMENTATIONS"]
+
+AUGMENTATIONS = ("flip", "jitter")
+_LEFT_RIGHT = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+
+
+def _flip_text(text: str) -> str:
+    """Mirror the words a horizontal flip changes the meaning of (left <-> right)."""
+    return re.sub(r"\b(left|right|leftmost|rightmost)\b", lambda m: _LEFT_RIGHT[m.group(1)], text)
+
+
+@dataclass
+class Item:
+    index: int
+    input_ids: list[int]
+    pixels: torch.Tensor  # (3, S, S) float32, normalised
+    target: torch.Tensor  # (5,) int64: 4 bin ids + EOS
+
+
+class GroundingTrainSet(torch.utils.data.Dataset):
+    def __init__(self, samples: Sequence[Sample], tokenizer: OFATokenizer, preprocess: PreprocessConfig,
+                 generation: GenerationConfig, augment: Sequence[str] = (), seed: int = 0,
+                 cache_images: bool = False, max_pixels: int | None = None) -> None:
+        unknown = set(augment) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
+        self.samples, self.tokenizer = list(samples), tokenizer
+        self.preprocess, self.generation = preprocess, generation
+        self.augment, self.seed, self.epoch = tuple(augment), seed, 0
+        self.max_pixels = max_pixels
+        self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _resized(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        image = load_image(self.samples[index].image, self.max_pixels)
+        size = self.preprocess.patch_image_size
+        resized = image if image.size == (size, size) else image.resize((size, size), resample=Image.BICUBIC)
+        out = (np.asarray(resized, dtype=np.uint8), image.size)
+        if self._cache is not None:
+            self._cache[index] = out
+        return out
+
+    def __getitem__(self, index: int) -> Item:
+        sample = self.samples[index]
+        pixels, size_wh = self._resized(index)
+        text, box = sample.text, sample.box
+        if self.augment:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
+            if "flip" in self.augment and rng.random() < 0.5:
+                pixels = pixels[:, ::-1]
+                w = size_wh[0]
+                box = (w - box[2], box[1], w - box[0], box[3])
+                text = _flip_text(text)
+            if "jitter" in self.augment:
+                image = Image.fromarray(np.ascontiguousarray(pixels))
+                image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+                pixels = np.asarray(ImageEnhance.Contrast(image).enhance(rng.uniform(0.85, 1.15)))
+        normalised = np.ascontiguousarray(pixels).astype(np.float32) / np.float32(255)
+        normalised = (normalised - np.asarray(self.preprocess.mean, np.float32)) / np.asarray(self.preprocess.std,
+                                                                                            np.float32)
+        ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
+        bins = box_to_bins(torch.tensor([box], dtype=torch.float64), ratios, self.generation.num_bins,
+                           self.preprocess.max_image_size)[0]
+        target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([EOS])])
+        ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
+        return Item(index, ids, torch.from_numpy(normalised.transpose(2, 0, 1).copy()), target)
+
+
+def collate(items: list[Item], pad_id: int = 1) -> dict[str, torch.Tensor]:
+    L = max(len(it.input_ids) for it in items)
+    input_ids = torch.full((len(items), L), pad_id, dtype=torch.long)
+    for i, it in enumerate(items):
+        input_ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
+    target = torch.stack([it.target for it in items])  # (B, 5)
+    prev = torch.cat([torch.full((len(items), 1), BOS, dtype=torch.long), target[:, :-1]], dim=1)
+    return {"input_ids": input_ids, "patch_images": torch.stack([it.pixels for it in items]), "prev_tokens": prev,
+            "target": target, "index": torch.tensor([it.index for it in items])}
+
+
+class ShardedShuffleSampler(torch.utils.data.Sampler[int]):
+    """One permutation per (seed, epoch); rank r takes positions r, r + world, ... of it (disjoint shares).
+
+    The tail is cut so that every rank gets the same number of samples (DDP steps in lockstep).
+    `start` skips that many of this rank's samples (resuming in the middle of an epoch).
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.world_size - self.start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        per_rank = self.n // self.world_size
+        return order[self.rank: per_rank * self.world_size: self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start:])

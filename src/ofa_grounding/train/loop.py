@@ -1,0 +1,321 @@
+"""Finetuning OFA for grounding, after OFA's RefCOCO recipe, on one process or many (torchrun, DDP).
+
+Recipe (OFA, see the README): targets are the box's 4 bin tokens + EOS, label-smoothed cross-entropy
+(0.1) over ids 0..3 and the bins (OFA-Compress's constraint), AdamW (0.9, 0.999, eps 1e-8, weight
+decay 0.01 on every parameter), linear warmup over 6 % of the updates then linear decay to 0, gradient
+clipping at 1.0, optional drop-path, the inference resize. Only rank 0 logs, validates and saves.
+
+A checkpoint is a model directory (loadable by `Grounder.from_pretrained`) plus `trainer_state.json`
+(step, epoch, position in the epoch, scheduler, Python RNG, settings) and `trainer_state.safetensors`
+(optimizer moments, torch RNG): `--resume` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointError, init_weights, load_checkpoint, save_checkpoint
+from ..config import GenerationConfig, PreprocessConfig
+from ..data import Dataset, open_dataset
+from ..evaluate import distributed_context, evaluate
+from ..generation import open_vocab_ids
+from ..model import OFAModel
+from ..predictor import Grounder
+from ..presets import get_preset, list_presets
+from ..tokenizer import ASSETS_DIR, OFATokenizer
+from .data import GroundingTrainSet, ShardedShuffleSampler, collate
+from .losses import label_smoothed_nll
+
+__all__ = ["TrainConfig", "train", "load_initial_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    model: str  # a model directory, or a preset name for random weights
+    data: str
+    out: str
+    split: str | None = "train"
+    val: str | None = None
+    val_split: str | None = "val"
+    val_limit: int | None = None
+    epochs: int = 10
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 16  # per process and micro-batch
+    accum: int = 1
+    lr: float = 5e-5
+    min_lr: float = 0.0
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    drop_path: float | None = None  # encoder/decoder drop-path rate (None: keep the checkpoint's)
+    dropout: float | None = None
+    bf16: bool = False
+    augment: list[str] = field(default_factory=list)
+    eval_every: int = 500
+    save_every: int = 500
+    seed: int = 1
+    workers: int = 0
+    cache_images: bool = False
+    device: str | None = None
+    resume: bool = False
+    modelscope: bool = False  # also write pytorch_model.bin with every OFA key
+    progress: bool = True
+    kill_at_step: int | None = None  # testing only: SIGKILL this process right after that step
+
+
+def load_initial_model(name: str) -> tuple[OFAModel, OFATokenizer, PreprocessConfig, GenerationConfig, Path]:
+    """A model directory's weights, or a preset with fresh weights (OFA's initialisation)."""
+    if Path(name).exists():
+        ckpt = load_checkpoint(name)
+        return ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, ckpt.path
+    if name in list_presets():
+        preset = get_preset(name)
+        return (init_weights(OFAModel(preset.model)), OFATokenizer.default(), preset.preprocess, preset.generation,
+                ASSETS_DIR)
+    raise CheckpointError(f"--model {name}: neither a model directory nor a preset ({', '.join(list_presets())})")
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
+    for idx, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars["state"].setdefault(str(idx), {})[key] = value
+    return tensors, scalars
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, values in scalars["state"].items():
+        state.setdefault(int(idx), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+
+
+class _CsvLog:
+    FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou")
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        if not (resume and path.exists()):
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.FIELDS)
+
+    def write(self, **row: Any) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.FIELDS])
+
+
+def _dataset(path: str, split: str | None) -> Dataset:
+    return open_dataset(path, split=split)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training; returns a summary (steps, best validation Acc@0.5, output paths)."""
+    ctx = distributed_context(cfg.device)
+    device = torch.device(cfg.device or "cpu")
+    if ctx.world_size > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{ctx.local_rank}")
+    out = Path(cfg.out)
+    last_dir, best_dir = out / "last", out / "best"
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model, tokenizer, preprocess, generation, tokenizer_dir = load_initial_model(
+        str(last_dir) if cfg.resume else cfg.model)
+    if cfg.drop_path is not None:
+        model.config.encoder_drop_path_rate = model.config.decoder_drop_path_rate = cfg.drop_path
+    if cfg.dropout is not None:
+        model.config.dropout = cfg.dropout
+    if cfg.drop_path is not None or cfg.dropout is not None:  # rebuild so the layers pick the rates up
+        state = model.state_dict()
+        model = OFAModel(model.config)
+        model.load_state_dict(state)
+    model.to(device).train()
+
+    dataset = _dataset(cfg.data, cfg.split)
+    samples = list(dataset)
+    for issue in dataset.issues:
+        log.warning("skipped training sample: %s", issue)
+    if not samples:
+        raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
+    train_set = GroundingTrainSet(samples, tokenizer, preprocess, generation, cfg.augment, cfg.seed, cfg.cache_images)
+    sampler = ShardedShuffleSampler(len(train_set), cfg.seed, ctx.rank, ctx.world_size)
+    steps_per_epoch = max(1, len(sampler) // (cfg.batch_size * cfg.accum))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_ratio * total)
+
+    vocab_ids = open_vocab_ids(generation, model.config.vocab_size, device)
+    column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=device)
+    column[vocab_ids] = torch.arange(len(vocab_ids), device=device)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cfg.min_lr / cfg.lr + (1 - cfg.min_lr / cfg.lr) * _lr_factor(s, total, warmup))
+    step, epoch, position, best = 0, 0, 0, {"acc50": -1.0, "step": None}
+    if cfg.resume:
+        state = json.loads((last_dir / "trainer_state.json").read_text())
+        tensors = load_file(str(last_dir / "trainer_state.safetensors"))
+        _restore_optimizer(optimizer, tensors, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
+        rng = state["python_rng"]
+        random.setstate((rng[0], tuple(rng[1]), rng[2]))
+        torch.set_rng_state(tensors[f"rng.torch.{ctx.rank}"])
+    net = model
+    if ctx.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+
+    val_set = _dataset(cfg.val, cfg.val_split) if cfg.val and ctx.is_main else None
+    csv_log = _CsvLog(out / "log.csv", cfg.resume) if ctx.is_main else None
+
+    def validate() -> dict[str, float]:
+        model.eval()
+        grounder = Grounder(model, tokenizer, preprocess, generation, device=device, fuse=False)
+        report = evaluate(grounder, val_set, cfg.val_split, progress=False, limit=cfg.val_limit)
+        model.train()
+        return report.summary
+
+    def save(directory: Path) -> None:
+        save_checkpoint(directory, model, tokenizer_dir, preprocess, generation,
+                        metadata={"step": str(step), "source": "ofa-grounding train"}, modelscope=cfg.modelscope)
+
+    def save_state() -> None:
+        tensors, scalars = _optimizer_state_tensors(optimizer)
+        rng_states = [torch.get_rng_state()]
+        if ctx.world_size > 1:  # every rank's dropout RNG, so that each resumes where it stopped
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * ctx.world_size
+            dist.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not ctx.is_main:
+            return
+        save(last_dir)
+        for r, s in enumerate(rng_states):
+            tensors[f"rng.torch.{r}"] = s
+        save_file(tensors, str(last_dir / "trainer_state.safetensors"))
+        state = {"step": step, "epoch": epoch, "position": position, "best": best, "optimizer": scalars,
+                 "scheduler": scheduler.state_dict(), "python_rng": list(random.getstate()),
+                 "config": dataclasses.asdict(cfg), "world_size": ctx.world_size}
+        (last_dir / "trainer_state.json").write_text(json.dumps(state))
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not cfg.progress or not ctx.is_main,
+               dynamic_ncols=True)
+    window_start, window_samples = time.perf_counter(), 0
+    while step < total:
+        sampler.set_epoch(epoch, position)
+        train_set.set_epoch(epoch)
+        # Its own generator: a loader draws a seed from the global RNG when it starts an epoch, which would
+        # shift the dropout stream of a run resumed in the middle of an epoch.
+        loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.workers, collate_fn=collate, drop_last=True,
+                                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        batches = iter(loader)
+        for micro in _updates(batches, cfg.accum):
+            n_tokens = sum(b["target"].numel() for b in micro)
+            loss_sum = nll_sum = 0.0
+            for i, batch in enumerate(micro):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                # DDP averages gradients over processes, each normalised by its own (equal) token count,
+                # which gives fairseq's per-token mean over the whole update.
+                sync = ctx.world_size == 1 or i == len(micro) - 1
+                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast:
+                    logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids)
+                    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
+                    loss, nll = label_smoothed_nll(lprobs, column[batch["target"].view(-1)], cfg.label_smoothing)
+                    (loss / n_tokens).backward()
+                loss_sum += loss.item()
+                nll_sum += nll.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            if math.isfinite(float(grad_norm)):
+                optimizer.step()
+            else:
+                log.warning("step %d: non-finite gradient norm, update skipped", step)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            position += len(micro) * cfg.batch_size
+            window_samples += len(micro) * cfg.batch_size * ctx.world_size
+            rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+            lr = optimizer.param_groups[0]["lr"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+            row = {"step": step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss_sum / n_tokens:.5f}",
+                   "nll": f"{nll_sum / n_tokens:.5f}", "samples_per_s": f"{rate:.1f}"}
+            if val_set is not None and (step % cfg.eval_every == 0 or step == total):
+                summary = validate()
+                row.update(val_acc50=f"{summary['acc50']:.4f}", val_acc75=f"{summary['acc75']:.4f}",
+                           val_miou=f"{summary['miou']:.4f}")
+                if summary["acc50"] > best["acc50"]:
+                    best = {"acc50": summary["acc50"], "step": step}
+                    save(best_dir)
+                window_start, window_samples = time.perf_counter(), 0  # validation time is not training time
+            if csv_log:
+                csv_log.write(**row)
+            if step % cfg.save_every == 0 or step == total:
+                save_state()
+            if cfg.kill_at_step is not None and step == cfg.kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if step >= total:
+                break
+        else:  # the epoch ran out (a partial last update is dropped)
+            epoch, position = epoch + 1, 0
+    bar.close()
+    if ctx.world_size > 1:  # DDP keeps replicas identical; check it rather than trust it
+        import torch.distributed as dist
+
+        checksum = [float(sum(p.double().sum() for p in model.parameters()))]
+        sums: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(sums, checksum)
+        if len({s[0] for s in sums}) != 1:
+            raise RuntimeError(f"replicas diverged: parameter checksums {sums}")
+    ctx.close()
+    return {"steps": step, "epochs": epoch, "best_acc50": best["acc50"] if val_set is not None else None,
+            "best_step": best["step"], "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
+
+
+def _updates(batches, accum: int):
+    """Groups of `accum` micro-batches until the loader runs out."""
+    while True:
+        micro = [b for _, b in zip(range(accum), batches)]
+        if len(micro) < accum:
+            return
+        yield micro

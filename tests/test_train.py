@@ -1,0 +1,152 @@
+"""Training: the loss on known values, data/targets, a short run, bit-exact resume after SIGKILL, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ofa_grounding import Grounder
+from ofa_grounding.checkpoint import load_checkpoint
+from ofa_grounding.config import GenerationConfig, PreprocessConfig
+from ofa_grounding.data import Sample
+from ofa_grounding.synthetic import write_synthetic
+from ofa_grounding.tokenizer import OFATokenizer
+from ofa_grounding.train.data import GroundingTrainSet, ShardedShuffleSampler, collate
+from ofa_grounding.train.losses import label_smoothed_nll
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_label_smoothed_loss_known_values() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    loss, nll = label_smoothed_nll(probs.log(), torch.tensor([0, 2]), 0.1)
+    eps_i = 0.1 / 2
+    expected = sum((1 - 0.1 - eps_i) * -math.log(p[t]) + eps_i * -sum(math.log(x) for x in p)
+                   for p, t in (([0.7, 0.2, 0.1], 0), ([0.25, 0.25, 0.5], 2)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert nll.item() == pytest.approx(-math.log(0.7) - math.log(0.5), rel=1e-6)
+    assert label_smoothed_nll(probs.log(), torch.tensor([0, 2]), 0.0)[0].item() == pytest.approx(nll.item())
+
+
+def test_sampler_gives_disjoint_deterministic_shares() -> None:
+    a, b = ShardedShuffleSampler(10, seed=3, rank=0, world_size=2), ShardedShuffleSampler(10, seed=3, rank=1,
+                                                                                          world_size=2)
+    assert len(a) == 5 and not set(a) & set(b) and sorted([*a, *b]) == list(range(10))
+    assert list(a) == list(ShardedShuffleSampler(10, seed=3, rank=0, world_size=2))
+    a.set_epoch(1)
+    assert list(a) != list(ShardedShuffleSampler(10, seed=3, rank=0, world_size=2))
+    a.set_epoch(1, start=2)
+    assert list(a) == a.indices()[2:] and len(a) == 3
+
+
+def test_targets_and_flip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (200, 100), (255, 0, 0)).save(tmp_path / "a.png")
+    sample = Sample("s", tmp_path / "a.png", "the circle left of the star", (20.0, 10.0, 60.0, 51.0))
+    pre = PreprocessConfig(patch_image_size=64, max_image_size=64)
+    ds = GroundingTrainSet([sample], OFATokenizer.default(), pre, GenerationConfig())
+    item = ds[0]
+    # bins = round(x * (64 / W) / 64 * 999): x0 20 of 200 -> 99.9 -> 100, y1 51 of 100 -> 509.49 -> 509
+    assert item.target.tolist() == [58457 + 100, 58457 + 100, 58457 + 300, 58457 + 509, 2]
+    assert item.pixels.shape == (3, 64, 64) and item.input_ids[0] == 0 and item.input_ids[-1] == 2
+    flipped = GroundingTrainSet([sample], OFATokenizer.default(), pre, GenerationConfig(), augment=["flip"], seed=0)
+    seen = set()
+    for epoch in range(8):
+        flipped.set_epoch(epoch)
+        it = flipped[0]
+        seen.add(tuple(it.target.tolist()))
+        if it.target[0] != item.target[0]:  # mirrored: x0' = 200 - 60 = 140 -> bin 699, and the words swap
+            assert it.target.tolist()[:4] == [58457 + 699, 58457 + 100, 58457 + 899, 58457 + 509]
+            assert "right of" in OFATokenizer.default().decode(it.input_ids)
+    assert len(seen) == 2
+    batch = collate([item, item])
+    assert batch["prev_tokens"][0].tolist() == [0, *item.target.tolist()[:4]]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn")
+    write_synthetic(out, 48, seed=4, size=(96, 96))
+    return out
+
+
+def _train(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29531"]
+    launcher = launcher if nproc > 1 else []
+    return subprocess.run([sys.executable, *launcher, "-m", "ofa_grounding.cli", "train", *args, "--no-progress"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _common(model: Path, data: Path, out: Path) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--batch-size", "4", "--lr", "1e-3",
+            "--drop-path", "0.1", "--dropout", "0.1", "--augment", "flip,jitter", "--seed", "5"]
+
+
+def test_short_run_validates_saves_and_loads(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _train([*_common(tiny_model_dir, data, out), "--max-steps", "4", "--accum", "2", "--val", str(data),
+                   "--val-limit", "4", "--eval-every", "2", "--save-every", "2", "--modelscope"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["best"] is not None
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,lr,loss") and len(rows) == 5 and rows[2].split(",")[6] != ""
+    before = load_checkpoint(tiny_model_dir).model.state_dict()
+    after = load_checkpoint(out / "last").model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    Grounder.from_pretrained(out / "best").predict(data / "images/000000.png", "the largest star")
+    # the ModelScope layout: pytorch_model.bin with every OFA key, loadable without model.safetensors
+    bin_only = tmp_path / "bin_only"
+    shutil.copytree(out / "last", bin_only, ignore=shutil.ignore_patterns("model.safetensors", "trainer_state*"))
+    assert "decoder.output_projection.weight" in torch.load(bin_only / "pytorch_model.bin", weights_only=True)
+    for k, v in load_checkpoint(bin_only).model.state_dict().items():
+        assert torch.equal(v, after[k]), k
+
+
+def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    args = ["--max-steps", "6", "--save-every", "3"]
+    whole = _train([*_common(tiny_model_dir, data, tmp_path / "whole"), *args])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--kill-at-step", "3"])
+    assert killed.returncode == -9  # SIGKILL: no clean-up ran
+    assert json.loads((tmp_path / "cut/last/trainer_state.json").read_text())["step"] == 3
+    resumed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(str(tmp_path / "whole/last/model.safetensors"))
+    b = load_file(str(tmp_path / "cut/last/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa = load_file(str(tmp_path / "whole/last/trainer_state.safetensors"))
+    sb = load_file(str(tmp_path / "cut/last/trainer_state.safetensors"))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (tmp_path / "whole/log.csv").read_text().count("\n") == (tmp_path / "cut/log.csv").read_text().count("\n")
+
+
+def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--lr", "1e-4", "--seed", "5", "--max-steps", "2"]
+    double = _train([*common, "--out", str(tmp_path / "ddp"), "--batch-size", "4"], nproc=2)
+    assert double.returncode == 0, double.stderr[-3000:]
+    state = json.loads((tmp_path / "ddp/last/trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 2
+    assert {"rng.torch.0", "rng.torch.1"} <= set(load_file(str(tmp_path / "ddp/last/trainer_state.safetensors")))
+    # The same 8 samples per update as one process with batch 8 (the ranks take alternate positions of one
+    # shuffled order), and gradients averaged: the parameters stay within what BatchNorm's per-process
+    # batch statistics change (AdamW moves a parameter by at most ~lr per step).
+    single = _train([*common, "--out", str(tmp_path / "one"), "--batch-size", "8"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = load_file(str(tmp_path / "ddp/last/model.safetensors"))
+    b = load_file(str(tmp_path / "one/last/model.safetensors"))
+    init = load_checkpoint(tiny_model_dir).model.state_dict()
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    assert max((a[k] - b[k]).abs().max().item() for k in params) < 4e-4
+    assert max((a[k] - init[k]).abs().max().item() for k in params) > 5e-5  # both trained
