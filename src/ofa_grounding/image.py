@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageInput",
     "ImageLoadError",
+    "normalize",
+    "resize_square",
     "bins_to_box",
     "box_to_bins",
     "image_to_tensor",
@@ -128,13 +130,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def resize_square(image: Image.Image, size: int) -> Image.Image:
+    """Pillow bicubic to size x size (aspect ratio not kept), as the reference; unchanged if already that size."""
+    return image if image.size == (size, size) else image.resize((size, size), resample=Image.BICUBIC)
+
+
+def normalize(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32: a true float32 `/ 255`, then `(x - mean) / std`."""
+    scaled = np.ascontiguousarray(pixels, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    scaled = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
 def image_to_tensor(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """RGB PIL image -> (3, size, size) float32, resized with Pillow bicubic and normalised."""
-    if image.size != (size, size):
-        image = image.resize((size, size), resample=Image.BICUBIC)
-    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)  # true float32 division
-    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return normalize(np.asarray(resize_square(image, size)), mean, std)
 
 
 def resize_ratios(size_wh: tuple[int, int], patch_image_size: int) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, load_image, resize_ratios
 from .model import EncoderOutput, OFAModel
-from .tokenizer import OFATokenizer
+from .tokenizer import OFATokenizer, pad_ids
 
 __all__ = ["DEFAULT_MODEL", "Alternative", "Grounder", "GroundingResult"]
 
@@ -156,10 +156,8 @@ class Grounder:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
         """Backbone once for the image, then the encoder over each description (right-padded batch)."""
-        B, L = len(token_ids), max(len(ids) for ids in token_ids)
-        input_ids = torch.full((B, L), self.model.config.pad_token_id, dtype=torch.long)
-        for i, ids in enumerate(token_ids):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
+        input_ids = pad_ids(token_ids, self.model.config.pad_token_id)
+        B, L = input_ids.shape
         image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device))
         return self.model.encoder(input_ids.to(self.device), image_embeds.expand(B, -1, -1), grid), L
 

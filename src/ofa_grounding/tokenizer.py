@@ -11,9 +11,10 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-__all__ = ["ASSETS_DIR", "NUM_BINS", "NUM_CODES", "OFATokenizer", "pre_caption"]
+__all__ = ["ASSETS_DIR", "NUM_BINS", "NUM_CODES", "OFATokenizer", "pad_ids", "pre_caption"]
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 NUM_CODES = 8192
@@ -35,6 +36,14 @@ def pre_caption(caption: str, max_words: int) -> str:
     if len(words) > max_words:
         caption = " ".join(words[:max_words])
     return caption
+
+
+def pad_ids(sequences: list[list[int]], pad_id: int = PAD) -> torch.Tensor:
+    """Right-pad id lists into a (B, L) int64 tensor."""
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), pad_id, dtype=torch.long)
+    for i, ids in enumerate(sequences):
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
 
 
 class OFATokenizer:

@@ -18,8 +18,8 @@ from PIL import Image, ImageEnhance
 
 from ..config import GenerationConfig, PreprocessConfig
 from ..data import Sample
-from ..image import box_to_bins, load_image, resize_ratios
-from ..tokenizer import BOS, EOS, OFATokenizer
+from ..image import box_to_bins, load_image, normalize, resize_ratios, resize_square
+from ..tokenizer import BOS, EOS, OFATokenizer, pad_ids
 
 __all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "AUGMENTATIONS"]
 
@@ -63,9 +63,7 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         image = load_image(self.samples[index].image, self.max_pixels)
-        size = self.preprocess.patch_image_size
-        resized = image if image.size == (size, size) else image.resize((size, size), resample=Image.BICUBIC)
-        out = (np.asarray(resized, dtype=np.uint8), image.size)
+        out = (np.asarray(resize_square(image, self.preprocess.patch_image_size), dtype=np.uint8), image.size)
         if self._cache is not None:
             self._cache[index] = out
         return out
@@ -85,22 +83,16 @@ class GroundingTrainSet(torch.utils.data.Dataset):
                 image = Image.fromarray(np.ascontiguousarray(pixels))
                 image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
                 pixels = np.asarray(ImageEnhance.Contrast(image).enhance(rng.uniform(0.85, 1.15)))
-        normalised = np.ascontiguousarray(pixels).astype(np.float32) / np.float32(255)
-        normalised = (normalised - np.asarray(self.preprocess.mean, np.float32)) / np.asarray(self.preprocess.std,
-                                                                                            np.float32)
         ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
         bins = box_to_bins(torch.tensor([box], dtype=torch.float64), ratios, self.generation.num_bins,
                            self.preprocess.max_image_size)[0]
         target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([EOS])])
         ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
-        return Item(index, ids, torch.from_numpy(normalised.transpose(2, 0, 1).copy()), target)
+        return Item(index, ids, normalize(pixels, self.preprocess.mean, self.preprocess.std), target)
 
 
 def collate(items: list[Item], pad_id: int = 1) -> dict[str, torch.Tensor]:
-    L = max(len(it.input_ids) for it in items)
-    input_ids = torch.full((len(items), L), pad_id, dtype=torch.long)
-    for i, it in enumerate(items):
-        input_ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
+    input_ids = pad_ids([it.input_ids for it in items], pad_id)
     target = torch.stack([it.target for it in items])  # (B, 5)
     prev = torch.cat([torch.full((len(items), 1), BOS, dtype=torch.long), target[:, :-1]], dim=1)
     return {"input_ids": input_ids, "patch_images": torch.stack([it.pixels for it in items]), "prev_tokens": prev,
