@@ -204,9 +204,11 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
                     dtype: torch.dtype | None = None) -> Path:
     """Write our layout: config.json, configuration.json, model.safetensors, vocab.json, merges.txt.
 
-    With `modelscope`, also `pytorch_model.bin` holding every key an OFA checkpoint has (the tied output
-    projection, and zero-initialised tensors for the parts grounding never runs), for tools that read
-    ModelScope's layout. `dtype=torch.float16` stores the weights at half size (loading upcasts them).
+    With `modelscope`, `pytorch_model.bin` instead of model.safetensors, holding every key an OFA checkpoint
+    has (the tied output projection, and zero-initialised tensors for the parts grounding never runs):
+    ModelScope's loader prefers a model.safetensors when there is one, and safetensors stores the tied
+    projection only once, so the reference would re-initialise it at random (checked with modelscope 1.40.2).
+    `dtype=torch.float16` stores the weights at half size (loading upcasts them).
     """
     if model.encoder.embed_images.fused:
         raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
@@ -215,6 +217,7 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps({"model_type": "ofa", **model.config.to_dict()}, indent=2))
     beam = generation.to_dict()
+    beam.pop("num_bins")  # not a generator argument: the reference derives it (and rejects the key here)
     beam["constraint_range"] = ",".join(map(str, generation.constraint_range)) if generation.constraint_range else None
     block = {"type": "ofa", "beam_search": {k: v for k, v in beam.items() if v is not None},
              "imagenet_default_mean_and_std": tuple(preprocess.mean) == PreprocessConfig.IMAGENET_MEAN,
@@ -228,9 +231,12 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
     if dtype is not None and dtype != next(model.parameters()).dtype:
         stored = OFAModel(model.config).to(dtype)
         stored.load_state_dict(model.state_dict())
-    save_model(stored, str(directory / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
+    for name in WEIGHT_FILES:  # one weights file per folder, so that every reader takes the same one
+        (directory / name).unlink(missing_ok=True)
     if modelscope:
-        torch.save(_modelscope_state_dict(model), directory / "pytorch_model.bin")
+        torch.save(_modelscope_state_dict(stored), directory / "pytorch_model.bin")
+    else:
+        save_model(stored, str(directory / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
     return directory
 
 
