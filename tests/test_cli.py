@@ -75,6 +75,7 @@ def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert main(["predict"]) == 2  # nothing to ground
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(["predict", "--no-such-option"])
     assert info.value.code == 2

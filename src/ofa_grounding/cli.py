@@ -127,8 +127,11 @@ def _error(message: str) -> None:
 
 
 def _load_grounder(args: argparse.Namespace) -> Any:
-    from .predictor import Grounder  # torch import deferred so that --help is instant
+    from .predictor import DEFAULT_MODEL, Grounder  # torch import deferred so that --help is instant
 
+    if args.model is None and not DEFAULT_MODEL.is_dir():
+        raise _UsageError("no --model given, and this installation has no bundled demo model; "
+                          "pass --model DIR (an OFA model directory)")
     if args.batch_size < 1:
         raise _UsageError("--batch-size must be at least 1")
     try:
