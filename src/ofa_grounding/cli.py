@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="ground descriptions in an image",
                        description="Ground one or more descriptions in an image, or a batch from --jsonl.")
-    p.add_argument("--model", help="model directory, ModelScope OFA layout or ours (default: the bundled demo model)")
+    p.add_argument("--model", help="model directory, ModelScope OFA layout or ours "
+                   "(default: the bundled demo model, once one ships)")
     p.add_argument("image", nargs="?", help="image file")
     p.add_argument("text", nargs="*", help="one or more descriptions")
     p.add_argument("--jsonl", type=Path, help='file with one {"image": path, "text": str} per line '
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
                        description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns. Runs sharded "
                                    "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
-    e.add_argument("--model", help="model directory (default: the bundled demo model)")
+    e.add_argument("--model", help="model directory (default: the bundled demo model, once one ships)")
     e.add_argument("--data", required=True, type=Path,
                    help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
     e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
