@@ -115,8 +115,8 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, tmp
     args = ["--max-steps", "6", "--save-every", "3"]
     whole = _train([*_common(tiny_model_dir, data, tmp_path / "whole"), *args])
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--kill-at-step", "3"])
-    assert killed.returncode == -9  # SIGKILL: no clean-up ran
+    killed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--kill-at-step", "4"])
+    assert killed.returncode == -9  # SIGKILL one step after the checkpoint: no clean-up ran
     assert json.loads((tmp_path / "cut/last/trainer_state.json").read_text())["step"] == 3
     resumed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -126,7 +126,13 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, tmp
     sa = load_file(str(tmp_path / "whole/last/trainer_state.safetensors"))
     sb = load_file(str(tmp_path / "cut/last/trainer_state.safetensors"))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert (tmp_path / "whole/log.csv").read_text().count("\n") == (tmp_path / "cut/log.csv").read_text().count("\n")
+    steps = [line.split(",")[0] for line in (tmp_path / "cut/log.csv").read_text().splitlines()[1:]]
+    assert steps == [str(s) for s in range(1, 7)]  # the row logged after the checkpoint is not repeated
+
+    def losses(run: str) -> list[str]:
+        return [line.split(",")[3] for line in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
+
+    assert losses("cut") == losses("whole")
 
 
 def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:

@@ -127,11 +127,16 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 class _CsvLog:
     FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou")
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
-        if not (resume and path.exists()):
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.FIELDS)
+        if resume_step is not None and path.exists():  # drop what was logged after the checkpoint
+            with path.open(newline="") as f:
+                rows = [r for r in csv.reader(f)]
+            rows = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= resume_step]
+        else:
+            rows = [list(self.FIELDS)]
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
 
     def write(self, **row: Any) -> None:
         with self.path.open("a", newline="") as f:
@@ -190,6 +195,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     step, epoch, position, best = 0, 0, 0, {"acc50": -1.0, "step": None}
     if cfg.resume:
         state = json.loads((last_dir / "trainer_state.json").read_text())
+        if state["world_size"] != ctx.world_size:
+            raise ValueError(f"--resume: the run used {state['world_size']} process(es), not {ctx.world_size}")
+        changed = [k for k in ("data", "split", "max_steps", "epochs", "batch_size", "accum", "lr", "seed", "augment")
+                   if state["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            log.warning("--resume with other settings than the run's (%s): it will not match an uninterrupted run",
+                        ", ".join(changed))
         tensors = load_file(str(last_dir / "trainer_state.safetensors"))
         _restore_optimizer(optimizer, tensors, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -203,7 +215,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                                         else None)
 
     val_set = _dataset(cfg.val, cfg.val_split) if cfg.val and ctx.is_main else None
-    csv_log = _CsvLog(out / "log.csv", cfg.resume) if ctx.is_main else None
+    csv_log = _CsvLog(out / "log.csv", step if cfg.resume else None) if ctx.is_main else None
 
     def validate() -> dict[str, float]:
         model.eval()
