@@ -36,6 +36,21 @@ def test_label_smoothed_loss_known_values() -> None:
     assert label_smoothed_nll(probs.log(), torch.tensor([0, 2]), 0.0)[0].item() == pytest.approx(nll.item())
 
 
+def test_soft_bin_loss_known_values() -> None:
+    from ofa_grounding.train.losses import soft_bin_cross_entropy
+
+    # columns 0..3 specials, 4..6 three bins; sigma 1: the bin-1 target spreads exp(-1/2) : 1 : exp(-1/2)
+    lprobs = torch.tensor([[0.1, 0.1, 0.2, 0.1, 0.1, 0.3, 0.1]]).log()
+    loss, nll = soft_bin_cross_entropy(lprobs, torch.tensor([5]), 0.0, 1.0)
+    w = [math.exp(-0.5), 1.0, math.exp(-0.5)]
+    expected = -sum(wi / sum(w) * math.log(p) for wi, p in zip(w, [0.1, 0.3, 0.1]))
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and nll.item() == pytest.approx(-math.log(0.3), rel=1e-6)
+    # an EOS target (column 2) keeps plain label smoothing, eps spread uniformly
+    loss, _ = soft_bin_cross_entropy(lprobs, torch.tensor([2]), 0.1, 1.0)
+    expected = 0.9 * -math.log(0.2) + 0.1 / 7 * -sum(math.log(p) for p in [0.1, 0.1, 0.2, 0.1, 0.1, 0.3, 0.1])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_sampler_gives_disjoint_deterministic_shares() -> None:
     a, b = ShardedShuffleSampler(10, seed=3, rank=0, world_size=2), ShardedShuffleSampler(10, seed=3, rank=1,
                                                                                           world_size=2)

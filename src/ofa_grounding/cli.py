@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--label-smoothing", type=float, default=0.1)
     t.add_argument("--clip-norm", type=float, default=1.0)
+    t.add_argument("--bin-sigma", type=float, default=0.0, help="ours, off by default (0): spread each "
+                   "coordinate target as a Gaussian of this many bins, so near misses earn credit")
     t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
     t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -301,7 +303,8 @@ def _train(args: argparse.Namespace) -> int:
                       val=args.val, val_split=args.val_split, val_limit=args.val_limit, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, accum=args.accum, lr=args.lr,
                       min_lr=args.min_lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-                      label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, drop_path=args.drop_path,
+                      label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, bin_sigma=args.bin_sigma,
+                      drop_path=args.drop_path,
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
                       cache_images=args.cache_images, device=args.device, resume=args.resume,

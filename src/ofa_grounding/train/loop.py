@@ -41,7 +41,7 @@ from ..predictor import Grounder
 from ..presets import get_preset, list_presets
 from ..tokenizer import ASSETS_DIR, OFATokenizer
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
-from .losses import label_smoothed_nll
+from .losses import label_smoothed_nll, soft_bin_cross_entropy
 
 __all__ = ["TrainConfig", "train", "load_initial_model"]
 
@@ -66,6 +66,7 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
+    bin_sigma: float = 0.0  # ours, off by default: Gaussian-smoothed coordinate targets (in bins)
     clip_norm: float = 1.0
     drop_path: float | None = None  # encoder/decoder drop-path rate (None: keep the checkpoint's)
     dropout: float | None = None
@@ -272,7 +273,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 with (net.no_sync() if not sync else contextlib.nullcontext()), autocast:
                     logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids)
                     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
-                    loss, nll = label_smoothed_nll(lprobs, column[batch["target"].view(-1)], cfg.label_smoothing)
+                    target = column[batch["target"].view(-1)]
+                    if cfg.bin_sigma > 0:
+                        loss, nll = soft_bin_cross_entropy(lprobs, target, cfg.label_smoothing, cfg.bin_sigma)
+                    else:
+                        loss, nll = label_smoothed_nll(lprobs, target, cfg.label_smoothing)
                     (loss / n_tokens).backward()
                 loss_sum += loss.item()
                 nll_sum += nll.item()
