@@ -131,3 +131,16 @@ def test_tiny_model_saved_and_loaded(tiny_model_dir: Path) -> None:
     ckpt = load_checkpoint(tiny_model_dir)
     assert ckpt.model.config.d_model == 32 and ckpt.model.config.resnet_type == "resnet18"
     assert (tiny_model_dir / "vocab.json").read_bytes() == (ASSETS_DIR / "vocab.json").read_bytes()
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(tiny_model_dir)
+    out = save_checkpoint(tmp_path / "half", ckpt.model, tiny_model_dir, ckpt.preprocess, ckpt.generation,
+                          dtype=torch.float16)
+    full = (tiny_model_dir / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 0.55 * full
+    again = load_checkpoint(out).model
+    for name, value in again.state_dict().items():
+        original = ckpt.model.state_dict()[name]
+        expected = original.half().to(original.dtype) if original.is_floating_point() else original
+        assert value.dtype == original.dtype and torch.equal(value, expected), name
