@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .data import DataError, DataIssue, Dataset, Sample
+from .data import DataIssue, Dataset, Sample
 from .image import ImageLoadError
 from .metrics import LENGTH_ORDER, SIZE_ORDER, box_iou, breakdown, is_hit, length_bucket, size_bucket, summarize
 from .predictor import Grounder
@@ -77,7 +77,6 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
     """
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
-    issues: list[DataIssue] = []
     samples: Iterable[Sample] = dataset
     if limit is not None:
         samples = (s for i, s in zip(range(limit), dataset))
@@ -91,12 +90,12 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
             image = grounder.load_image(first.image)
         except ImageLoadError as exc:
             for _, s in group:
-                _issue(dataset, issues, s, str(exc))
+                dataset.report(_where(s), str(exc))
             continue
         kept = []
         for i, s in group:
             if _box_outside(s.box, image.size):
-                _issue(dataset, issues, s, f"box {list(s.box)} lies outside the {image.size[0]}x{image.size[1]} image")
+                dataset.report(_where(s), f"box {list(s.box)} lies outside the {image.size[0]}x{image.size[1]} image")
             else:
                 kept.append((i, s))
         if not kept:
@@ -111,16 +110,13 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
             records.append(record)
         bar.update(len(group))
     bar.close()
-    issues = list(dataset.issues) + issues  # the reader's problems first (malformed lines)
-    return EvalReport(split, records, issues, time.perf_counter() - start)
+    # the reader's problems and ours, in file order (Dataset.report raises instead in strict mode)
+    return EvalReport(split, records, list(dataset.issues), time.perf_counter() - start)
 
 
-def _issue(dataset: Dataset, issues: list[DataIssue], sample: Sample, message: str) -> None:
-    where = sample.meta.get("line") or f"id {sample.id}"
-    issue = DataIssue(f"{where} ({sample.id})" if sample.meta.get("line") else where, message)
-    if dataset.strict:
-        raise DataError(str(issue))
-    issues.append(issue)
+def _where(sample: Sample) -> str:
+    line = sample.meta.get("line")
+    return f"{line} ({sample.id})" if line else f"id {sample.id}"
 
 
 @dataclass

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, init_weights, load_checkpoint, save_checkpoint
 from ..config import GenerationConfig, PreprocessConfig
-from ..data import Dataset, open_dataset
+from ..data import open_dataset
 from ..evaluate import distributed_context, evaluate
 from ..generation import open_vocab_ids
 from ..model import OFAModel
@@ -144,10 +144,6 @@ class _CsvLog:
             csv.writer(f).writerow([row.get(k, "") for k in self.FIELDS])
 
 
-def _dataset(path: str, split: str | None) -> Dataset:
-    return open_dataset(path, split=split)
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training; returns a summary (steps, best validation Acc@0.5, output paths)."""
     ctx = distributed_context(cfg.device)
@@ -173,7 +169,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.load_state_dict(state)
     model.to(device).train()
 
-    dataset = _dataset(cfg.data, cfg.split)
+    dataset = open_dataset(cfg.data, split=cfg.split)
     samples = list(dataset)
     for issue in dataset.issues:
         log.warning("skipped training sample: %s", issue)
@@ -215,7 +211,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
 
-    val_set = _dataset(cfg.val, cfg.val_split) if cfg.val and ctx.is_main else None
+    val_set = open_dataset(cfg.val, split=cfg.val_split) if cfg.val and ctx.is_main else None
     csv_log = _CsvLog(out / "log.csv", step if cfg.resume else None) if ctx.is_main else None
 
     def validate() -> dict[str, float]:
