@@ -75,3 +75,20 @@ def test_relation_semantics() -> None:
     assert resolve({**expr, "relation": "above"}, objects) == []
     assert resolve({"kind": "ordinal", "desc": {"shape": "circle"}, "direction": "right", "index": 0}, objects) == [1]
     assert resolve({"kind": "superlative", "desc": {"color": "red"}, "extreme": "largest"}, objects) == []  # a tie
+
+
+def test_simple_training_expressions_leave_the_benchmark_unchanged(tmp_path: Path, bench: Path) -> None:
+    write_synthetic(tmp_path / "simple", 300, seed=5, simple=3)
+    plain, extra = _rows(bench), _rows(tmp_path / "simple")
+    assert [r for r in extra if r["kind"] != "simple"] == plain
+    simple = [r for r in extra if r["kind"] == "simple"]
+    assert simple and {r["split"] for r in simple} == {"train"}
+    train_scenes = {r["image"] for r in plain if r["split"] == "train"}
+    assert {r["image"] for r in simple} <= train_scenes
+    per_scene: dict[str, int] = {}
+    for row in simple:
+        objects = [SceneObject(**{**o, "box": tuple(o["box"])}) for o in row["objects"]]
+        assert resolve(row["expression"], objects) == [row["target"]], row["id"]
+        assert row["box"] == row["objects"][row["target"]]["box"]
+        per_scene[row["image"]] = per_scene.get(row["image"], 0) + 1
+    assert max(per_scene.values()) <= 3

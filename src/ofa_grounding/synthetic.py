@@ -9,6 +9,9 @@ object; kinds:
 - relation: "the red circle left of the blue star" (the red circles are ambiguous, the anchor is not);
 - ordinal: "the second triangle from the top", "the leftmost yellow diamond";
 - superlative: "the largest star".
+Optionally (`simple=K`, training data only) up to K extra "simple" expressions per train scene: any
+attribute description that picks out one object ("the star", "the blue circle"), the easy cases the
+benchmark leaves out, drawn from a separate random stream so the benchmark rows stay byte-identical.
 Scenes (not expressions) are split into train/val/test. Scene i depends only on (seed, i): the same
 seed gives byte-identical files, and a larger --n only adds scenes.
 """
@@ -163,6 +166,25 @@ def _candidate_expressions(target: int, objects: Sequence[SceneObject], rng: ran
     return out
 
 
+def _simple_expressions(objects: Sequence[SceneObject], rng: random.Random, count: int) -> list[tuple[int, dict]]:
+    """Up to `count` (target, attribute expression) pairs, one per object, each picking out its object alone."""
+    out: list[tuple[int, dict]] = []
+    for target in rng.sample(range(len(objects)), len(objects)):
+        if len(out) == count:
+            break
+        t = objects[target]
+        full = {"size": t.size, "color": t.color, "shape": t.shape}
+        unique = [{k: full[k] for k in keys} for keys in _SIMPLE_KEYS
+                  if resolve({"kind": "attribute", "desc": {k: full[k] for k in keys}}, objects) == [target]]
+        if unique:
+            out.append((target, {"kind": "attribute", "desc": rng.choice(unique)}))
+    return out
+
+
+_SIMPLE_KEYS = (("shape",), ("color",), ("color", "shape"), ("size", "shape"), ("size", "color"),
+                ("size", "color", "shape"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Drawing
 
@@ -276,8 +298,8 @@ def _split_of(rng: random.Random) -> str:
     return SPLITS[-1][0]
 
 
-def _scene_samples(seed: int, index: int, size: tuple[int, int],
-                   per_scene: int) -> tuple[Image.Image, list[SceneObject], list[dict]]:
+def _scene_samples(seed: int, index: int, size: tuple[int, int], per_scene: int,
+                   simple: int = 0) -> tuple[Image.Image, list[SceneObject], list[dict]]:
     rng = random.Random(f"ofa-grounding-synthetic/{seed}/{index}")
     split = _split_of(rng)
     image, objects = make_scene(rng, size)
@@ -296,19 +318,29 @@ def _scene_samples(seed: int, index: int, size: tuple[int, int],
         kinds_used.add(kind)
         samples.append({"text": render_text(expr, rng), "box": list(objects[target].box), "split": split,
                         "kind": kind, "target": target, "expression": expr})
+    if simple and split == "train":
+        simple_rng = random.Random(f"ofa-grounding-synthetic/{seed}/{index}/simple")
+        for target, expr in _simple_expressions(objects, simple_rng, simple):
+            samples.append({"text": render_text(expr, simple_rng), "box": list(objects[target].box),
+                            "split": split, "kind": "simple", "target": target, "expression": expr})
     return image, objects, samples
 
 
 def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (256, 256),
-                    per_scene: int = 2) -> dict[str, int]:
-    """Write `n` samples: OUT/images/<scene>.png and OUT/{train,val,test}.jsonl. Returns counts per split."""
+                    per_scene: int = 2, simple: int = 0) -> dict[str, int]:
+    """Write `n` samples: OUT/images/<scene>.png and OUT/{train,val,test}.jsonl. Returns counts per split.
+
+    `simple` adds up to that many easy expressions per train scene (kind "simple"); they are not
+    counted in `n` and leave every benchmark row unchanged.
+    """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {name: [] for name, _ in SPLITS}
     written, index = 0, 0
     while written < n:
-        image, objects, samples = _scene_samples(seed, index, size, per_scene)
-        samples = samples[: n - written]
+        image, objects, samples = _scene_samples(seed, index, size, per_scene, simple)
+        hard = [s for s in samples if s["kind"] != "simple"][: n - written]
+        samples = hard + [s for s in samples if s["kind"] == "simple"] if hard else []
         if samples:
             name = f"images/{index:06d}.png"
             image.save(out / name, format="PNG", optimize=False, compress_level=6)
@@ -318,7 +350,7 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
                                          "box": s["box"], "split": s["split"], "kind": s["kind"],
                                          "target": s["target"], "expression": s["expression"],
                                          "image_size": list(size), "objects": scene})
-            written += len(samples)
+            written += len(hard)
         index += 1
     for split, split_rows in rows.items():
         with (out / f"{split}.jsonl").open("w", encoding="utf-8") as f:
