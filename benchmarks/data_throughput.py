@@ -54,7 +54,7 @@ def main() -> int:
         start = time.perf_counter()
         for pixels, size, texts, ids in prepared:
             enc, src_len = grounder.encode(pixels, [i for i, _ in ids])
-            grounder.decode(enc, src_len, size, texts, [cut for _, cut in ids])
+            grounder.decode(enc, src_len, [size] * len(texts), texts, [cut for _, cut in ids])
         return time.perf_counter() - start
 
     read_times, prepared = [], []

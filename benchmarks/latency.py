@@ -61,7 +61,7 @@ def worker_ours(model: str, image: str, text: str, iters: int) -> dict:
         t1 = time.perf_counter()
         enc, src_len = g.encode(pixels, [ids])
         t2 = time.perf_counter()
-        result = g.decode(enc, src_len, rgb.size, [text], [cut])[0]
+        result = g.decode(enc, src_len, [rgb.size], [text], [cut])[0]
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, result
 

@@ -55,6 +55,20 @@ def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference
     assert len(captured.err.strip().splitlines()) == 2  # one line per failed input
 
 
+def test_predict_precision_modes(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+                                 capsys: pytest.CaptureFixture) -> None:
+    from ofa_grounding.metrics import box_iou
+
+    case = reference_cases[0]
+    for dtype in ("fp32", "bf16", "int8"):
+        assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), case["text"],
+                     "--json", "--dtype", dtype, "--cache-mb", "0"]) == 0
+        box = json.loads(capsys.readouterr().out)["results"][0]["box"]
+        assert box_iou(box, case["box"]) > (0.999 if dtype == "fp32" else 0.5), dtype
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(reference_model_dir), "--dtype", "fp16", "x.png", "t"])
+
+
 def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     image = str(reference_dir / "images/scene_640x480.png")
@@ -65,7 +79,8 @@ def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir
             ["predict", "--model", str(reference_model_dir), image],  # no text
             ["predict", "--model", str(reference_model_dir), "--jsonl", str(tmp_path / "none.jsonl")],
             ["predict", "--model", str(reference_model_dir), image, "x", "--jsonl", "f"],
-            ["predict", "--model", str(reference_model_dir), "--device", "nonsense", image, "x"]],
+            ["predict", "--model", str(reference_model_dir), "--device", "nonsense", image, "x"],
+            ["predict", "--model", str(reference_model_dir), "--cache-mb", "-1", image, "x"]],
         1: [["predict", "--model", str(reference_model_dir), str(bad), "x"],
             ["predict", "--model", str(reference_model_dir), str(tmp_path / "nope.png"), "x"]],
     }

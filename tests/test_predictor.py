@@ -115,3 +115,80 @@ def test_tiny_model_end_to_end(tiny_model_dir: Path, reference_dir: Path) -> Non
     for r in rs:
         assert r.image_size == (60, 40)
         assert all(t >= g.tokenizer.bin_offset or t in (0, 3) for t in r.tokens)
+
+
+def _mixed_cases(cases: list[dict]) -> list[dict]:
+    """One case from every image (different sizes and modes) plus extra texts of the busiest image."""
+    seen: dict[str, dict] = {}
+    for c in cases:
+        seen.setdefault(c["image"], c)
+    extra = [c for c in cases if c["image"] == "images/scene_640x480.png"][1:6]
+    return [*seen.values(), *extra]
+
+
+def test_batch_of_mixed_images_matches_reference_and_single_calls(reference_dir: Path,
+                                                                  reference_cases: list[dict]) -> None:
+    """Images of different sizes, texts of different token lengths, in one batch: every answer is the
+    reference's, and equal to the same Grounder's one-by-one answer."""
+    cases = _mixed_cases(reference_cases)
+    assert len({c["image"] for c in cases}) >= 10 and len({len(c["input_ids"]) for c in cases}) > 3
+    batched = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", batch_size=6, cache_mb=0)
+    single = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", batch_size=1, cache_mb=0)
+    results = batched.predict_batch([(reference_dir / c["image"], c["text"]) for c in cases])
+    for r, c in zip(results, cases, strict=True):
+        assert r.tokens == tuple(c["tokens"]), c["id"]
+        np.testing.assert_allclose(r.box, c["box"], atol=BOX_TOL, rtol=0, err_msg=c["id"])
+        assert abs(r.score - c["score"]) < SCORE_TOL, c["id"]
+        one = single.predict(reference_dir / c["image"], c["text"])
+        assert one.tokens == r.tokens and one.box == r.box and one.image_size == r.image_size, c["id"]
+        assert [a.tokens for a in one.alternatives] == [a.tokens for a in r.alternatives], c["id"]
+
+
+def test_predict_batch_keeps_the_shape_of_each_item(reference_grounder: Grounder, reference_dir: Path) -> None:
+    scene, tiny = reference_dir / "images/scene_640x480.png", reference_dir / "images/tiny_97x61.png"
+    out = reference_grounder.predict_batch([(scene, "the red circle"), (tiny, ["a", "the blue square"]),
+                                            (scene, ["the green star"])])
+    assert isinstance(out[0], GroundingResult) and out[0].image_size == (640, 480)
+    assert [r.text for r in out[1]] == ["a", "the blue square"] and out[1][0].image_size == (97, 61)
+    assert len(out[2]) == 1 and out[2][0].text == "the green star"
+    assert reference_grounder.predict_batch([]) == []
+
+
+def test_feature_cache_reuses_the_backbone_by_content(reference_dir: Path) -> None:
+    path = reference_dir / "images/scene_640x480.png"
+    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", cache_mb=8)
+    first = g.predict(path, "the red circle")
+    assert (g.cache.hits, g.cache.misses, len(g.cache)) == (0, 1, 1)
+    again = g.predict(path.read_bytes(), "the red circle")  # same pixels, another input type
+    assert (g.cache.hits, len(g.cache)) == (1, 1)
+    assert again.tokens == first.tokens and again.box == first.box
+    g.predict(reference_dir / "images/square_512x512.png", "a")
+    assert len(g.cache) == 2 and g.cache.bytes <= g.cache.max_bytes
+    one = g.cache.bytes // 2
+    g.cache.max_bytes = one  # room for one entry: the least recently used goes
+    g.predict(path, "x")
+    g.predict(reference_dir / "images/tiny_97x61.png", "a")
+    assert len(g.cache) == 1 and g.cache.bytes == one
+    off = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", cache_mb=0)
+    off.predict(path, "a")
+    assert len(off.cache) == 0
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_precision_modes_agree_with_fp32(reference_dir: Path, reference_cases: list[dict], dtype: str) -> None:
+    """The fast modes are not exact, but must find (nearly) the same boxes: IoU >= 0.9 on most cases."""
+    from ofa_grounding.metrics import box_iou
+
+    cases = _mixed_cases(reference_cases)
+    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype=dtype)
+    results = g.predict_batch([(reference_dir / c["image"], c["text"]) for c in cases])
+    close = [box_iou(r.box, c["box"]) >= 0.9 for r, c in zip(results, cases)]
+    assert sum(close) >= 0.9 * len(cases), (dtype, sum(close), len(cases))
+    assert all(0 < r.confidence <= 1 for r in results)
+
+
+def test_bad_dtype_and_batch_size(reference_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Grounder.from_pretrained(reference_model_dir, dtype="fp8")
+    with pytest.raises(ValueError, match="batch_size"):
+        Grounder.from_pretrained(reference_model_dir, batch_size=0)

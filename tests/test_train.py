@@ -87,6 +87,46 @@ def test_targets_and_flip(tmp_path: Path) -> None:
     assert batch["prev_tokens"][0].tolist() == [0, *item.target.tolist()[:4]]
 
 
+def test_group_by_image_shares_one_image_and_one_flip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name in ("a", "b"):
+        Image.new("RGB", (100, 50), (200, 0, 0)).save(tmp_path / f"{name}.png")
+    samples = [Sample(f"{n}{k}", tmp_path / f"{n}.png", f"the circle left of star {k}", (10.0, 5.0, 30.0, 25.0))
+               for n in ("a", "b") for k in range(3)]
+    pre = PreprocessConfig(patch_image_size=32, max_image_size=32)
+    ds = GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig(), augment=["flip"], seed=1,
+                           cache_images=True, group_by_image=2)
+    assert len(ds) == 2 and ds.groups == [[0, 1, 2], [3, 4, 5]]
+    picks = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for g in range(2):
+            unit = ds[g]
+            assert len(unit) == 2 and {it.index for it in unit} <= set(ds.groups[g])
+            assert len({tuple(it.target.tolist()) for it in unit}) == 1  # same box: flipped together or not
+            picks.add(tuple(it.index for it in unit))
+        batch = collate([ds[0], ds[1]])
+        assert batch["patch_images"].shape == (2, 3, 32, 32) and batch["image_index"].tolist() == [0, 0, 1, 1]
+        assert batch["input_ids"].shape[0] == 4 and batch["target"].shape == (4, 5)
+    assert len(picks) > 2  # another choice of samples in other epochs
+    assert len(ds._cache) == 2  # the cache holds images, not samples
+    with pytest.raises(ValueError, match="group_by_image"):
+        GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig(), group_by_image=0)
+
+
+def test_image_index_equals_repeated_images(tiny_model_dir: Path) -> None:
+    model = load_checkpoint(tiny_model_dir).model.eval()
+    ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1], [0, 5, 6, 2]])
+    images = torch.randn(2, 3, 64, 64)
+    index = torch.tensor([1, 0, 1])
+    prev = torch.tensor([[0, 58500, 58600, 58700, 58800]] * 3)
+    with torch.no_grad():
+        shared = model(ids, images, prev, image_index=index)
+        repeated = model(ids, images[index], prev)
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("syn")
@@ -110,7 +150,8 @@ def _common(model: Path, data: Path, out: Path) -> list[str]:
 def test_short_run_validates_saves_and_loads(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _train([*_common(tiny_model_dir, data, out), "--max-steps", "4", "--accum", "2", "--val", str(data),
-                   "--val-limit", "4", "--eval-every", "2", "--save-every", "2", "--modelscope"])
+                   "--val-limit", "4", "--eval-every", "2", "--save-every", "2", "--modelscope",
+                   "--group-by-image", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["best"] is not None
@@ -168,3 +209,47 @@ def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> 
     params = [k for k in a if "running_" not in k and "num_batches" not in k]
     assert max((a[k] - b[k]).abs().max().item() for k in params) < 4e-4
     assert max((a[k] - init[k]).abs().max().item() for k in params) > 5e-5  # both trained
+
+
+def test_kd_cross_entropy_known_values() -> None:
+    from ofa_grounding.train.losses import kd_cross_entropy
+
+    teacher = torch.tensor([[math.log(0.5), math.log(0.25), math.log(0.25)]])
+    student = torch.tensor([[math.log(0.2), math.log(0.3), math.log(0.5)]])
+    expected = -(0.5 * math.log(0.2) + 0.25 * math.log(0.3) + 0.25 * math.log(0.5))
+    assert kd_cross_entropy(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+    # temperature 2: both distributions flatten; teacher sqrt(p) normalised, student log_softmax(z / 2)
+    pt = torch.tensor([0.5, 0.25, 0.25]).sqrt()
+    pt = pt / pt.sum()
+    ls = torch.log_softmax(student[0] / 2, -1)
+    assert kd_cross_entropy(student, teacher, 2.0).item() == pytest.approx(-(pt * ls).sum().item(), rel=1e-6)
+    # sums over tokens
+    assert kd_cross_entropy(student.repeat(3, 1), teacher.repeat(3, 1)).item() == pytest.approx(3 * expected, rel=1e-6)
+
+
+def test_attention_mse_sum_known_values() -> None:
+    from ofa_grounding.train.losses import attention_mse_sum
+
+    student = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])  # (B 1, H 1, T 2, S 2)
+    teacher = torch.tensor([[[[0.5, 0.5], [0.5, 0.5]], [[1.0, 0.0], [0.0, 1.0]]]])  # two heads, summed
+    # head sums: student [[1, 0], [.5, .5]], teacher [[1.5, .5], [.5, 1.5]]: errors .5, .5, 0, 1
+    assert attention_mse_sum(student, teacher).item() == pytest.approx((0.25 + 0.25 + 0 + 1) / 4)
+    # head means: teacher [[.75, .25], [.25, .75]]: errors .25, .25, .25, .25
+    assert attention_mse_sum(student, teacher, reduce_heads="mean").item() == pytest.approx(0.0625)
+    # a mask keeps only position 0's pair: (1 - 1.5)^2 / 1^2
+    assert attention_mse_sum(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="reduce_heads"):
+        attention_mse_sum(student, teacher, reduce_heads="max")
+
+
+def test_hidden_mse_with_projection_and_mask() -> None:
+    from ofa_grounding.train.losses import hidden_mse
+
+    s = torch.tensor([[[1.0], [2.0]]])
+    t = torch.tensor([[[2.0, 2.0], [0.0, 0.0]]])
+    proj = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        proj.weight.fill_(1.0)
+    # projected student [[1, 1], [2, 2]] vs teacher [[2, 2], [0, 0]]: squared errors 1, 1, 4, 4
+    assert hidden_mse(s, t, proj).item() == pytest.approx((1 + 1 + 4 + 4) / 4)
+    assert hidden_mse(s, t, proj, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)

@@ -438,14 +438,18 @@ class OFAModel(nn.Module):
         self.encoder = Encoder(cfg, embed_tokens)
         self.decoder = Decoder(cfg, embed_tokens)
 
-    def encode(self, input_ids: torch.Tensor, patch_images: torch.Tensor) -> EncoderOutput:
+    def encode(self, input_ids: torch.Tensor, patch_images: torch.Tensor,
+               image_index: torch.Tensor | None = None) -> EncoderOutput:
+        """`image_index` (B,): row i uses image image_index[i] of `patch_images` (one backbone pass each)."""
         image_embeds, grid = self.encoder.embed_image(patch_images)
+        if image_index is not None:
+            image_embeds = image_embeds.index_select(0, image_index)
         return self.encoder(input_ids, image_embeds, grid)
 
     def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor, prev_tokens: torch.Tensor,
-                output_ids: torch.Tensor | None = None) -> torch.Tensor:
+                output_ids: torch.Tensor | None = None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) (or (B, T, V') for `output_ids`); prev_tokens starts with BOS."""
-        return self.decoder(prev_tokens, self.encode(input_ids, patch_images), output_ids)
+        return self.decoder(prev_tokens, self.encode(input_ids, patch_images, image_index), output_ids)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

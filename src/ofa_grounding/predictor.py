@@ -1,13 +1,19 @@
 """`Grounder`: image + description(s) -> box(es). The one entry point the CLI and services use.
 
-Data flows one way: load image -> preprocess (image.py, tokenizer.py) -> encoder once per query ->
-beam search with a cached decoder (generation.py) -> bins -> pixel boxes (image.py).
+Data flows one way: load image -> preprocess (image.py, tokenizer.py) -> backbone once per image (kept
+in a small content-keyed cache) -> encoder per description -> beam search with a cached decoder
+(generation.py) -> bins -> pixel boxes (image.py). Descriptions of one or many images are batched
+together; a batch gives the same tokens and boxes as one-by-one calls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
+import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +21,7 @@ from typing import Any, overload
 
 import torch
 from PIL import Image
+from torch import nn
 
 from .checkpoint import load_checkpoint
 from .config import GenerationConfig, PreprocessConfig
@@ -23,12 +30,59 @@ from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor,
 from .model import EncoderOutput, OFAModel
 from .tokenizer import OFATokenizer, pad_ids
 
-__all__ = ["DEFAULT_MODEL", "Alternative", "Grounder", "GroundingResult"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "Alternative", "FeatureCache", "Grounder", "GroundingResult"]
 
 # Our demo model, trained on the synthetic benchmark and shipped in the package (see the README).
 DEFAULT_MODEL = Path(__file__).parent / "models" / "demo"
 
 log = logging.getLogger(__name__)
+
+# Precision modes: fp32 is the reference's arithmetic (parity); bf16 converts the weights to bfloat16
+# (fast on CPUs with AVX-512 BF16 / AMX and on GPUs); int8 quantises the linear layers' weights to int8
+# with dynamic activation scales (CPU only) and keeps the rest in fp32. The README has measured agreement.
+DTYPES = ("fp32", "bf16", "int8")
+
+
+class FeatureCache:
+    """LRU cache of backbone outputs keyed by image content, bounded in bytes (0 disables it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    @staticmethod
+    def key(rgb: Image.Image) -> bytes:
+        digest = hashlib.blake2b(rgb.tobytes(), digest_size=20)
+        digest.update(f"{rgb.mode}{rgb.size}".encode())
+        return digest.digest()
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes or key in self._items:
+            return
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -87,18 +141,32 @@ class Grounder:
 
     def __init__(self, model: OFAModel, tokenizer: OFATokenizer, preprocess: PreprocessConfig | None = None,
                  generation: GenerationConfig | None = None, device: str | torch.device | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8, fuse: bool = True) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8, fuse: bool = True,
+                 dtype: str = "fp32", cache_mb: float = 64) -> None:
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device} requested but CUDA is not available")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype == "int8" and self.device.type != "cpu":
+            raise ValueError("dtype int8 (dynamic quantisation) runs on CPU only; use bf16 on GPU")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval().to(self.device)
         if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
             self.model.encoder.embed_images.fuse_for_inference_()
+        self.dtype = dtype
+        if dtype == "bf16":
+            self.model.to(torch.bfloat16)
+        elif dtype == "int8":
+            _quantize_linears_(self.model)
+        self.cache = FeatureCache(int(cache_mb * 2**20))
         self.tokenizer = tokenizer
         self.preprocess = preprocess or PreprocessConfig()
         self.generation = generation or GenerationConfig()
         self.max_pixels = max_pixels
         self.batch_size = batch_size
+        self.image_batch_size = 1  # backbone images per pass: batching them does not pay on CPU (benchmarks/)
         self._vocab_ids = open_vocab_ids(self.generation, model.config.vocab_size, self.device)
 
     @classmethod
@@ -133,42 +201,98 @@ class Grounder:
         """Ground one description (-> a result) or several (-> a list, in order) in one image.
 
         `image`: a path, encoded bytes, a PIL image or an (H, W[, C]) uint8 array. Several descriptions
-        share the image's loading and preprocessing and are decoded in batches.
+        share one backbone pass over the image and are decoded in batches.
         """
-        texts = [text] if isinstance(text, str) else list(text)
-        rgb = self.load_image(image)
-        encoded = [self.encode_text(t) for t in texts]
-        for t, (_, cut) in zip(texts, encoded):
-            if cut:
-                log.warning("description truncated to %d tokens: %.60r...", self.preprocess.max_src_length, t)
-        pixels = self.image_tensor(rgb)
-        results: list[GroundingResult] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            enc, src_len = self.encode(pixels, [ids for ids, _ in encoded[chunk]])
-            results += self.decode(enc, src_len, rgb.size, texts[chunk], [cut for _, cut in encoded[chunk]])
-        return results[0] if isinstance(text, str) else results
+        return self.predict_batch([(image, text)])[0]
+
+    def predict_batch(self, items: Sequence[tuple[ImageInput, str | Sequence[str]]]
+                      ) -> list[GroundingResult | list[GroundingResult]]:
+        """Ground many (image, description(s)) pairs; same tokens and boxes as calling `predict` on each.
+
+        Each distinct image runs the backbone once (repeated images, in this call or earlier ones, come
+        from the feature cache); all descriptions are then encoded and decoded `batch_size` at a time,
+        each with its own padding, resize ratios and beams. Returns one entry per pair, shaped like
+        `predict`'s answer (a result for a string, a list for a list of strings).
+        """
+        rgbs = [self.load_image(image) for image, _ in items]
+        queries: list[tuple[int, str, list[int], bool]] = []
+        for i, (_, text) in enumerate(items):
+            for t in [text] if isinstance(text, str) else list(text):
+                ids, cut = self.encode_text(t)
+                if cut:
+                    log.warning("description truncated to %d tokens: %.60r...", self.preprocess.max_src_length, t)
+                queries.append((i, t, ids, cut))
+        features, grid = self.image_features(rgbs)
+        flat: list[GroundingResult] = []
+        for start in range(0, len(queries), self.batch_size):
+            chunk = queries[start:start + self.batch_size]
+            enc, src_len = self._encode_texts(features[[q[0] for q in chunk]], grid, [q[2] for q in chunk])
+            flat += self.decode(enc, src_len, [rgbs[q[0]].size for q in chunk], [q[1] for q in chunk],
+                                [q[3] for q in chunk])
+        out: list[GroundingResult | list[GroundingResult]] = []
+        it = iter(flat)
+        for _, text in items:
+            out.append(next(it) if isinstance(text, str) else [next(it) for _ in text])
+        return out
 
     def image_tensor(self, rgb: Image.Image) -> torch.Tensor:
         """(3, S, S) normalised pixels of an RGB image, as the model expects them."""
         return image_to_tensor(rgb, self.preprocess.patch_image_size, self.preprocess.mean, self.preprocess.std)
 
     @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor, token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
-        """Backbone once for the image, then the encoder over each description (right-padded batch)."""
-        input_ids = pad_ids(token_ids, self.model.config.pad_token_id)
-        B, L = input_ids.shape
-        image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device))
-        return self.model.encoder(input_ids.to(self.device), image_embeds.expand(B, -1, -1), grid), L
+    def image_features(self, rgbs: Sequence[Image.Image]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Backbone output (n, P, d) for each image, and the feature grid; each distinct image once."""
+        keys = [FeatureCache.key(rgb) for rgb in rgbs]
+        found: dict[bytes, torch.Tensor] = {}
+        for key in keys:
+            if key not in found and (hit := self.cache.get(key)) is not None:
+                found[key] = hit
+        todo = list(dict.fromkeys(k for k, rgb in zip(keys, rgbs) if k not in found))
+        first = {k: rgb for k, rgb in zip(reversed(keys), reversed(rgbs))}
+        for start in range(0, len(todo), self.image_batch_size):
+            chunk = todo[start:start + self.image_batch_size]
+            pixels = torch.stack([self.image_tensor(first[k]) for k in chunk]).to(self.device)
+            with self._precision():
+                embeds, _ = self.model.encoder.embed_image(pixels.to(self._float_dtype))
+            for k, e in zip(chunk, embeds):
+                found[k] = e.clone()
+                self.cache.put(k, found[k])
+        grid = self._grid()
+        return torch.stack([found[k] for k in keys]), grid
 
     @torch.inference_mode()
-    def decode(self, enc: EncoderOutput, src_len: int, size_wh: tuple[int, int], texts: list[str],
+    def encode(self, pixels: torch.Tensor, token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
+        """Backbone once for one image's pixels (3, S, S), then the encoder over each description."""
+        with self._precision():
+            image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device, self._float_dtype))
+        return self._encode_texts(image_embeds.expand(len(token_ids), -1, -1), grid, token_ids)
+
+    def _encode_texts(self, image_embeds: torch.Tensor, grid: tuple[int, int],
+                      token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
+        input_ids = pad_ids(token_ids, self.model.config.pad_token_id).to(self.device)
+        with torch.inference_mode(), self._precision():
+            return self.model.encoder(input_ids, image_embeds, grid), input_ids.shape[1]
+
+    def _grid(self) -> tuple[int, int]:
+        side = -(-self.preprocess.patch_image_size // 16)  # the 3-stage ResNet: 4 stride-2 steps, each ceil(n/2)
+        return side, side
+
+    @property
+    def _float_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.dtype == "bf16" else torch.float32
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def decode(self, enc: EncoderOutput, src_len: int, sizes_wh: Sequence[tuple[int, int]], texts: list[str],
                truncated: list[bool]) -> list[GroundingResult]:
-        """Beam search for each encoded description, then bins -> boxes in original-image pixels."""
-        hyps = self._search(enc, len(texts), src_len)
-        ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
+        """Beam search for each encoded description, then bins -> boxes in its original image's pixels."""
+        with self._precision():
+            hyps = self._search(enc, len(texts), src_len)
         results = []
-        for text, cut, sample in zip(texts, truncated, hyps):
+        for text, cut, sample, size_wh in zip(texts, truncated, hyps, sizes_wh):
+            ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
             tokens = torch.tensor([h.tokens[:4] for h in sample], dtype=torch.long)
             boxes = bins_to_box(tokens - self.tokenizer.bin_offset, ratios.expand(len(sample), 2),
                                 self.generation.num_bins, self.preprocess.max_image_size).tolist()
@@ -199,3 +323,12 @@ class Grounder:
             raise TypeError('expected a dict with "image" and "text" keys')
         result = self.predict(inputs["image"], str(inputs["text"]))
         return {"boxes": [list(result.box)], "scores": [result.confidence]}
+
+
+def _quantize_linears_(model: OFAModel) -> None:
+    """int8 weights for every nn.Linear (dynamic per-batch activation scales), in place."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)

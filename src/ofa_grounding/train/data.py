@@ -3,6 +3,10 @@
 Random access over a dataset's samples (images stay on disk unless `cache_images`), deterministic
 optional augmentations keyed by (seed, epoch, index) so that a resumed run sees the same data, and a
 sampler that hands each process a disjoint share of one shuffled order.
+
+With `group_by_image=K` (ours, off by default) the units are images instead of samples: each unit gives
+up to K of its image's samples (a different choice each epoch), which share one backbone pass in
+training (`collate` returns the images once plus `image_index`) and one flip decision.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +48,7 @@ class Item:
 class GroundingTrainSet(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[Sample], tokenizer: OFATokenizer, preprocess: PreprocessConfig,
                  generation: GenerationConfig, augment: Sequence[str] = (), seed: int = 0,
-                 cache_images: bool = False, max_pixels: int | None = None) -> None:
+                 cache_images: bool = False, max_pixels: int | None = None, group_by_image: int = 1) -> None:
         unknown = set(augment) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
@@ -51,29 +56,55 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         self.preprocess, self.generation = preprocess, generation
         self.augment, self.seed, self.epoch = tuple(augment), seed, 0
         self.max_pixels = max_pixels
-        self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
+        # One entry per image, not per sample: datasets have several expressions per image.
+        self._cache: dict[object, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
+        if group_by_image < 1:
+            raise ValueError(f"group_by_image must be at least 1, got {group_by_image}")
+        self.group_by_image = group_by_image
+        self.groups: list[list[int]] | None = None
+        if group_by_image > 1:
+            by_image: dict[object, list[int]] = {}
+            for i in range(len(self.samples)):
+                by_image.setdefault(self._image_key(i), []).append(i)
+            self.groups = list(by_image.values())
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) if self.groups is None else len(self.groups)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _image_key(self, index: int) -> object:
+        sample = self.samples[index]
+        if isinstance(sample.image, Path):
+            return str(sample.image)
+        return ("id", sample.image_id) if sample.image_id is not None else index
+
     def _resized(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
+        key = self._image_key(index) if self._cache is not None else None
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
         image = load_image(self.samples[index].image, self.max_pixels)
         out = (np.asarray(resize_square(image, self.preprocess.patch_image_size), dtype=np.uint8), image.size)
         if self._cache is not None:
-            self._cache[index] = out
+            out[0].setflags(write=False)  # shared by every sample of the image
+            self._cache[key] = out
         return out
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int) -> Item | list[Item]:
+        if self.groups is None:
+            return self._item(index, random.Random(f"{self.seed}/{self.epoch}/{index}"))
+        members = self.groups[index]
+        pick = random.Random(f"{self.seed}/{self.epoch}/group/{index}")
+        chosen = sorted(pick.sample(members, min(self.group_by_image, len(members))))
+        seed = pick.random()  # one augmentation draw for the whole image: every sample flips with it
+        return [self._item(i, random.Random(seed)) for i in chosen]
+
+    def _item(self, index: int, rng: random.Random) -> Item:
         sample = self.samples[index]
         pixels, size_wh = self._resized(index)
         text, box = sample.text, sample.box
         if self.augment:
-            rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
             if "flip" in self.augment and rng.random() < 0.5:
                 pixels = pixels[:, ::-1]
                 w = size_wh[0]
@@ -91,12 +122,21 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         return Item(index, ids, normalize(pixels, self.preprocess.mean, self.preprocess.std), target)
 
 
-def collate(items: list[Item], pad_id: int = 1) -> dict[str, torch.Tensor]:
+def collate(units: list[Item] | list[list[Item]], pad_id: int = 1) -> dict[str, torch.Tensor]:
+    """Samples (or image groups of samples) -> a batch; groups add `image_index` (sample -> its image)."""
+    groups = [u if isinstance(u, list) else [u] for u in units]
+    items = [it for g in groups for it in g]
     input_ids = pad_ids([it.input_ids for it in items], pad_id)
     target = torch.stack([it.target for it in items])  # (B, 5)
     prev = torch.cat([torch.full((len(items), 1), BOS, dtype=torch.long), target[:, :-1]], dim=1)
-    return {"input_ids": input_ids, "patch_images": torch.stack([it.pixels for it in items]), "prev_tokens": prev,
-            "target": target, "index": torch.tensor([it.index for it in items])}
+    batch = {"input_ids": input_ids, "prev_tokens": prev, "target": target,
+             "index": torch.tensor([it.index for it in items])}
+    if all(isinstance(u, list) for u in units):
+        batch["patch_images"] = torch.stack([g[0].pixels for g in groups])
+        batch["image_index"] = torch.tensor([k for k, g in enumerate(groups) for _ in g])
+    else:
+        batch["patch_images"] = torch.stack([it.pixels for it in items])
+    return batch
 
 
 class ShardedShuffleSampler(torch.utils.data.Sampler[int]):

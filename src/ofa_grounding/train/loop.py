@@ -59,7 +59,8 @@ class TrainConfig:
     val_limit: int | None = None
     epochs: int = 10
     max_steps: int | None = None  # overrides epochs
-    batch_size: int = 16  # per process and micro-batch
+    batch_size: int = 16  # samples per process and micro-batch
+    group_by_image: int = 1  # ours: up to this many samples of one image share a backbone pass
     accum: int = 1
     lr: float = 5e-5
     min_lr: float = 0.0
@@ -175,9 +176,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.warning("skipped training sample: %s", issue)
     if not samples:
         raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
-    train_set = GroundingTrainSet(samples, tokenizer, preprocess, generation, cfg.augment, cfg.seed, cfg.cache_images)
+    train_set = GroundingTrainSet(samples, tokenizer, preprocess, generation, cfg.augment, cfg.seed, cfg.cache_images,
+                                  group_by_image=cfg.group_by_image)
+    if cfg.batch_size % cfg.group_by_image:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-by-image {cfg.group_by_image}")
+    units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
     sampler = ShardedShuffleSampler(len(train_set), cfg.seed, ctx.rank, ctx.world_size)
-    steps_per_epoch = max(1, len(sampler) // (cfg.batch_size * cfg.accum))
+    steps_per_epoch = max(1, len(sampler) // (units_per_batch * cfg.accum))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_ratio * total)
 
@@ -194,7 +199,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = json.loads((last_dir / "trainer_state.json").read_text())
         if state["world_size"] != ctx.world_size:
             raise ValueError(f"--resume: the run used {state['world_size']} process(es), not {ctx.world_size}")
-        changed = [k for k in ("data", "split", "max_steps", "epochs", "batch_size", "accum", "lr", "seed", "augment")
+        changed = [k for k in ("data", "split", "max_steps", "epochs", "batch_size", "accum", "lr", "seed", "augment",
+                                           "group_by_image")
                    if state["config"].get(k) != getattr(cfg, k)]
         if changed:
             log.warning("--resume with other settings than the run's (%s): it will not match an uninterrupted run",
@@ -254,7 +260,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_set.set_epoch(epoch)
         # Its own generator: a loader draws a seed from the global RNG when it starts an epoch, which would
         # shift the dropout stream of a run resumed in the middle of an epoch.
-        loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+        loader = torch.utils.data.DataLoader(train_set, batch_size=units_per_batch, sampler=sampler,
                                              num_workers=cfg.workers, collate_fn=collate, drop_last=True,
                                              generator=torch.Generator().manual_seed(cfg.seed + epoch))
         batches = iter(loader)
@@ -267,7 +273,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 # which gives fairseq's per-token mean over the whole update.
                 sync = ctx.world_size == 1 or i == len(micro) - 1
                 with (net.no_sync() if not sync else contextlib.nullcontext()), autocast:
-                    logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids)
+                    logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
+                                 batch.get("image_index"))
                     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
                     target = column[batch["target"].view(-1)]
                     if cfg.bin_sigma > 0:
@@ -285,8 +292,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            position += len(micro) * cfg.batch_size
-            window_samples += len(micro) * cfg.batch_size * ctx.world_size
+            position += len(micro) * units_per_batch
+            window_samples += sum(len(b["target"]) for b in micro) * ctx.world_size
             rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
             lr = optimizer.param_groups[0]["lr"]
             bar.update(1)
