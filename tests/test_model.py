@@ -120,3 +120,26 @@ def test_unsupported_configuration_is_refused() -> None:
         OFAModel(OFAConfig(**{**TINY_CONFIG, "normformer": False}))
     with pytest.raises(ValueError, match="resnet_type"):
         OFAConfig(resnet_type="resnet9")
+
+
+def test_recorded_attention_matches_the_fused_path(tiny_model_dir) -> None:
+    """Distillation's explicit attention (probabilities recorded) computes what the fused kernel does."""
+    from ofa_grounding.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_model_dir).model.eval()
+    ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]])
+    images = torch.randn(2, 3, 64, 64)
+    prev = torch.tensor([[0, 58500, 58600, 58700, 58800]] * 2)
+    with torch.no_grad():
+        fused = model(ids, images, prev)
+        attns = [layer.self_attn for layer in [*model.encoder.layers, *model.decoder.layers]]
+        for a in attns:
+            a.record = []
+        recorded = model(ids, images, prev)
+    torch.testing.assert_close(recorded, fused, rtol=1e-4, atol=1e-4)
+    enc = attns[0].record[0]
+    assert enc.shape == (2, model.config.encoder_attention_heads, 16 + 4, 16 + 4)
+    torch.testing.assert_close(enc.sum(-1), torch.ones(enc.shape[:-1]), rtol=0, atol=1e-5)
+    assert enc[1, :, :, -1].abs().max() == 0  # the padded text position gets no attention
+    dec = attns[-1].record[0]
+    assert dec.shape == (2, model.config.decoder_attention_heads, 5, 5) and dec[0, 0, 0, 1:].abs().max() == 0

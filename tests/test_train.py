@@ -134,10 +134,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _train(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+def _train(args: list[str], nproc: int = 1, command: str = "train") -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29531"]
     launcher = launcher if nproc > 1 else []
-    return subprocess.run([sys.executable, *launcher, "-m", "ofa_grounding.cli", "train", *args, "--no-progress"],
+    return subprocess.run([sys.executable, *launcher, "-m", "ofa_grounding.cli", command, *args, "--no-progress"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 

@@ -78,44 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
                        description="OFA's RefCOCO finetuning recipe. Multi-process: torchrun --nproc_per_node N "
                                    "-m ofa_grounding.cli train ... (DDP; gloo on CPU, nccl on GPU).")
     t.add_argument("--model", required=True, help="initial model directory, or a preset name for random weights")
-    t.add_argument("--data", required=True, help="training data (any format `eval` reads)")
-    t.add_argument("--split", default="train", help="training split (default train; 'all' for every row)")
-    t.add_argument("--val", help="validation data (default: none)")
-    t.add_argument("--val-split", default="val")
-    t.add_argument("--val-limit", type=int, help="validate on the first N samples only")
-    t.add_argument("--out", required=True, help="output folder: last/ and best/ model directories, log.csv")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--max-steps", type=int, help="stop after this many updates (overrides --epochs)")
-    t.add_argument("--batch-size", type=int, default=16, help="samples per process per micro-batch")
-    t.add_argument("--accum", type=int, default=1, help="micro-batches per update (gradient accumulation)")
-    t.add_argument("--group-by-image", type=int, default=1, metavar="K",
-                   help="ours, off by default (1): batches of images with up to K of each image's samples, "
-                        "which share one backbone pass (--batch-size counts samples and must be a multiple of K)")
-    t.add_argument("--lr", type=float, default=5e-5)
-    t.add_argument("--min-lr", type=float, default=0.0)
-    t.add_argument("--warmup-ratio", type=float, default=0.06)
-    t.add_argument("--weight-decay", type=float, default=0.01)
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--clip-norm", type=float, default=1.0)
-    t.add_argument("--bin-sigma", type=float, default=0.0, help="ours, off by default (0): spread each "
-                   "coordinate target as a Gaussian of this many bins, so near misses earn credit")
-    t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
-    t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
-    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    t.add_argument("--augment", default="", help="comma-separated, off by default: flip (mirrors left/right "
-                   "words too), jitter (brightness/contrast)")
-    t.add_argument("--eval-every", type=int, default=500)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--seed", type=int, default=1)
-    t.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    t.add_argument("--cache-images", action="store_true", help="keep resized training images in memory")
-    t.add_argument("--device", default=None)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--modelscope", action="store_true", help="also write pytorch_model.bin with every OFA key")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL after that step
-    t.add_argument("-v", "--verbose", action="store_true")
+    _training_arguments(t, TRAIN_DEFAULTS)
     t.set_defaults(func=_train)
+
+    d = sub.add_parser("distill", help="train a student with a teacher's help (OFA-Compress's distillation)",
+                       description="OFA-Compress's task-specific distillation for grounding: the task loss plus a "
+                                   "soft-label loss on the teacher's distribution over the bins and attention-map "
+                                   "matching between mapped layers. Everything else as `train` (resume, torchrun, "
+                                   "bf16, validation, logs). Defaults: OFA-Compress's RefCOCO settings.")
+    d.add_argument("--teacher", required=True, help="teacher model directory")
+    d.add_argument("--student", required=True, dest="model",
+                   help="student: a model directory, or a preset name for random weights")
+    _training_arguments(d, DISTILL_DEFAULTS)
+    d.add_argument("--kd-weight", type=float, default=10000 / 59457,  # = train.losses.OFA_COMPRESS_KD_WEIGHT
+                   help="weight of the per-token soft cross-entropy (default 10000/59457, OFA-Compress's 10000 on its "
+                        "vocabulary-mean loss)")
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--attn-weight", type=float, default=1.0, help="weight of the attention-map MSE (0: off)")
+    d.add_argument("--layer-map", choices=("first", "uniform"), default="first",
+                   help="student layer i <-> teacher layer i (first, OFA-Compress) or spread over the teacher's "
+                        "depth (uniform)")
+    d.add_argument("--attn-heads", choices=("sum", "mean"), default="sum",
+                   help="sum (OFA-Compress) or average attention maps over heads before comparing")
+    d.add_argument("--teacher-bf16", action="store_true", help="run the teacher under bfloat16 autocast")
+    d.set_defaults(func=_train)
 
     s = sub.add_parser("make-synthetic", help="write the synthetic referring-expression benchmark",
                        description="Deterministic scenes of shapes with referring expressions, written as "
@@ -146,6 +132,51 @@ def _precision_arguments(p: argparse.ArgumentParser) -> None:
                         "with AVX-512 BF16/AMX and on GPUs; int8: int8 linear layers (CPU)")
     p.add_argument("--cache-mb", type=float, default=64,
                    help="backbone-output cache for repeated images, in MB (default 64; 0 turns it off)")
+
+
+# (epochs, batch size, lr, min lr, warmup ratio): OFA's RefCOCO finetuning, OFA-Compress's distillation
+TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 16, "lr": 5e-5, "min_lr": 0.0, "warmup_ratio": 0.06}
+DISTILL_DEFAULTS = {"epochs": 5, "batch_size": 8, "lr": 1e-4, "min_lr": 1e-7, "warmup_ratio": 0.01}
+
+
+def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    t.add_argument("--data", required=True, help="training data (any format `eval` reads)")
+    t.add_argument("--split", default="train", help="training split (default train; 'all' for every row)")
+    t.add_argument("--val", help="validation data (default: none)")
+    t.add_argument("--val-split", default="val")
+    t.add_argument("--val-limit", type=int, help="validate on the first N samples only")
+    t.add_argument("--out", required=True, help="output folder: last/ and best/ model directories, log.csv")
+    t.add_argument("--epochs", type=int, default=defaults["epochs"])
+    t.add_argument("--max-steps", type=int, help="stop after this many updates (overrides --epochs)")
+    t.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="samples per process per micro-batch")
+    t.add_argument("--accum", type=int, default=1, help="micro-batches per update (gradient accumulation)")
+    t.add_argument("--group-by-image", type=int, default=1, metavar="K",
+                   help="ours, off by default (1): batches of images with up to K of each image's samples, "
+                        "which share one backbone pass (--batch-size counts samples and must be a multiple of K)")
+    t.add_argument("--lr", type=float, default=defaults["lr"])
+    t.add_argument("--min-lr", type=float, default=defaults["min_lr"])
+    t.add_argument("--warmup-ratio", type=float, default=defaults["warmup_ratio"])
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--clip-norm", type=float, default=1.0)
+    t.add_argument("--bin-sigma", type=float, default=0.0, help="ours, off by default (0): spread each "
+                   "coordinate target as a Gaussian of this many bins, so near misses earn credit")
+    t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
+    t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    t.add_argument("--augment", default="", help="comma-separated, off by default: flip (mirrors left/right "
+                   "words too), jitter (brightness/contrast)")
+    t.add_argument("--eval-every", type=int, default=500)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    t.add_argument("--cache-images", action="store_true", help="keep resized training images in memory")
+    t.add_argument("--device", default=None)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--modelscope", action="store_true", help="also write pytorch_model.bin with every OFA key")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL after that step
+    t.add_argument("-v", "--verbose", action="store_true")
 
 
 def _error(message: str) -> None:
@@ -326,6 +357,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .train.distill import DistillConfig
     from .train.loop import TrainConfig, train
 
     if args.resume and not (Path(args.out) / "last" / "trainer_state.json").is_file():
@@ -341,6 +373,10 @@ def _train(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
                       cache_images=args.cache_images, device=args.device, resume=args.resume,
                       modelscope=args.modelscope, progress=not args.no_progress, kill_at_step=args.kill_at_step)
+    if args.command == "distill":
+        cfg.distill = DistillConfig(teacher=args.teacher, kd_weight=args.kd_weight, temperature=args.temperature,
+                                    attn_weight=args.attn_weight, layer_map=args.layer_map,
+                                    attn_heads=args.attn_heads, teacher_bf16=args.teacher_bf16)
     try:
         summary = train(cfg)
     except (CheckpointError, DataError) as exc:

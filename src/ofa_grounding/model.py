@@ -92,6 +92,9 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.c_attn = nn.Parameter(torch.ones(heads))
         self.dropout = dropout
+        # Distillation sets a list here: each forward then appends its attention probabilities
+        # (B, H, T, Tk), computed explicitly instead of by the fused kernel.
+        self.record: list[torch.Tensor] | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -104,9 +107,13 @@ class Attention(nn.Module):
         """x (B, T, d) queries; k, v (B, H, Tk, dh); bias broadcastable to (B, H, T, Tk) -> (B, T, d)."""
         B, T, d = x.shape
         q = self._split(self.q_proj(x) * self.scaling)  # scale after the bias, before the product
-        # softmax(q.k + bias) v, fused: no (T, Tk) logits or probabilities kept in memory.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        if self.record is not None:
+            probs = torch.softmax((torch.matmul(q, k.transpose(2, 3)) + bias).float(), dim=-1).to(q.dtype)
+            self.record.append(probs)  # before dropout, as OFA-Compress takes them
+            out = torch.matmul(F.dropout(probs, self.dropout, self.training), v)
+        else:  # softmax(q.k + bias) v, fused: no (T, Tk) logits or probabilities kept in memory
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         out = out * self.c_attn.view(1, -1, 1, 1)  # (B, H, T, dh), heads scaled
         return self.out_proj(out.transpose(1, 2).reshape(B, T, d))
 

@@ -5,6 +5,9 @@ Recipe (OFA, see the README): targets are the box's 4 bin tokens + EOS, label-sm
 decay 0.01 on every parameter), linear warmup over 6 % of the updates then linear decay to 0, gradient
 clipping at 1.0, optional drop-path, the inference resize. Only rank 0 logs, validates and saves.
 
+With `distill` set (`ofa-ground distill`), a teacher adds OFA-Compress's distillation terms to the same
+loss (distill.py); everything else is this loop.
+
 A checkpoint is a model directory (loadable by `Grounder.from_pretrained`) plus `trainer_state.json`
 (step, epoch, position in the epoch, scheduler, Python RNG, settings) and `trainer_state.safetensors`
 (optimizer moments, torch RNG): `--resume` continues bit for bit.
@@ -41,6 +44,7 @@ from ..predictor import Grounder
 from ..presets import get_preset, list_presets
 from ..tokenizer import ASSETS_DIR, OFATokenizer
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
+from .distill import DistillConfig, Distiller
 from .losses import label_smoothed_nll, soft_bin_cross_entropy
 
 __all__ = ["TrainConfig", "train", "load_initial_model"]
@@ -82,6 +86,7 @@ class TrainConfig:
     resume: bool = False
     modelscope: bool = False  # also write pytorch_model.bin with every OFA key
     progress: bool = True
+    distill: DistillConfig | None = None  # a teacher's extra loss terms (ofa-ground distill)
     kill_at_step: int | None = None  # testing only: SIGKILL this process right after that step
 
 
@@ -127,7 +132,8 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 class _CsvLog:
-    FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou")
+    FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou", "kd",
+              "attn")
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
@@ -169,6 +175,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = OFAModel(model.config)
         model.load_state_dict(state)
     model.to(device).train()
+    distiller = None
+    if cfg.distill is not None:
+        if not Path(cfg.distill.teacher).exists():
+            raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
+        teacher, _, teacher_pre, _, _ = load_initial_model(cfg.distill.teacher)
+        if cfg.distill.attn_weight > 0 and teacher_pre.patch_image_size != preprocess.patch_image_size:
+            raise ValueError(f"teacher and student image sizes differ ({teacher_pre.patch_image_size} vs "
+                             f"{preprocess.patch_image_size} px): their attention maps cannot be matched "
+                             "(use --attn-weight 0, or a student with the teacher's image size)")
+        distiller = Distiller(cfg.distill, teacher.to(device), model)
 
     dataset = open_dataset(cfg.data, split=cfg.split)
     samples = list(dataset)
@@ -266,13 +282,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batches = iter(loader)
         for micro in _updates(batches, cfg.accum):
             n_tokens = sum(b["target"].numel() for b in micro)
-            loss_sum = nll_sum = 0.0
+            loss_sum = nll_sum = kd_sum = attn_sum = 0.0
             for i, batch in enumerate(micro):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 # DDP averages gradients over processes, each normalised by its own (equal) token count,
                 # which gives fairseq's per-token mean over the whole update.
                 sync = ctx.world_size == 1 or i == len(micro) - 1
-                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast:
+                teacher_out = distiller.teacher_forward(batch, vocab_ids) if distiller else None
+                recording = distiller.recording(model, 0) if distiller else contextlib.nullcontext([])
+                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as attns:
                     logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
                                  batch.get("image_index"))
                     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
@@ -281,7 +299,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         loss, nll = soft_bin_cross_entropy(lprobs, target, cfg.label_smoothing, cfg.bin_sigma)
                     else:
                         loss, nll = label_smoothed_nll(lprobs, target, cfg.label_smoothing)
-                    (loss / n_tokens).backward()
+                    total_loss = loss / n_tokens
+                    if distiller:
+                        kd, attn = distiller.losses(logits, [a.record[0] for a in attns], *teacher_out)
+                        # kd per token like the task loss; the attention MSE is a mean per micro-batch
+                        total_loss = total_loss + cfg.distill.kd_weight * kd / n_tokens \
+                            + cfg.distill.attn_weight * attn / len(micro)
+                        kd_sum += kd.item()
+                        attn_sum += attn.item() / len(micro)
+                    total_loss.backward()
                 loss_sum += loss.item()
                 nll_sum += nll.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -300,6 +326,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
             row = {"step": step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss_sum / n_tokens:.5f}",
                    "nll": f"{nll_sum / n_tokens:.5f}", "samples_per_s": f"{rate:.1f}"}
+            if distiller:
+                row.update(kd=f"{kd_sum / n_tokens:.5f}", attn=f"{attn_sum:.5f}")
             if val_set is not None and (step % cfg.eval_every == 0 or step == total):
                 summary = validate()
                 row.update(val_acc50=f"{summary['acc50']:.4f}", val_acc75=f"{summary['acc75']:.4f}",

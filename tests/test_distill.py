@@ -1,0 +1,116 @@
+"""Distillation: layer maps, the extra loss terms, gradients to the student only, a short `distill` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_CONFIG
+from ofa_grounding.checkpoint import init_weights, load_checkpoint, save_checkpoint
+from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
+from ofa_grounding.model import OFAModel
+from ofa_grounding.synthetic import write_synthetic
+from ofa_grounding.tokenizer import ASSETS_DIR
+from ofa_grounding.train.distill import DistillConfig, Distiller, layer_pairs
+from test_train import _train
+
+
+def test_layer_pairs() -> None:
+    assert layer_pairs(4, 12, "first") == [(0, 0), (1, 1), (2, 2), (3, 3)]  # OFA-Compress: the first 4 of 12
+    assert layer_pairs(4, 12, "uniform") == [(0, 2), (1, 5), (2, 8), (3, 11)]
+    assert layer_pairs(2, 2, "uniform") == [(0, 0), (1, 1)]
+    with pytest.raises(ValueError, match="more layers"):
+        layer_pairs(3, 2, "first")
+    with pytest.raises(ValueError, match="layer map"):
+        layer_pairs(2, 2, "last")
+
+
+def _student(layers: int = 1, d: int = 16) -> OFAModel:
+    torch.manual_seed(1)
+    cfg = dict(TINY_CONFIG, d_model=d, encoder_layers=layers, decoder_layers=layers, encoder_ffn_dim=32,
+               decoder_ffn_dim=32)
+    return init_weights(OFAModel(OFAConfig(**cfg)), std=0.2)
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]]), "patch_images": torch.randn(2, 3, 64, 64),
+            "prev_tokens": torch.tensor([[0, 58500, 58600, 58700, 58800]] * 2)}
+
+
+def test_gradients_reach_the_student_only(tiny_model_dir: Path) -> None:
+    teacher = load_checkpoint(tiny_model_dir).model
+    student = _student().train()
+    distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir)), teacher, student)
+    vocab = torch.arange(58457, 59457)
+    batch = _batch()
+    t_logits, t_attn = distiller.teacher_forward(batch, vocab)
+    assert len(t_attn) == 2 and t_attn[0].shape == (2, 2, 20, 20) and t_attn[1].shape == (2, 2, 5, 5)
+    with distiller.recording(student, 0) as attns:
+        logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab)
+        kd, att = distiller.losses(logits, [a.record[0] for a in attns], t_logits, t_attn)
+    assert kd.item() > 0 and att.item() > 0
+    (kd + att).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    grads = [p.grad for p in student.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
+    assert all(a.record is None for a in attns)  # recording stops with the context
+
+
+def test_kd_term_vanishes_against_itself(tiny_model_dir: Path) -> None:
+    """Teacher == student: the attention term is 0 and the soft-label term is the teacher's entropy."""
+    teacher = load_checkpoint(tiny_model_dir).model
+    student = load_checkpoint(tiny_model_dir).model.eval()
+    distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir), attn_heads="mean"), teacher, student)
+    vocab = torch.arange(58457, 59457)
+    t_logits, t_attn = distiller.teacher_forward(_batch(), vocab)
+    with torch.no_grad(), distiller.recording(student, 0) as attns:
+        b = _batch()
+        b["patch_images"] = torch.zeros_like(b["patch_images"])
+        t_logits, t_attn = distiller.teacher_forward(b, vocab)
+        logits = student(b["input_ids"], b["patch_images"], b["prev_tokens"], vocab)
+        kd, att = distiller.losses(logits, [a.record[0] for a in attns], t_logits, t_attn)
+    p = torch.softmax(t_logits.reshape(-1, 1000), -1)
+    entropy = -(p * p.log()).sum()
+    assert att.item() == pytest.approx(0.0, abs=1e-10)
+    assert kd.item() == pytest.approx(entropy.item(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("student")
+    return save_checkpoint(out, _student(), ASSETS_DIR, PreprocessConfig(patch_image_size=128, max_image_size=128),
+                           GenerationConfig())
+
+
+def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "syn"
+    write_synthetic(data, 24, seed=4, size=(96, 96))
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data),
+            "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--val", str(data), "--val-limit", "4",
+            "--eval-every", "2", "--save-every", "1", "--attn-heads", "mean", "--layer-map", "uniform"]
+    proc = _train(args[1:], command="distill")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["best"] is not None
+    header, *rows = (out / "log.csv").read_text().splitlines()
+    assert header.endswith(",kd,attn") and len(rows) == 2
+    assert all(float(r.split(",")[-2]) > 0 and float(r.split(",")[-1]) > 0 for r in rows)
+    state = json.loads((out / "last/trainer_state.json").read_text())
+    assert state["config"]["distill"]["teacher"] == str(tiny_model_dir) and state["config"]["lr"] == 1e-4
+    student = load_checkpoint(out / "last").model
+    assert student.config.d_model == 16  # the student's architecture, not the teacher's
+
+
+def test_distill_refuses_bad_teachers(student_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "syn"
+    write_synthetic(data, 8, seed=4, size=(96, 96))
+    common = ["--data", str(data), "--out", str(tmp_path / "o"), "--max-steps", "1"]
+    proc = _train(["--teacher", str(tmp_path / "none"), "--student", str(student_dir), *common], command="distill")
+    assert proc.returncode == 2 and "--teacher" in proc.stderr
+    # a student deeper than its teacher cannot map its layers
+    proc = _train(["--teacher", str(student_dir), "--student", str(tiny_model_dir), *common], command="distill")
+    assert proc.returncode != 0 and "more layers" in proc.stderr
