@@ -83,8 +83,19 @@ def tiny() -> OFAModel:
     return init_weights(OFAModel(OFAConfig(**TINY_CONFIG)), std=0.3).eval()
 
 
-def test_cached_steps_equal_full_decoder(tiny: OFAModel) -> None:
-    """Incremental decoding with the KV cache gives the teacher-forced decoder's logits."""
+@pytest.fixture(scope="module")
+def entangled() -> OFAModel:
+    torch.manual_seed(1)
+    from ofa_grounding.checkpoint import init_weights
+
+    return init_weights(OFAModel(OFAConfig(**TINY_CONFIG, entangle_position_embedding=True)), std=0.3).eval()
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "entangled"])
+def test_cached_steps_equal_full_decoder(model_name: str, request: pytest.FixtureRequest) -> None:
+    """Incremental decoding with the KV cache gives the teacher-forced decoder's logits (also with positions
+    entangled into the token values, where each step must add its own position)."""
+    tiny = request.getfixturevalue(model_name)
     torch.manual_seed(2)
     ids = torch.tensor([[0, 61, 976, 473, 5, 2], [0, 61, 976, 2, 1, 1]])
     pixels = torch.randn(2, 3, 64, 64)
@@ -95,6 +106,17 @@ def test_cached_steps_equal_full_decoder(tiny: OFAModel) -> None:
         state = tiny.decoder.start(enc, 5)
         steps = torch.stack([tiny.decoder.step(prefix[:, t], state) for t in range(5)], dim=1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+def test_entangled_positions_change_the_output(tiny: OFAModel, entangled: OFAModel) -> None:
+    """Same weights, entangle on/off: different logits (checked against modelscope 1.40.2 separately, see
+    the README's fidelity section)."""
+    entangled.load_state_dict(tiny.state_dict())
+    ids, pixels = torch.tensor([[0, 61, 976, 2]]), torch.randn(1, 3, 64, 64)
+    prefix = torch.tensor([[0, 58500, 58600]])
+    with torch.no_grad():
+        a, b = tiny(ids, pixels, prefix), entangled(ids, pixels, prefix)
+    assert (a - b).abs().max() > 1e-2
 
 
 def test_padding_does_not_change_results(tiny: OFAModel) -> None:

@@ -49,7 +49,8 @@ class OFAConfig:
     encoder_normalize_before: bool = True
     decoder_normalize_before: bool = True
     share_attn_bias: bool = False  # True: layer 0's relative tables serve every layer
-    entangle_position_embedding: bool = False
+    entangle_position_embedding: bool = False  # also add raw position embeddings to the token values
+    disable_entangle: bool = False  # ...except in the decoder
     use_gamma_feature: bool = False
     gamma: float = 1.0
     activation_function: str = "gelu"

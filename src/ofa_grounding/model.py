@@ -256,6 +256,9 @@ class Encoder(nn.Module):
         feats = self.embed_images(patch_images)  # (B, 1024, h, w)
         h, w = feats.shape[-2:]
         tokens = self.image_proj(feats.flatten(2).transpose(1, 2)) * self.embed_scale  # (B, P, d), row-major
+        if self.cfg.entangle_position_embedding:  # positions also in the token values (raw, before their LN)
+            ids, _ = image_grid_buckets(self.cfg.image_bucket_size, h, w)
+            tokens = tokens + self.embed_image_positions(ids.to(tokens.device))
         return tokens + self.type_embedding.weight[1], (h, w)
 
     def _head_bias(self, positions: torch.Tensor) -> torch.Tensor:
@@ -275,7 +278,10 @@ class Encoder(nn.Module):
         image_ids, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid)
         image_ids, image_buckets = image_ids.to(input_ids.device), image_buckets.to(input_ids.device)
 
-        text = self.embed_tokens(input_ids) * self.embed_scale + self.type_embedding.weight[0]
+        text = self.embed_tokens(input_ids) * self.embed_scale
+        if self.cfg.entangle_position_embedding:
+            text = text + self.embed_positions.weight[:L]
+        text = text + self.type_embedding.weight[0]
         x = torch.cat([self.patch_layernorm_embedding(image_embeds), self.layernorm_embedding(text)], dim=1)
         text_pad = input_ids.eq(self.cfg.pad_token_id)
         pad_mask = torch.cat([text_pad.new_zeros(B, P), text_pad], dim=1)  # (B, S)
@@ -369,8 +375,12 @@ class Decoder(nn.Module):
             cross_bias = cross_bias + _key_mask(enc.pad_mask, cross_bias.dtype)
         return self_bias, cross_bias
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.layernorm_embedding(self.embed_tokens(tokens) * self.embed_scale)
+    def _embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token embeddings of positions start, start + 1, ... (positions enter only when entangled)."""
+        x = self.embed_tokens(tokens) * self.embed_scale
+        if self.cfg.entangle_position_embedding and not self.cfg.disable_entangle:
+            x = x + self.embed_positions.weight[start:start + tokens.shape[1]]
+        return self.layernorm_embedding(x)
 
     def forward(self, prev_tokens: torch.Tensor, enc: EncoderOutput,
                 output_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -402,7 +412,7 @@ class Decoder(nn.Module):
         t = state.step
         if t >= state.cross_bias.shape[2]:
             raise RuntimeError(f"decoder state was prepared for {state.cross_bias.shape[2]} steps")
-        y = self._embed(tokens[:, None])  # (N, 1, d)
+        y = self._embed(tokens[:, None], t)  # (N, 1, d)
         cross_bias = state.cross_bias[:, :, t:t + 1]  # (B, H, 1, S), the same for all K beams
         for layer, bias, kv, cache in zip(self.layers, state.self_bias, state.cross_kv, state.caches):
             y = layer(y, bias[:, t:t + 1, :t + 1], kv, cross_bias, cache)
@@ -430,7 +440,6 @@ class OFAModel(nn.Module):
             ("normformer=False", not cfg.normformer),
             ("encoder_normalize_before=False", not cfg.encoder_normalize_before),
             ("decoder_normalize_before=False", not cfg.decoder_normalize_before),
-            ("entangle_position_embedding=True", cfg.entangle_position_embedding),
             ("use_gamma_feature=True", cfg.use_gamma_feature),
             ("layernorm_embedding=False", not cfg.layernorm_embedding),
             ("patch_layernorm_embedding=False", not cfg.patch_layernorm_embedding),
