@@ -49,10 +49,12 @@ def main() -> int:
         "",
         "Trained by this project from scratch on its synthetic referring-expression benchmark (not a real-photo",
         "model: it knows flat coloured shapes and the words of that benchmark). Architecture: the `demo` preset",
-        "(3-stage resnet18-style backbone at width 16, d 128, 4 heads, 2+2 layers, 128 px images, OFA's",
-        f"vocabulary). Weights stored in float16 ({size / 1e6:.1f} MB), loaded as float32.",
+        "(3-stage resnet18-style backbone at width 16, d 128, 4 heads, 2+2 layers, 128 px images, positions",
+        f"entangled into the token values, OFA's vocabulary). Weights stored in float16 ({size / 1e6:.1f} MB),",
+        "loaded as float32.",
         "",
-        "Reproduce: `bash scripts/train_demo.sh` (the benchmark `make-synthetic --n 40000 --seed 0`, then",
+        "Reproduce: `bash scripts/train_demo.sh` (the benchmark `make-synthetic --n 40000 --seed 0`, training",
+        "data `make-synthetic --n 150000 --seed 0 --per-scene 4 --simple 3` (its train split only), then",
         f"`{' '.join(str(x) for x in ['ofa-ground train', *_train_args(state['config'])])}`),",
         "then `python scripts/package_demo.py RUN/best --data DATA`.",
         "",
@@ -73,7 +75,8 @@ def main() -> int:
 
 
 def _train_args(config: dict) -> list[str]:
-    keys = ("model", "max_steps", "batch_size", "lr", "bf16", "dropout", "augment", "seed")
+    keys = ("model", "max_steps", "batch_size", "group_by_image", "lr", "bf16", "dropout", "augment", "bin_sigma",
+            "seed")
     out = []
     for k in keys:
         v = config.get(k)

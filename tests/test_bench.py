@@ -42,6 +42,12 @@ def test_mixed_images_are_distinct_files(tmp_path: Path) -> None:
         bench.mixed_images(empty, out)
 
 
+def test_box_overlap_orders_corners() -> None:
+    assert bench.box_overlap([10, 10, 0, 0], [0, 0, 10, 10]) == pytest.approx(1.0)
+    assert bench.box_overlap([5, 5, 5, 9], [5, 5, 5, 9]) == 1.0  # identical, zero area
+    assert bench.box_overlap([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150, rel=1e-5)
+
+
 def test_agreement_of_fp32_with_the_reference_is_total(reference_dir: Path, reference_grounder: Grounder) -> None:
     a = bench.agreement(reference_grounder, str(reference_dir / "cases.json"))
     assert a["cases"] > 50 and a["same_tokens"] == 1.0 and a["iou90"] == 1.0
@@ -55,13 +61,13 @@ def test_bench_runs_end_to_end_on_a_small_model(tiny_model_dir: Path, tmp_path: 
     images.mkdir()
     for i, size in enumerate([(64, 48), (40, 90), (128, 128)]):
         Image.new("RGB", size, (40 * i, 120, 200)).save(images / f"{i}.png")
-    code = main(["bench", "--model", str(tiny_model_dir), "--images", str(images), "--dtypes", "fp32,int8",
+    code = main(["bench", "--model", str(tiny_model_dir), "--images", str(images), "--dtypes", "fp32,bf16",
                  "--iters", "10", "--no-reference", "--json"])
     assert code == 0
     out = capsys.readouterr().out
     assert "16 mixed images, median" in out and "peak RSS" in out
     raw = json.loads(out[out.index("{"):])
-    assert [r["impl"] for r in raw["ours"]] == ["ours fp32", "ours int8"] and raw["reference"] is None
+    assert [r["impl"] for r in raw["ours"]] == ["ours fp32", "ours bf16"] and raw["reference"] is None
     assert raw["ours"][0]["single"]["n"] == 10 and raw["ours"][0]["batch16"]["n"] >= 3
 
 

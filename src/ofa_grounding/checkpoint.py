@@ -12,6 +12,7 @@ mis-shaped keys raise `CheckpointError` naming them. The only keys dropped are l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_model
+from torch import nn
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .model import OFAModel
@@ -140,8 +142,25 @@ def init_weights(model: OFAModel, std: float = 0.02) -> OFAModel:
     return model
 
 
+@contextlib.contextmanager
+def _skip_init():
+    """Make torch.nn.init a no-op while modules are built on the meta device: every tensor is replaced by
+    the checkpoint's anyway, and initialising meta tensors pulls in torch's reference-op machinery
+    (about 1.7 s of imports on first use)."""
+    names = ("normal_", "uniform_", "zeros_", "ones_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+             "xavier_normal_", "trunc_normal_", "constant_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def _build(config: OFAConfig, state: dict[str, torch.Tensor]) -> OFAModel:
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = OFAModel(config)
     model.load_state_dict(convert_state_dict(state, model), strict=True, assign=True)
     return model.eval()
