@@ -21,26 +21,24 @@ T_PROCESS = time.perf_counter()  # before heavy imports: cold start counts them
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+# The helpers of `ofa-ground bench`: that module imports only the standard library at load time, so the
+# peer venv (which does not have this package) can import it by path too.
+sys.path.insert(0, str(ROOT / "src" / "ofa_grounding"))
+from bench import _cpu_name, _peak_rss_mb, _stats  # noqa: E402
+
 DEFAULT_MODEL = SHARED / "reference" / "ofa-tiny-random"
 DEFAULT_IMAGE = SHARED / "reference" / "images" / "scene_640x480.png"
 DEFAULT_TEXT = "the red circle on the left"
 
 
-def _stats(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker_ours(model: str, image: str, text: str, iters: int) -> dict:
@@ -119,14 +117,6 @@ def worker_reference(model: str, image: str, text: str, iters: int) -> dict:
             "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_worker(python: str, which: str, args: argparse.Namespace) -> dict | None:
