@@ -165,3 +165,23 @@ def test_recorded_attention_matches_the_fused_path(tiny_model_dir) -> None:
     assert enc[1, :, :, -1].abs().max() == 0  # the padded text position gets no attention
     dec = attns[-1].record[0]
     assert dec.shape == (2, model.config.decoder_attention_heads, 5, 5) and dec[0, 0, 0, 1:].abs().max() == 0
+
+
+def test_image_bias_cache_follows_weight_updates(tiny: OFAModel) -> None:
+    """Inference reuses each layer's gathered image bias; an in-place weight update must invalidate it."""
+    torch.manual_seed(4)
+    ids, pixels = torch.tensor([[0, 61, 976, 2]]), torch.randn(1, 3, 64, 64)
+    table = tiny.encoder.image_rel_pos_table_list[0].weight
+    saved = table.detach().clone()
+    with torch.no_grad():
+        first = tiny.encode(ids, pixels).hidden
+        again = tiny.encode(ids, pixels).hidden  # from the cache
+        table.add_(0.5)
+        moved = tiny.encode(ids, pixels).hidden
+        table.copy_(saved)
+        back = tiny.encode(ids, pixels).hidden
+    with torch.enable_grad():  # the training path never uses the cache
+        uncached = tiny.encode(ids, pixels).hidden.detach()
+    assert torch.equal(first, again) and torch.equal(first, back)
+    assert (moved - first).abs().max() > 1e-3
+    torch.testing.assert_close(uncached, first, rtol=0, atol=1e-5)

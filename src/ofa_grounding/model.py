@@ -246,6 +246,19 @@ class Encoder(nn.Module):
             nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(tables))
         self.image_rel_pos_table_list = nn.ModuleList(
             nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(tables))
+        # Inference only: the image block of each layer's relative bias depends on the weights and the
+        # grid alone, so it is gathered once and reused (a 4M-element gather per layer per query at 512 px).
+        self._image_rel_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+    def _image_rel(self, t: int, buckets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        table = self.image_rel_pos_table_list[t].weight
+        # _version moves on every in-place update (optimizer steps, load_state_dict): no stale reuse
+        key = (grid, table._version, table.data_ptr(), table.dtype, table.device)
+        hit = self._image_rel_cache.get(t)
+        if hit is None or hit[0] != key:
+            hit = (key, _gather_heads(self.image_rel_pos_table_list[t], buckets))
+            self._image_rel_cache[t] = hit
+        return hit[1]
 
     def embed_image(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) pixels -> image token embeddings (B, P, d) before their LayerNorm, and the grid (h, w).
@@ -305,7 +318,8 @@ class Encoder(nn.Module):
         for i, layer in enumerate(self.layers):
             t = 0 if self.cfg.share_attn_bias else i
             text_rel = _gather_heads(self.token_rel_pos_table_list[t], text_buckets)
-            image_rel = _gather_heads(self.image_rel_pos_table_list[t], image_buckets)
+            image_rel = (self._image_rel(t, image_buckets, grid) if reuse
+                         else _gather_heads(self.image_rel_pos_table_list[t], image_buckets))
             if reuse:
                 torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
                 torch.add(abs_bias[:, :, :P, :P], image_rel, out=bias[:, :, :P, :P])
