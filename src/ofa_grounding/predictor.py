@@ -8,7 +8,6 @@ together; a batch gives the same tokens and boxes as one-by-one calls.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -160,7 +159,6 @@ class Grounder:
         self.generation = generation or GenerationConfig()
         self.max_pixels = max_pixels
         self.batch_size = batch_size
-        self.image_batch_size = 1  # backbone images per pass: batching them does not pay on CPU (benchmarks/)
         self._vocab_ids = open_vocab_ids(self.generation, model.config.vocab_size, self.device)
 
     @classmethod
@@ -243,30 +241,23 @@ class Grounder:
         for key in keys:
             if key not in found and (hit := self.cache.get(key)) is not None:
                 found[key] = hit
-        todo = list(dict.fromkeys(k for k, rgb in zip(keys, rgbs) if k not in found))
-        first = {k: rgb for k, rgb in zip(reversed(keys), reversed(rgbs))}
-        for start in range(0, len(todo), self.image_batch_size):
-            chunk = todo[start:start + self.image_batch_size]
-            pixels = torch.stack([self.image_tensor(first[k]) for k in chunk]).to(self.device)
-            with self._precision():
-                embeds, _ = self.model.encoder.embed_image(pixels.to(self._float_dtype))
-            for k, e in zip(chunk, embeds):
-                found[k] = e.clone()
-                self.cache.put(k, found[k])
-        grid = self._grid()
-        return torch.stack([found[k] for k in keys]), grid
+        for key, rgb in zip(keys, rgbs):
+            if key not in found:  # one image per backbone pass: peak memory stays one image's activations
+                pixels = self.image_tensor(rgb).unsqueeze(0).to(self.device, self._float_dtype)
+                found[key] = self.model.encoder.embed_image(pixels)[0][0]
+                self.cache.put(key, found[key])
+        return torch.stack([found[k] for k in keys]), self._grid()
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
         """Backbone once for one image's pixels (3, S, S), then the encoder over each description."""
-        with self._precision():
-            image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device, self._float_dtype))
+        image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device, self._float_dtype))
         return self._encode_texts(image_embeds.expand(len(token_ids), -1, -1), grid, token_ids)
 
     def _encode_texts(self, image_embeds: torch.Tensor, grid: tuple[int, int],
                       token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
         input_ids = pad_ids(token_ids, self.model.config.pad_token_id).to(self.device)
-        with torch.inference_mode(), self._precision():
+        with torch.inference_mode():
             return self.model.encoder(input_ids, image_embeds, grid), input_ids.shape[1]
 
     def _grid(self) -> tuple[int, int]:
@@ -277,15 +268,11 @@ class Grounder:
     def _float_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.dtype == "bf16" else torch.float32
 
-    def _precision(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
     @torch.inference_mode()
     def decode(self, enc: EncoderOutput, src_len: int, sizes_wh: Sequence[tuple[int, int]], texts: list[str],
                truncated: list[bool]) -> list[GroundingResult]:
         """Beam search for each encoded description, then bins -> boxes in its original image's pixels."""
-        with self._precision():
-            hyps = self._search(enc, len(texts), src_len)
+        hyps = self._search(enc, len(texts), src_len)
         results = []
         for text, cut, sample, size_wh in zip(texts, truncated, hyps, sizes_wh):
             ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
@@ -319,4 +306,3 @@ class Grounder:
             raise TypeError('expected a dict with "image" and "text" keys')
         result = self.predict(inputs["image"], str(inputs["text"]))
         return {"boxes": [list(result.box)], "scores": [result.confidence]}
-

@@ -15,7 +15,6 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,15 +56,15 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         self.augment, self.seed, self.epoch = tuple(augment), seed, 0
         self.max_pixels = max_pixels
         # One entry per image, not per sample: datasets have several expressions per image.
-        self._cache: dict[object, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
+        self._cache: dict[str, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
         if group_by_image < 1:
             raise ValueError(f"group_by_image must be at least 1, got {group_by_image}")
         self.group_by_image = group_by_image
         self.groups: list[list[int]] | None = None
         if group_by_image > 1:
-            by_image: dict[object, list[int]] = {}
-            for i in range(len(self.samples)):
-                by_image.setdefault(self._image_key(i), []).append(i)
+            by_image: dict[str, list[int]] = {}
+            for i, sample in enumerate(self.samples):
+                by_image.setdefault(sample.image_key, []).append(i)
             self.groups = list(by_image.values())
 
     def __len__(self) -> int:
@@ -74,14 +73,8 @@ class GroundingTrainSet(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _image_key(self, index: int) -> object:
-        sample = self.samples[index]
-        if isinstance(sample.image, Path):
-            return str(sample.image)
-        return ("id", sample.image_id) if sample.image_id is not None else index
-
     def _resized(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
-        key = self._image_key(index) if self._cache is not None else None
+        key = self.samples[index].image_key
         if self._cache is not None and key in self._cache:
             return self._cache[key]
         image = load_image(self.samples[index].image, self.max_pixels)

@@ -285,8 +285,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             loss_sum = nll_sum = kd_sum = attn_sum = 0.0
             for i, batch in enumerate(micro):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                # DDP averages gradients over processes, each normalised by its own (equal) token count,
-                # which gives fairseq's per-token mean over the whole update.
+                # DDP averages gradients over processes, each normalised by its own token count: equal
+                # counts give fairseq's per-token mean over the whole update (with --group-by-image an
+                # image with fewer than K samples makes them differ slightly).
                 sync = ctx.world_size == 1 or i == len(micro) - 1
                 teacher_out = distiller.teacher_forward(batch, vocab_ids) if distiller else None
                 recording = distiller.recording(model, 0) if distiller else contextlib.nullcontext([])
