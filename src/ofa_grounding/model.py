@@ -300,7 +300,8 @@ class Encoder(nn.Module):
         image_ids, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid)
         image_ids, image_buckets = image_ids.to(input_ids.device), image_buckets.to(input_ids.device)
 
-        text = self.embed_tokens(input_ids) * self.embed_scale
+        # The token table is shared with the decoder, which may stay fp32 while the encoder runs in bf16.
+        text = self.embed_tokens(input_ids).to(self.type_embedding.weight.dtype) * self.embed_scale
         if self.cfg.entangle_position_embedding:
             text = text + self.embed_positions.weight[:L]
         text = text + self.type_embedding.weight[0]
@@ -426,9 +427,16 @@ class Decoder(nn.Module):
         self_bias, cross_bias = self._biases(max_steps, enc)
         weight = self.embed_tokens.weight if output_ids is None else self.embed_tokens.weight[output_ids]
         return DecoderState(
-            cross_kv=[layer.cross_attn.project_kv(enc.hidden) for layer in self.layers],
+            cross_kv=[self._cross_kv(layer.cross_attn, enc.hidden) for layer in self.layers],
             cross_bias=cross_bias, self_bias=self_bias, output_weight=weight,
             caches=[{} for _ in self.layers])
+
+    def _cross_kv(self, attn: Attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Mixed precision (the predictor's bf16 mode): the key/value projections over all encoder tokens
+        # may run in bf16 like the encoder; every per-step computation stays in the decoder's dtype.
+        dtype = self.layer_norm.weight.dtype
+        k, v = attn.project_kv(hidden.to(attn.k_proj.weight.dtype))
+        return k.to(dtype), v.to(dtype)
 
     def step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """Feed the newest token of each row (N,) at position `state.step` -> logits (N, V') of its successor."""
