@@ -106,3 +106,37 @@ def test_console_script_runs(reference_model_dir: Path, reference_dir: Path) -> 
                            image, "a blue square", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["width"] == 97
+
+
+def test_predict_draw_writes_the_boxes(reference_model_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from ofa_grounding.draw import PALETTE
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
+    out = tmp_path / "drawn.png"
+    assert main(["predict", "--model", str(reference_model_dir), str(example), "the red circle", "the blue square",
+                 "--json", "--draw", str(out)]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    drawn, original = Image.open(out).convert("RGB"), Image.open(example).convert("RGB")
+    assert drawn.size == original.size
+    for result, colour in zip(results, PALETTE):
+        x0, x1 = sorted((result["box"][0], result["box"][2]))
+        y0, y1 = sorted((result["box"][1], result["box"][3]))
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(drawn.width - 1, x1), min(drawn.height - 1, y1)
+        rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        # the outline's colour on the box's left edge, half-way down (labels sit above the box)
+        assert drawn.getpixel((round(x0) + 1, round((y0 + y1) / 2))) == rgb or \
+            drawn.getpixel((round(x1) - 1, round((y0 + y1) / 2))) == rgb
+    assert main(["predict", "--model", str(reference_model_dir), str(example), "x", "--draw",
+                 str(tmp_path / "missing-dir" / "o.png")]) == 2
+    assert "--draw" in capsys.readouterr().err
+    assert main(["predict", "--model", str(reference_model_dir), "--jsonl", "x.jsonl", "--draw", "o.png"]) == 2
+
+
+def test_serve_refuses_bad_settings(capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--max-request-mb", "0"]) == 2

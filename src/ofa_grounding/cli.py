@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(paths relative to the file's folder); prints one JSON line per input")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--alternatives", action="store_true", help="also print the other beams' boxes")
+    p.add_argument("--draw", type=Path, metavar="OUT.png",
+                   help="also write the image with the boxes drawn and labelled (one image; not with --jsonl)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
@@ -102,6 +104,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sum (OFA-Compress) or average attention maps over heads before comparing")
     d.add_argument("--teacher-bf16", action="store_true", help="run the teacher under bfloat16 autocast")
     d.set_defaults(func=_train)
+
+    v = sub.add_parser("serve", help="HTTP service and web page (needs the serve extra)",
+                       description="FastAPI service on uvicorn: POST /v1/ground, GET /v1/model, GET /healthz, "
+                                   "the web page at /, API docs at /docs. Binds 127.0.0.1 unless --host says "
+                                   "otherwise. Needs: pip install 'ofa-grounding[serve]'.")
+    v.add_argument("--model", help="model directory (default: the bundled demo model, once one ships)")
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own model copy and cores/N torch threads (default 1)")
+    v.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    v.add_argument("--batch-size", type=int, default=8, help="descriptions encoded and decoded together (default 8)")
+    _precision_arguments(v)
+    from .serve.config import ServeConfig  # stdlib-only: keeps --help working without the serve extra
+
+    defaults = ServeConfig()
+    v.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                   help=f"descriptions per model call across concurrent requests (default {defaults.max_batch}; "
+                        "1 turns micro-batching off)")
+    v.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                   help=f"how long an idle model waits to fill a batch (default {defaults.max_wait_ms})")
+    v.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                   help=f"requests allowed to wait; beyond it 503 + Retry-After (default {defaults.max_queue})")
+    v.add_argument("--max-request-mb", type=float, default=defaults.max_request_bytes / 2**20,
+                   help=f"largest request body in MB (default {defaults.max_request_bytes / 2**20:g})")
+    v.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                   help=f"largest image in pixels (default {defaults.max_pixels})")
+    v.add_argument("--max-texts", type=int, default=defaults.max_texts,
+                   help=f"descriptions per request (default {defaults.max_texts})")
+    v.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars,
+                   help=f"characters per description (default {defaults.max_text_chars})")
+    v.add_argument("--allow-urls", action="store_true",
+                   help='let JSON requests give "image_url" for the server to fetch (off by default)')
+    v.add_argument("-v", "--verbose", action="store_true")
+    v.set_defaults(func=_serve)
 
     s = sub.add_parser("make-synthetic", help="write the synthetic referring-expression benchmark",
                        description="Deterministic scenes of shapes with referring expressions, written as "
@@ -206,6 +243,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.jsonl is not None:
         if args.image or args.text:
             raise _UsageError("give either IMAGE TEXT... or --jsonl FILE, not both")
+        if args.draw is not None:
+            raise _UsageError("--draw works with one IMAGE, not with --jsonl")
         return _predict_jsonl(args)
     if not args.image or not args.text:
         raise _UsageError("predict needs IMAGE and at least one TEXT (or --jsonl FILE)")
@@ -216,6 +255,13 @@ def _predict(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_FAILED
     width, height = results[0].image_size
+    if args.draw is not None:
+        from .draw import draw_results
+
+        try:
+            draw_results(grounder.load_image(args.image), results).save(args.draw)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"--draw {args.draw}: cannot write ({str(exc).splitlines()[0]})") from None
     if args.json:
         print(json.dumps({"image": args.image, "width": width, "height": height,
                           "results": [r.to_dict(alternatives=args.alternatives) for r in results]}))
@@ -224,6 +270,45 @@ def _predict(args: argparse.Namespace) -> int:
     for r in results:
         if r.truncated:
             _error(f"warning: description truncated to the model's source length: {r.text[:60]!r}...")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import create_app
+        from .serve.app import SERVE_ENV
+    except ImportError as exc:
+        raise _UsageError(f"serve needs the serve extra ({exc.name} is missing): "
+                          "pip install 'ofa-grounding[serve]'") from None
+    from .serve.config import ServeConfig
+
+    for name in ("workers", "max_batch", "max_queue", "max_texts", "max_text_chars", "max_pixels"):
+        if getattr(args, name) < 1:
+            raise _UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_request_mb <= 0 or args.max_wait_ms < 0:
+        raise _UsageError("--max-request-mb must be positive and --max-wait-ms not negative")
+    config = ServeConfig(max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
+                         max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        _error(f"warning: binding {args.host}: the service is reachable from other machines")
+    log_level = "info" if args.verbose else "warning"
+    print(f"ofa-ground serve: http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}/ "
+          f"(API docs at /docs; Ctrl-C stops)", file=sys.stderr)
+    if args.workers == 1:
+        grounder = _load_grounder(args)
+        app = create_app(grounder, config, model_name=str(args.model or "bundled demo"))
+        uvicorn.run(app, host=args.host, port=args.port, log_level=log_level)
+        return EXIT_OK
+    _load_grounder(args)  # fail here, once, with a clear message, not in every worker
+    os.environ[SERVE_ENV] = json.dumps({
+        "model": args.model, "device": args.device, "dtype": args.dtype, "cache_mb": args.cache_mb,
+        "batch_size": args.batch_size, "threads": max(1, (os.cpu_count() or 1) // args.workers),
+        "config": config.__dict__})
+    uvicorn.run("ofa_grounding.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=log_level)
     return EXIT_OK
 
 

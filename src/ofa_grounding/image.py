@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageInput",
     "ImageLoadError",
+    "ImageTooLargeError",
     "normalize",
     "resize_square",
     "bins_to_box",
@@ -40,12 +41,16 @@ class ImageLoadError(ValueError):
     """An image could not be read; the message names the input and the reason in one line."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """The image has more pixels than allowed (checked from its header, before decoding)."""
+
+
 def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
     w, h = size
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"{name}: image has no pixels ({w}x{h})")
     if max_pixels is not None and w * h > max_pixels:
-        raise ImageLoadError(f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+        raise ImageTooLargeError(f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
                              "(possible decompression bomb; raise max_pixels to allow it)")
 
 

@@ -1,0 +1,249 @@
+"""The HTTP service through FastAPI's test client: every endpoint and every error path."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient  # the serve extra (part of dev)
+from PIL import Image
+
+from ofa_grounding.serve import ServeConfig, create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "shapes.png"
+
+
+@pytest.fixture(scope="module")
+def client(reference_grounder) -> Iterator[TestClient]:
+    with TestClient(create_app(reference_grounder, model_name="fixture")) as c:
+        yield c
+
+
+def _client(grounder, **limits) -> TestClient:
+    return TestClient(create_app(grounder, ServeConfig(**limits), model_name="fixture"))
+
+
+def _multipart(path: Path, *texts: str) -> dict:
+    return {"files": {"image": (path.name, path.read_bytes(), "image/png")}, "data": {"text": list(texts)}}
+
+
+def _error(response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code, body
+    return body["error"]["message"]
+
+
+def test_ground_multipart_gives_the_reference_box(client: TestClient, reference_dir: Path,
+                                                  reference_cases: list[dict]) -> None:
+    case = reference_cases[0]
+    image = reference_dir / case["image"]
+    response = client.post("/v1/ground", **_multipart(image, case["text"]))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    with Image.open(image) as im:
+        assert (body["width"], body["height"]) == im.size
+    (result,) = body["results"]
+    assert result["text"] == case["text"]
+    assert result["box"] == pytest.approx(case["box"], abs=1e-3)
+    assert set(result) == {"text", "box", "score", "confidence", "truncated", "alternatives"}
+    assert 0 < result["confidence"] <= 1 and len(result["alternatives"]) == 4
+    assert set(result["alternatives"][0]) == {"box", "score", "confidence"}
+
+
+def test_ground_json_several_texts_in_order(client: TestClient, reference_grounder, reference_dir: Path,
+                                            reference_cases: list[dict]) -> None:
+    image = reference_dir / reference_cases[0]["image"]
+    texts = [c["text"] for c in reference_cases if c["image"] == reference_cases[0]["image"]][:3]
+    texts.append("a description of my own")
+    b64 = base64.b64encode(image.read_bytes()).decode()
+    expected = [r.box for r in reference_grounder.predict(image, texts)]
+    for payload in ({"image": b64, "texts": texts}, {"image": "data:image/png;base64," + b64, "texts": texts}):
+        response = client.post("/v1/ground", json=payload)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r["text"] for r in results] == texts
+        for r, box in zip(results, expected):
+            assert r["box"] == pytest.approx(list(box), abs=1e-4)
+    one = client.post("/v1/ground", json={"image": b64, "text": texts[0]}).json()["results"]
+    assert len(one) == 1 and one[0]["box"] == pytest.approx(list(expected[0]), abs=1e-4)
+
+
+def test_model_health_docs_and_page(client: TestClient) -> None:
+    info = client.get("/v1/model").json()
+    assert info["name"] == "fixture" and info["preset"] == "tiny" and info["dtype"] == "fp32"
+    assert info["device"] == "cpu" and 30e6 < info["parameters"] < 40e6 and info["image_size"] == 512
+    assert info["limits"]["max_texts"] == 16 and info["limits"]["allow_urls"] is False
+    assert info["batching"] == {"max_batch": 16, "max_wait_ms": 5.0, "max_queue": 64}
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["queued"] == 0
+    assert "/v1/ground" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in ("/static/app.js", "/static/style.css", "/static/example.png", "/static/favicon.svg"):
+        assert client.get(asset).status_code == 200, asset
+    # no external CDN: every referenced URL is local
+    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert "http://" not in text and "https://" not in text
+
+
+def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    pytest.importorskip("swagger_ui_bundle", reason="local API docs need swagger-ui-bundle (the serve extra)")
+    docs = client.get("/docs").text
+    assert "cdn" not in docs.lower() and "/swagger-ui/swagger-ui-bundle.js" in docs
+    assert client.get("/swagger-ui/swagger-ui-bundle.js").status_code == 200
+
+
+@pytest.mark.parametrize("payload, code", [
+    ({"texts": ["a"]}, "missing_image"),
+    ({"image": "@@not base64@@", "texts": ["a"]}, "unreadable_image"),
+    ({"image": base64.b64encode(b"not an image at all").decode(), "texts": ["a"]}, "unreadable_image"),
+    ({"image": "aGVsbG8=", "texts": []}, "missing_text"),
+    ({"image": "aGVsbG8=", "texts": ""}, "empty_text"),
+    ({"image": "aGVsbG8=", "texts": [1]}, "bad_text"),
+    ({"image": "aGVsbG8=", "texts": {"a": 1}}, "bad_text"),
+    ({"image": "aGVsbG8=", "texts": ["  "]}, "empty_text"),
+    ({"image": "aGVsbG8=", "texts": ["a"] * 17}, "too_many_texts"),
+    ({"image": "aGVsbG8=", "texts": ["x" * 501]}, "text_too_long"),
+    ({"image_url": "http://127.0.0.1:9/x.png", "texts": ["a"]}, "urls_disabled"),
+    ([1, 2], "bad_json"),
+])
+def test_json_errors_are_422_with_a_clear_message(client: TestClient, payload, code: str) -> None:
+    message = _error(client.post("/v1/ground", json=payload), 422, code)
+    assert message and "\n" not in message
+
+
+def test_other_request_errors(client: TestClient) -> None:
+    _error(client.post("/v1/ground", content=b"{not json", headers={"content-type": "application/json"}),
+           422, "bad_json")
+    _error(client.post("/v1/ground", content=b"hello", headers={"content-type": "text/plain"}),
+           415, "unsupported_content_type")
+    _error(client.post("/v1/ground", data={"text": ["a"]}, files={"other": ("x", b"y")}), 422, "missing_image")
+    _error(client.post("/v1/ground", files={"image": ("x.png", b"garbage", "image/png")}, data={"text": ["a"]}),
+           422, "unreadable_image")
+    _error(client.post("/v1/ground", **_multipart(EXAMPLE)), 422, "missing_text")
+    assert client.get("/v1/ground").status_code == 405
+
+
+def test_size_limits_are_413(reference_grounder) -> None:
+    with _client(reference_grounder, max_request_bytes=1000, max_pixels=10_000) as c:
+        _error(c.post("/v1/ground", **_multipart(EXAMPLE, "a")), 413, "request_too_large")  # by Content-Length
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+            yield b'{"image": "'
+            yield b"A" * 2000
+            yield b'", "texts": ["a"]}'
+
+        _error(c.post("/v1/ground", content=chunks(), headers={"content-type": "application/json"}),
+               413, "request_too_large")
+        small = io.BytesIO()
+        Image.new("RGB", (200, 100), "red").save(small, format="PNG")  # 20,000 pixels, a few hundred bytes
+        assert len(small.getvalue()) < 1000
+        message = _error(c.post("/v1/ground", files={"image": ("s.png", small.getvalue(), "image/png")},
+                                data={"text": ["a"]}), 413, "image_too_large")
+        assert "200x100" in message
+
+
+def test_image_url_only_when_enabled(reference_grounder, tmp_path: Path) -> None:
+    (tmp_path / "shapes.png").write_bytes(EXAMPLE.read_bytes())
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/shapes.png"
+    try:
+        with _client(reference_grounder, allow_urls=True) as c:
+            ok = c.post("/v1/ground", json={"image_url": url, "texts": ["the red circle"]})
+            assert ok.status_code == 200 and ok.json()["width"] == 640, ok.text
+            _error(c.post("/v1/ground", json={"image_url": url + "-missing", "texts": ["a"]}), 422, "unreadable_image")
+            _error(c.post("/v1/ground", json={"image_url": "file:///etc/passwd", "texts": ["a"]}), 422,
+                   "bad_image_url")
+    finally:
+        server.shutdown()
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_answers(reference_grounder) -> None:
+    """While the model is busy, waiting requests pile up and run as one batch; each gets its own results."""
+    texts = [["the red circle"], ["the blue square", "the green triangle"], ["the small yellow circle"],
+             ["the shape at the top"]]
+    expected = [[r.box for r in reference_grounder.predict(EXAMPLE, t)] for t in texts]
+    with _client(reference_grounder) as c:
+        batcher = c.app.state.batcher
+        release, calls = threading.Event(), []
+        original = batcher.run
+
+        def gated(items):
+            calls.append([len(t) for _, t in items])
+            release.wait(30)
+            return original(items)
+
+        batcher.run = gated
+        with ThreadPoolExecutor(len(texts)) as pool:
+            first = pool.submit(c.post, "/v1/ground", **_multipart(EXAMPLE, *texts[0]))
+            while not calls:  # the first request holds the model
+                threading.Event().wait(0.01)
+            rest = [pool.submit(c.post, "/v1/ground", **_multipart(EXAMPLE, *t)) for t in texts[1:]]
+            while batcher.queued < len(rest):
+                threading.Event().wait(0.01)
+            release.set()
+            responses = [first.result(), *(f.result() for f in rest)]
+        assert calls[0] == [1] and sorted(calls[1]) == [1, 1, 2] and len(calls) == 2  # the 3 waiting: one batch
+        for response, t, boxes in zip(responses, texts, expected):
+            assert response.status_code == 200
+            results = response.json()["results"]
+            assert [r["text"] for r in results] == t
+            for r, box in zip(results, boxes):
+                assert r["box"] == pytest.approx(list(box), abs=1e-4)
+        health = c.get("/healthz").json()
+        assert health["batches"] == 2 and health["requests"] == 4 and health["largest_batch"] == 4
+
+
+def test_full_queue_answers_503_with_retry_after(reference_grounder) -> None:
+    with _client(reference_grounder, max_queue=1) as c:
+        batcher = c.app.state.batcher
+        release, started = threading.Event(), threading.Event()
+        original = batcher.run
+
+        def gated(items):
+            started.set()
+            release.wait(30)
+            return original(items)
+
+        batcher.run = gated
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(c.post, "/v1/ground", **_multipart(EXAMPLE, "a"))
+            assert started.wait(30)
+            waiting = pool.submit(c.post, "/v1/ground", **_multipart(EXAMPLE, "b"))
+            while batcher.queued < 1:
+                threading.Event().wait(0.01)
+            refused = c.post("/v1/ground", **_multipart(EXAMPLE, "c"))
+            _error(refused, 503, "overloaded")
+            assert refused.headers["retry-after"] == "1"
+            release.set()
+            assert running.result().status_code == 200 and waiting.result().status_code == 200
+        assert c.get("/healthz").json()["rejected"] == 1
+
+
+def test_model_failure_is_a_json_500_for_that_batch_only(reference_grounder) -> None:
+    with TestClient(create_app(reference_grounder), raise_server_exceptions=False) as c:
+        batcher = c.app.state.batcher
+        original, batcher.run = batcher.run, lambda items: (_ for _ in ()).throw(RuntimeError("boom"))
+        message = _error(c.post("/v1/ground", **_multipart(EXAMPLE, "a")), 500, "internal_error")
+        assert message == "RuntimeError: boom"
+        batcher.run = original
+        assert c.post("/v1/ground", **_multipart(EXAMPLE, "a")).status_code == 200
+
+
+def test_openapi_documents_both_request_formats(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/v1/ground"]["post"]["requestBody"]["content"]
+    assert set(content) == {"multipart/form-data", "application/json"}
+    assert json.dumps(spec)  # serialisable

@@ -1,0 +1,95 @@
+"""The web page in a real headless Chromium (Playwright driving the system's chromium).
+
+Upload the example image, type a description, press Ground: a box must be drawn where the API says.
+A screenshot is saved as a test artifact (test-artifacts/web-page.png).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ofa_grounding.serve import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "shapes.png"
+ARTIFACTS = Path(os.environ.get("OFA_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and (path := shutil.which(name)):
+            return path
+    pytest.skip("no Chromium found (Debian: apt-get install chromium; or set CHROMIUM=/path/to/chrome); "
+                ".ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def server_url(reference_grounder) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(reference_grounder, model_name="fixture"), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_page_draws_the_box_the_api_returns(server_url: str) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (part of the dev extra)")
+    executable = _chromium()
+    text = "the red circle on the left"
+    expected = httpx.post(f"{server_url}/v1/ground", files={"image": ("shapes.png", EXAMPLE.read_bytes())},
+                          data={"text": [text]}, timeout=60).json()
+    box = expected["results"][0]["box"]
+    x0, x1 = sorted((box[0], box[2]))
+    y0, y1 = sorted((box[1], box[3]))
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+            page.goto(server_url + "/")
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('tiny')")
+            page.set_input_files("#file", str(EXAMPLE))
+            page.fill("#texts", text)
+            page.click("#ground")
+            page.wait_for_selector(".box", timeout=60_000)
+            page.wait_for_function("document.getElementById('status').textContent.includes('description')")
+            picture = page.locator("#picture").bounding_box()
+            drawn = page.locator(".box").first.bounding_box()
+            label = page.locator(".box .label").first.inner_text()
+            rows = page.locator("#results tbody tr").count()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert not errors, errors
+    assert label.startswith(text) and rows == 1
+    scale_x, scale_y = picture["width"] / expected["width"], picture["height"] / expected["height"]
+    # the border is drawn inside the element's box, so the element's outer edges are the box's edges
+    assert drawn["x"] == pytest.approx(picture["x"] + x0 * scale_x, abs=1.5)
+    assert drawn["y"] == pytest.approx(picture["y"] + y0 * scale_y, abs=1.5)
+    assert drawn["width"] == pytest.approx((x1 - x0) * scale_x, abs=1.5)
+    assert drawn["height"] == pytest.approx((y1 - y0) * scale_y, abs=1.5)
+    assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
