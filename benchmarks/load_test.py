@@ -7,8 +7,9 @@ N client threads that each POST one image + description(s) as JSON, back to back
 budget or the time is used up. Images cycle through a folder (default: the reference fixtures' 16
 images of different sizes); the server's feature cache is off unless --cache-mb is given, so every
 request pays the backbone. Prints, per server configuration: requests, errors (any non-200 or
-connection failure), throughput, latency p50/p95/p99, the server's RSS after warm-up, at the end and at
-its peak, and how many model calls served the requests (mean descriptions per call).
+connection failure), throughput, latency p50/p95/p99, the server's RSS after warm-up, once a quarter of
+the requests are done, at the end, and at its peak, and how many model calls served the requests (mean
+descriptions per call).
 `--compare-unbatched` repeats the run against a server with `--max-batch 1` (micro-batching off).
 """
 
@@ -106,6 +107,15 @@ def run(args: argparse.Namespace, payloads: list[bytes], max_batch: int) -> dict
                     if problem:
                         errors.append(problem)
 
+        # the server's RSS as requests complete: growth after the first quarter would be a leak
+        profile: list[tuple[int, float]] = []
+        done = threading.Event()
+
+        def monitor() -> None:
+            while not done.wait(0.5):
+                profile.append((len(latencies), _rss_mb(server.pid)))
+
+        threading.Thread(target=monitor, daemon=True).start()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
         for t in threads:
@@ -113,7 +123,9 @@ def run(args: argparse.Namespace, payloads: list[bytes], max_batch: int) -> dict
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        done.set()
         after = json.loads(_request(port, "GET", "/healthz")[1])
+        quarter = [rss for n, rss in profile if n >= len(latencies) // 4]
         q = statistics.quantiles(latencies, n=100, method="inclusive")
         calls = after["batches"] - before["batches"]
         return {"max_batch": max_batch, "requests": len(latencies), "errors": len(errors),
@@ -121,6 +133,8 @@ def run(args: argparse.Namespace, payloads: list[bytes], max_batch: int) -> dict
                 "p50_ms": q[49] * 1e3, "p95_ms": q[94] * 1e3, "p99_ms": q[98] * 1e3,
                 "rss_start_mb": rss_start, "rss_end_mb": _rss_mb(server.pid),
                 "rss_peak_mb": _rss_mb(server.pid, "VmHWM"), "model_calls": calls,
+                "rss_at_quarter_mb": quarter[0] if quarter else float("nan"),
+                "rss_profile": profile[:: max(1, len(profile) // 20)],
                 "descriptions_per_call": (after["descriptions"] - before["descriptions"]) / max(1, calls)}
     finally:
         server.terminate()
@@ -139,6 +153,7 @@ def main() -> None:
     ap.add_argument("--cache-mb", type=float, default=0, help="server feature cache (default 0: off)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--compare-unbatched", action="store_true", help="also run with --max-batch 1")
+    ap.add_argument("--unbatched-requests", type=int, default=0, help="request budget of that run (default: same)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.requests and not args.duration:
@@ -150,20 +165,23 @@ def main() -> None:
     payloads = [json.dumps({"image": base64.b64encode(p.read_bytes()).decode(),
                             "texts": [words[(i + k) % len(words)] for k in range(args.texts)]}).encode()
                 for i, p in enumerate(images)]
-    configs = [args.max_batch] + ([1] if args.compare_unbatched else [])
-    rows = [run(args, payloads, mb) for mb in configs]
+    rows = [run(args, payloads, args.max_batch)]
+    if args.compare_unbatched:
+        args.requests = args.unbatched_requests or args.requests
+        rows.append(run(args, payloads, 1))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores; model {Path(args.model).name}, {args.dtype}; {args.clients} "
           f"clients, {args.texts} description(s)/request, {len(images)} images cycled, feature cache "
           f"{args.cache_mb:g} MB")
     header = ("max batch", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "desc/call",
-              "RSS start", "RSS end", "RSS peak")
+              "RSS start", "RSS 1/4", "RSS end", "RSS peak")
     print(" | ".join(f"{h:>9}" for h in header))
     for r in rows:
         cells = (r["max_batch"], r["requests"], r["errors"], f"{r['throughput']:.2f}", f"{r['p50_ms']:.0f}",
                  f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['descriptions_per_call']:.1f}",
-                 f"{r['rss_start_mb']:.0f} MB", f"{r['rss_end_mb']:.0f} MB", f"{r['rss_peak_mb']:.0f} MB")
+                 f"{r['rss_start_mb']:.0f} MB", f"{r['rss_at_quarter_mb']:.0f} MB", f"{r['rss_end_mb']:.0f} MB",
+                 f"{r['rss_peak_mb']:.0f} MB")
         print(" | ".join(f"{c!s:>9}" for c in cells))
         for e in r["first_errors"]:
             print("  error:", e)

@@ -144,3 +144,58 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tiny_model_dir: Pa
         original = ckpt.model.state_dict()[name]
         expected = original.half().to(original.dtype) if original.is_floating_point() else original
         assert value.dtype == original.dtype and torch.equal(value, expected), name
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_hf_layout_round_trip(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Hugging Face OFA's layout: no configuration.json, pytorch_model.bin with every OFA key; our settings
+    ride along in config.json so that a round trip keeps the 128 px preprocessing."""
+    ours = load_checkpoint(tiny_model_dir)
+    out = save_checkpoint(tmp_path / "hf", ours.model, ours.tokenizer_dir, ours.preprocess, ours.generation,
+                          layout="hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["OFAModel"] and config["model_type"] == "ofa"
+    raw = torch.load(out / "pytorch_model.bin", weights_only=True)
+    assert "decoder.output_projection.weight" in raw and "decoder.code_layernorm_embedding.weight" in raw
+    back = load_checkpoint(out)
+    assert back.layout == "hf" and back.preprocess == ours.preprocess and back.generation == ours.generation
+    assert _same_weights(back.model, ours.model)
+
+
+def test_hf_directory_as_transformers_saves_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`model.`-prefixed keys, safetensors holding one of the three tied names, no settings: loads with
+    OFA's RefCOCO defaults."""
+    from safetensors.torch import save_file
+
+    ours = load_checkpoint(tiny_model_dir)
+    hf = tmp_path / "hf-plain"
+    hf.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tiny_model_dir / name, hf / name)
+    config = {"architectures": ["OFAModel"], "model_type": "ofa", **ours.model.config.to_dict()}
+    (hf / "config.json").write_text(json.dumps(config))
+    state = {f"model.{k}": v.contiguous() for k, v in ours.model.state_dict().items()
+             if k != "decoder.embed_tokens.weight"}
+    save_file(state, str(hf / "model.safetensors"))
+    back = load_checkpoint(hf)
+    assert back.layout == "hf" and back.preprocess.patch_image_size == 512 and back.generation.beam_size == 5
+    assert _same_weights(back.model, ours.model)
+
+
+def test_describe_counts_every_parameter_once(reference_model_dir: Path) -> None:
+    from ofa_grounding.checkpoint import describe
+
+    ckpt = load_checkpoint(reference_model_dir)
+    info = describe(ckpt)
+    params = info["parameters"]
+    assert params["total"] == sum(p.numel() for p in ckpt.model.parameters())
+    assert params["total"] == sum(v for k, v in params.items() if k != "total")
+    # OFA-tiny's token table: 59,457 ids x 256 (design notes c.2), counted once although three names share it
+    assert params["token embeddings"] == 59457 * 256
+    assert info["preset"] == "tiny" and info["layout"] == "modelscope" and info["stored_dtype"] == "float16"
+    assert info["vocabulary"] == {"size": 59457, "bins": 1000, "first_bin": 58457}

@@ -70,3 +70,87 @@ def test_missing_or_wrong_files(tmp_path: Path) -> None:
     gpt2_ids.write_text(json.dumps({"!": 0, "\"": 1}))
     with pytest.raises(ValueError, match="BART-id"):
         OFATokenizer(gpt2_ids, ASSETS_DIR / "merges.txt")
+
+
+# --------------------------------------------------------------------------------------------------
+# Chinese checkpoints: BERT WordPiece. Expected ids were produced by the reference (ModelScope 1.40.2's
+# OFATokenizerZH plus its code/bin tokens and pre_caption, run in the peer venv) on this small vocab.txt.
+
+ZH_VOCAB = (
+    '<s> <pad> </s> <unk> <mask> [CLS] [SEP] " ？ ? , . 这 段 文 字 '
+    "描 述 的 是 哪 个 区 域 红 色 圆 左 边 蓝 方 块 在 "
+    "上 一 只 狗 hello hel ##lo ##l ##o world the man in blue shirt ##s "
+    "a 1 ##2 2 cafe"
+).split()
+ZH_PROMPT = ' 这段文字" {} "描述的是哪个区域？'
+ZH_CASES = [
+    ('红色的圆',
+     [12, 13, 14, 15, 7, 24, 25, 18, 26, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+    ('左边的蓝色方块',
+     [12, 13, 14, 15, 7, 27, 28, 18, 29, 25, 30, 31, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+    ('the man in blue shirts',
+     [12, 13, 14, 15, 7, 43, 44, 45, 46, 47, 48, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+    ('Hello World',
+     [12, 13, 14, 15, 7, 37, 42, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+    ('hello,  一只狗 <bin_3>',
+     [12, 13, 14, 15, 7, 37, 10, 34, 35, 36, 8249, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+    ('Café 12',
+     [12, 13, 14, 15, 7, 53, 50, 51, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+    ('未知的字',
+     [12, 13, 14, 15, 7, 3, 3, 18, 15, 7, 16, 17, 18, 19, 20, 21, 22, 23, 8]),
+]
+
+
+@pytest.fixture()
+def zh_vocab(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(ZH_VOCAB) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("text, expected", ZH_CASES)
+def test_chinese_wordpiece_matches_the_reference(zh_vocab: Path, text: str, expected: list[int]) -> None:
+    from ofa_grounding.tokenizer import OFAChineseTokenizer
+
+    tok = OFAChineseTokenizer(zh_vocab)
+    assert (tok.vocab_size, tok.code_offset, tok.bin_offset) == (54 + 8192 + 1000, 54, 54 + 8192)
+    ids, cut = tok.encode_query(text, ZH_PROMPT, 256)
+    assert ids == [0, *expected, 2] and not cut
+
+
+def test_chinese_vocabulary_errors(tmp_path: Path) -> None:
+    from ofa_grounding.tokenizer import OFAChineseTokenizer
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[CLS]\n这\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not an OFA Chinese vocabulary"):
+        OFAChineseTokenizer(tmp_path / "vocab.txt")
+    with pytest.raises(FileNotFoundError):
+        OFAChineseTokenizer(tmp_path / "missing.txt")
+
+
+def test_a_chinese_model_directory_loads_predicts_and_converts(zh_vocab: Path, tmp_path: Path) -> None:
+    import torch
+
+    from conftest import TINY_CONFIG
+    from ofa_grounding import Grounder
+    from ofa_grounding.checkpoint import init_weights, load_checkpoint, save_checkpoint
+    from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
+    from ofa_grounding.model import OFAModel
+    from ofa_grounding.tokenizer import OFAChineseTokenizer
+
+    torch.manual_seed(0)
+    vocab_size = 54 + 8192 + 1000
+    model = init_weights(OFAModel(OFAConfig(**{**TINY_CONFIG, "vocab_size": vocab_size})), std=0.2).eval()
+    preprocess = PreprocessConfig(patch_image_size=128, max_image_size=128, prompt=ZH_PROMPT, language="zh")
+    generation = GenerationConfig(constraint_range=(vocab_size - 1000, vocab_size))
+    out = save_checkpoint(tmp_path / "zh", model, zh_vocab.parent, preprocess, generation)
+    assert (out / "vocab.txt").is_file() and not (out / "vocab.json").exists()
+    ckpt = load_checkpoint(out)
+    assert isinstance(ckpt.tokenizer, OFAChineseTokenizer) and ckpt.preprocess.prompt == ZH_PROMPT
+    g = Grounder.from_pretrained(out)
+    assert g.encode_text(ZH_CASES[0][0])[0] == [0, *ZH_CASES[0][1], 2]
+    result = g.predict(Path(__file__).resolve().parents[1] / "examples" / "shapes.png", "红色的圆")
+    assert all(vocab_size - 1000 <= t < vocab_size for t in result.tokens)
+    again = load_checkpoint(save_checkpoint(tmp_path / "zh-hf", ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess,
+                                            ckpt.generation, layout="hf"))
+    assert isinstance(again.tokenizer, OFAChineseTokenizer) and again.preprocess.language == "zh"

@@ -1,13 +1,17 @@
 """Reading and writing model directories.
 
-Layouts read:
+Layouts read (see `load_checkpoint`):
 - ModelScope OFA directories: `config.json`, `configuration.json`, `vocab.json`, `merges.txt`,
   `pytorch_model.bin` (read with `torch.load(weights_only=True)`, never a bare unpickle);
 - our own directories: the same files with `model.safetensors` instead of `pytorch_model.bin`;
-- a `.safetensors` file whose folder holds the other files.
-Weights stored in float16/bfloat16 are upcast to float32. Loading is strict: missing, unexpected or
-mis-shaped keys raise `CheckpointError` naming them. The only keys dropped are listed in
-`_UNUSED_KEYS` (parts of OFA that visual grounding never runs, and index tables we recompute).
+- Hugging Face OFA directories (OFA's transformers branch, OFA-Compress): no `configuration.json`,
+  keys possibly prefixed `model.`;
+- a `.safetensors` / `.bin` file whose folder holds the other files;
+- OFA's original fairseq `.pt` files (`fairseq.py`: a restricted unpickler and the name mapping).
+Layouts written: ours, modelscope, hf (`save_checkpoint`). Weights stored in float16/bfloat16 are upcast
+to float32. Loading is strict: missing, unexpected or mis-shaped keys raise `CheckpointError` naming
+them. The only keys dropped are listed in `_UNUSED_KEYS` (parts of OFA that visual grounding never runs,
+and index tables we recompute).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_model
@@ -25,12 +30,15 @@ from torch import nn
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .model import OFAModel
-from .tokenizer import OFATokenizer
+from .tokenizer import ASSETS_DIR, OFAChineseTokenizer, OFATokenizer, load_tokenizer
 
 __all__ = [
+    "LAYOUTS",
     "CheckpointError",
     "LoadedCheckpoint",
     "convert_state_dict",
+    "describe",
+    "full_state_dict",
     "init_weights",
     "load_checkpoint",
     "load_state_dict",
@@ -39,7 +47,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+class CheckpointError(ValueError):
+    """A model directory or weights file is unusable; the message says which file or keys and why."""
+
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = {"en": ("vocab.json", "merges.txt"), "zh": ("vocab.txt",), "cn": ("vocab.txt",)}
 _TIED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
 # Present in OFA checkpoints, unused by grounding: the decoder's image-code generation branch and the
 # int64 index tables OFA stores as buffers (we compute buckets and image ids from their formulas).
@@ -49,17 +63,16 @@ _UNUSED_KEYS = re.compile(
     r"|image_rel_pos_table_list\.\d+\.weight)$")
 
 
-class CheckpointError(ValueError):
-    """A model directory or weights file is unusable; the message says which file or keys and why."""
-
-
 @dataclass
 class LoadedCheckpoint:
     model: OFAModel
-    tokenizer: OFATokenizer
+    tokenizer: OFATokenizer | OFAChineseTokenizer
     preprocess: PreprocessConfig
     generation: GenerationConfig
-    path: Path
+    path: Path  # the directory or file it came from
+    tokenizer_dir: Path  # where its vocab.json / merges.txt are (the package's own for fairseq files)
+    layout: str = "ours"  # ours | modelscope | hf | fairseq
+    stored_dtype: str = "float32"  # the weights' precision in the file (loading upcasts to float32)
 
 
 def _read_json(path: Path) -> dict:
@@ -99,6 +112,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: OFAModel) -> dict[
     `_UNUSED_KEYS`, and raises `CheckpointError` listing missing, unexpected and mis-shaped keys.
     """
     state = dict(state)
+    if state and all(k.startswith("model.") for k in state):  # Hugging Face's base_model_prefix
+        state = {k[len("model."):]: v for k, v in state.items()}
     tied = [state.pop(k) for k in _TIED_KEYS if k in state]
     if tied:
         for other in tied[1:]:
@@ -167,10 +182,18 @@ def _build(config: OFAConfig, state: dict[str, torch.Tensor]) -> OFAModel:
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Load a model directory (or a `.safetensors` file inside one) with its tokenizer and settings."""
+    """Load a model in any layout we read, with its tokenizer and settings.
+
+    - a directory with `config.json` and weights (`model.safetensors` or `pytorch_model.bin`): ours,
+      ModelScope's (with `configuration.json`) or Hugging Face OFA's (without; keys may carry `model.`);
+    - a `.safetensors`/`.bin` file inside such a directory;
+    - a fairseq `.pt` file of OFA's (see `fairseq.py`), with the package's own BPE files.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model directory or file")
+    if path.is_file() and path.suffix in (".pt", ".pth") and not (path.parent / "config.json").is_file():
+        return _load_fairseq(path)
     if path.is_file():
         if path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
             raise CheckpointError(f"{path}: not a model directory or weights file")
@@ -180,15 +203,18 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"{directory}: not a checkpoint directory (no config.json)")
+        found = sorted(directory.glob("*.pt"))
+        hint = f"; for OFA's fairseq checkpoint pass the file itself: {found[0]}" if found else ""
+        raise CheckpointError(f"{directory}: not a checkpoint directory (no config.json){hint}")
     if weights is None:
         raise CheckpointError(f"{directory}: no weights file ({' or '.join(WEIGHT_FILES)})")
+    raw_config = _read_json(config_file)
     try:
-        config = OFAConfig.from_dict(_read_json(config_file))
+        config = OFAConfig.from_dict(raw_config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_file}: invalid model configuration ({exc})") from None
 
-    preprocess, generation = PreprocessConfig(), GenerationConfig()
+    preprocess, generation, layout = PreprocessConfig(), GenerationConfig(), "hf"
     settings_file = directory / "configuration.json"
     if settings_file.is_file():
         settings = _read_json(settings_file)
@@ -200,41 +226,129 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         generation = GenerationConfig.from_modelscope(block.get("beam_search", {}))
         if generation.constraint_range is None:
             log.warning("%s: no constraint_range; boxes may be decoded from non-bin tokens", settings_file)
-    if preprocess.language != "en":
-        raise CheckpointError(f"{settings_file}: language {preprocess.language!r} is not supported yet (English only)")
-    for name in ("vocab.json", "merges.txt"):
+        layout = "ours" if weights.suffix == ".safetensors" else "modelscope"
+    elif isinstance(raw_config.get(_HF_SETTINGS), dict):  # our settings, kept in an HF config.json
+        preprocess = PreprocessConfig.from_dict(raw_config[_HF_SETTINGS].get("preprocess", {}))
+        generation = GenerationConfig.from_dict(raw_config[_HF_SETTINGS].get("generation", {}))
+    if preprocess.language not in TOKENIZER_FILES:
+        raise CheckpointError(f"{settings_file}: language {preprocess.language!r} is not supported "
+                              f"({', '.join(TOKENIZER_FILES)})")
+    for name in TOKENIZER_FILES[preprocess.language]:
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: missing tokenizer file {name}")
     try:
-        tokenizer = OFATokenizer.from_dir(directory)
+        tokenizer = load_tokenizer(directory, preprocess.language)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{directory}: bad tokenizer files ({exc})") from None
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} ids but config.json says "
                               f"vocab_size {config.vocab_size}")
-    model = _build(config, load_state_dict(weights))
+    specials = (tokenizer.bos_id, tokenizer.pad_id, tokenizer.eos_id)
+    if specials != (config.bos_token_id, config.pad_token_id, config.eos_token_id):
+        raise CheckpointError(f"{directory}: tokenizer's <s>/<pad>/</s> ids {specials} differ from config.json's "
+                              f"{(config.bos_token_id, config.pad_token_id, config.eos_token_id)}")
+    state = load_state_dict(weights)
+    stored = _stored_dtype(state)
+    model = _build(config, state)
     log.info("loaded %s (%d parameters)", weights, model.num_parameters())
-    return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory)
+    return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored)
+
+
+def _load_fairseq(path: Path) -> LoadedCheckpoint:
+    from .fairseq import config_from_fairseq, read_fairseq
+
+    state, model_args, task_args = read_fairseq(path)
+    embed = state.get("encoder.embed_tokens.weight", state.get("decoder.embed_tokens.weight"))
+    if embed is None:
+        raise CheckpointError(f"{path}: fairseq checkpoint without token embeddings")
+    config, preprocess, generation = config_from_fairseq(model_args, task_args, embed.shape[0])
+    tokenizer = OFATokenizer.default()
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{path}: {config.vocab_size} token embeddings, but OFA's English vocabulary has "
+                              f"{tokenizer.vocab_size} ids (a Chinese or custom-vocabulary checkpoint?)")
+    stored = _stored_dtype(state)
+    try:
+        model = _build(config, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return LoadedCheckpoint(model, tokenizer, preprocess, generation, path, ASSETS_DIR, "fairseq", stored)
+
+
+def _stored_dtype(state: dict[str, torch.Tensor]) -> str:
+    counts: dict[str, int] = {}
+    for v in state.values():
+        if v.is_floating_point():
+            key = str(v.dtype).removeprefix("torch.")
+            counts[key] = counts.get(key, 0) + v.numel()
+    return max(counts, key=counts.get) if counts else "float32"
+
+
+def describe(ckpt: LoadedCheckpoint) -> dict[str, Any]:
+    """What `ofa-ground info` prints: preset, parameter counts by part, vocabulary and settings."""
+    from .presets import match_preset
+
+    parts = {"backbone": 0, "token embeddings": 0, "positions": 0, "encoder layers": 0, "decoder layers": 0,
+             "other": 0}
+    for name, p in ckpt.model.named_parameters():  # named_parameters yields a tied tensor once
+        if name.startswith("encoder.embed_images."):
+            part = "backbone"
+        elif "embed_tokens" in name:
+            part = "token embeddings"
+        elif name.startswith(("encoder.layers.", "decoder.layers.")):
+            part = f"{name.split('.')[0]} layers"
+        elif "pos" in name:  # position tables, their LayerNorms and projections, relative-bias tables
+            part = "positions"
+        else:
+            part = "other"
+        parts[part] += p.numel()
+    cfg, gen = ckpt.model.config, ckpt.generation
+    return {
+        "layout": ckpt.layout, "path": str(ckpt.path), "stored_dtype": ckpt.stored_dtype,
+        "preset": match_preset(cfg, ckpt.preprocess.patch_image_size),
+        "architecture": {k: getattr(cfg, k) for k in ("resnet_type", "d_model", "encoder_layers", "decoder_layers",
+                                                      "encoder_attention_heads", "decoder_attention_heads",
+                                                      "encoder_ffn_dim", "decoder_ffn_dim")},
+        "parameters": {"total": sum(parts.values()), **parts},
+        "vocabulary": {"size": ckpt.tokenizer.vocab_size, "bins": gen.num_bins,
+                       "first_bin": ckpt.tokenizer.bin_offset},
+        "preprocess": ckpt.preprocess.to_dict(), "generation": gen.to_dict(),
+    }
+
+
+LAYOUTS = ("ours", "modelscope", "hf")
+_HF_SETTINGS = "ofa_grounding"  # our preprocessing and decoding settings inside an HF config.json
 
 
 def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str | Path,
                     preprocess: PreprocessConfig, generation: GenerationConfig,
                     metadata: dict[str, str] | None = None, modelscope: bool = False,
-                    dtype: torch.dtype | None = None) -> Path:
-    """Write our layout: config.json, configuration.json, model.safetensors, vocab.json, merges.txt.
+                    dtype: torch.dtype | None = None, layout: str | None = None) -> Path:
+    """Write a model directory in one of `LAYOUTS` (default ours; `modelscope=True` = layout "modelscope").
 
-    With `modelscope`, `pytorch_model.bin` instead of model.safetensors, holding every key an OFA checkpoint
-    has (the tied output projection, and zero-initialised tensors for the parts grounding never runs):
-    ModelScope's loader prefers a model.safetensors when there is one, and safetensors stores the tied
-    projection only once, so the reference would re-initialise it at random (checked with modelscope 1.40.2).
+    - ours: config.json, configuration.json (ModelScope's settings file), model.safetensors, vocab.json,
+      merges.txt;
+    - modelscope: the same with `pytorch_model.bin` holding every key an OFA checkpoint has (the tied output
+      projection, and zero-initialised tensors for the parts grounding never runs): ModelScope's loader
+      prefers a model.safetensors when there is one, and safetensors stores the tied projection only
+      once, so the reference would re-initialise it at random (checked with modelscope 1.40.2);
+    - hf: Hugging Face OFA's layout (config.json with `architectures`, `pytorch_model.bin` as above,
+      vocab.json, merges.txt); our preprocessing/decoding settings ride along in config.json under
+      "ofa_grounding" so that a round trip keeps them.
     `dtype=torch.float16` stores the weights at half size (loading upcasts them).
     """
+    layout = layout or ("modelscope" if modelscope else "ours")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if model.encoder.embed_images.fused:
         raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
                          "as loaded by load_checkpoint instead")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps({"model_type": "ofa", **model.config.to_dict()}, indent=2))
+    config = {"model_type": "ofa", **model.config.to_dict()}
+    if layout == "hf":
+        config = {"architectures": ["OFAModel"], **config,
+                  _HF_SETTINGS: {"preprocess": preprocess.to_dict(), "generation": generation.to_dict()}}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
     beam = generation.to_dict()
     beam.pop("num_bins")  # not a generator argument: the reference derives it (and rejects the key here)
     beam["constraint_range"] = ",".join(map(str, generation.constraint_range)) if generation.constraint_range else None
@@ -243,8 +357,10 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
              **{k: v for k, v in preprocess.to_dict().items() if k not in ("mean", "std")}}
     settings = {"framework": "pytorch", "task": "visual-grounding", "pipeline": {"type": "visual-grounding"},
                 "model": block}
-    (directory / "configuration.json").write_text(json.dumps(settings, indent=2))
-    for name in ("vocab.json", "merges.txt"):
+    (directory / "configuration.json").unlink(missing_ok=True)
+    if layout != "hf":
+        (directory / "configuration.json").write_text(json.dumps(settings, indent=2))
+    for name in TOKENIZER_FILES.get(preprocess.language, TOKENIZER_FILES["en"]):
         (directory / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
     stored = model
     if dtype is not None and dtype != next(model.parameters()).dtype:
@@ -252,14 +368,15 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
         stored.load_state_dict(model.state_dict())
     for name in WEIGHT_FILES:  # one weights file per folder, so that every reader takes the same one
         (directory / name).unlink(missing_ok=True)
-    if modelscope:
-        torch.save(_modelscope_state_dict(stored), directory / "pytorch_model.bin")
-    else:
+    if layout == "ours":
         save_model(stored, str(directory / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
+    else:
+        torch.save(full_state_dict(stored), directory / "pytorch_model.bin")
     return directory
 
 
-def _modelscope_state_dict(model: OFAModel) -> dict[str, torch.Tensor]:
+def full_state_dict(model: OFAModel) -> dict[str, torch.Tensor]:
+    """Every key an OFA checkpoint has (ModelScope/HF names): ours plus the tied copies and unused parts."""
     cfg = model.config
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state["decoder.embed_tokens.weight"] = state["encoder.embed_tokens.weight"]  # one tensor, three names

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(paths relative to the file's folder); prints one JSON line per input")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--alternatives", action="store_true", help="also print the other beams' boxes")
+    p.add_argument("--onnx", type=Path, metavar="DIR",
+                   help="run an `export-onnx` folder with onnxruntime instead of torch (instead of --model)")
     p.add_argument("--draw", type=Path, metavar="OUT.png",
                    help="also write the image with the boxes drawn and labelled (one image; not with --jsonl)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -105,6 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher-bf16", action="store_true", help="run the teacher under bfloat16 autocast")
     d.set_defaults(func=_train)
 
+    c = sub.add_parser("convert", help="convert a checkpoint to another layout",
+                       description="Read a checkpoint in any supported layout (ours, ModelScope, Hugging Face OFA, "
+                                   "OFA's fairseq .pt, or a hub id) and write it as --to: safetensors (ours), "
+                                   "modelscope (pytorch_model.bin + configuration.json) or hf (Hugging Face OFA).")
+    c.add_argument("src", help="model directory, weights file, fairseq .pt, or hub id")
+    c.add_argument("dst", type=Path, help="output directory")
+    c.add_argument("--to", required=True, choices=("safetensors", "modelscope", "hf"))
+    c.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="stored precision (default fp32)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    c.add_argument("--cache-dir", help="hub cache for ids")
+    c.set_defaults(func=_convert)
+
+    i = sub.add_parser("info", help="describe a model: preset, parameters by part, vocabulary, settings")
+    i.add_argument("model", help="model directory, weights file, fairseq .pt, or hub id")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--cache-dir", help="hub cache for ids")
+    i.set_defaults(func=_info)
+
+    x = sub.add_parser("export-onnx", help="export a model to ONNX graphs (needs the onnx extra)",
+                       description="Write image.onnx, encoder.onnx, decoder_start.onnx, decoder_step.onnx (KV cache "
+                                   "as inputs/outputs) and onnx_config.json to OUT; `predict --onnx OUT` runs them "
+                                   "with onnxruntime through the same beam search.")
+    x.add_argument("model", help="model directory, weights file, fairseq .pt, or hub id")
+    x.add_argument("out", type=Path, help="output directory")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--cache-dir", help="hub cache for ids")
+    x.set_defaults(func=_export_onnx)
+
     v = sub.add_parser("serve", help="HTTP service and web page (needs the serve extra)",
                        description="FastAPI service on uvicorn: POST /v1/ground, GET /v1/model, GET /healthz, "
                                    "the web page at /, API docs at /docs. Binds 127.0.0.1 unless --host says "
@@ -164,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _precision_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="hub cache for --model ids (default: the hubs' own caches; see README)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="fp32: the reference's arithmetic (default); bf16: bfloat16 weights, about 2x faster on "
                         "CPUs with AVX-512 BF16/AMX and on GPUs, not bit-faithful")
@@ -223,6 +254,18 @@ def _error(message: str) -> None:
 def _load_grounder(args: argparse.Namespace) -> Any:
     from .predictor import DEFAULT_MODEL, Grounder  # torch import deferred so that --help is instant
 
+    if getattr(args, "onnx", None) is not None:
+        if args.model is not None:
+            raise _UsageError("give either --model or --onnx, not both")
+        try:
+            from .onnx_export import onnx_grounder
+
+            return onnx_grounder(args.onnx, max_pixels=args.max_pixels, batch_size=args.batch_size)
+        except ImportError as exc:
+            raise _UsageError(f"--onnx needs onnxruntime ({exc.name} is missing): "
+                              "pip install 'ofa-grounding[onnx]'") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise _UsageError(f"--onnx {args.onnx}: not an export-onnx folder ({exc})") from None
     if args.model is None and not DEFAULT_MODEL.is_dir():
         raise _UsageError("no --model given, and this installation has no bundled demo model; "
                           "pass --model DIR (an OFA model directory)")
@@ -232,7 +275,8 @@ def _load_grounder(args: argparse.Namespace) -> Any:
         raise _UsageError("--cache-mb must not be negative")
     try:
         return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
-                                        batch_size=args.batch_size, dtype=args.dtype, cache_mb=args.cache_mb)
+                                        batch_size=args.batch_size, dtype=args.dtype, cache_mb=args.cache_mb,
+                                        cache_dir=args.cache_dir)
     except CheckpointError as exc:
         raise _UsageError(f"--model: {exc}") from None
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
@@ -309,6 +353,76 @@ def _serve(args: argparse.Namespace) -> int:
         "config": config.__dict__})
     uvicorn.run("ofa_grounding.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=log_level)
+    return EXIT_OK
+
+
+def _load_any(model: str, cache_dir: str | None) -> Any:
+    from .checkpoint import load_checkpoint
+    from .hub import resolve_model
+
+    try:
+        return load_checkpoint(resolve_model(model, cache_dir))
+    except CheckpointError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import save_checkpoint
+
+    if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:
+        raise _UsageError(f"{args.dst} exists and is not empty (use --overwrite to replace it)")
+    ckpt = _load_any(args.src, args.cache_dir)
+    layout = {"safetensors": "ours", "modelscope": "modelscope", "hf": "hf"}[args.to]
+    save_checkpoint(args.dst, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation, layout=layout,
+                    dtype=torch.float16 if args.dtype == "fp16" else None,
+                    metadata={"source": str(args.src), "converted_by": f"ofa-grounding {__version__}"})
+    print(f"{args.src} ({ckpt.layout}) -> {args.dst} ({args.to}, {args.dtype})")
+    return EXIT_OK
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise _UsageError(f"export-onnx needs the onnx extra ({exc.name} is missing): "
+                          "pip install 'ofa-grounding[onnx]'") from None
+    from .onnx_export import export_onnx
+
+    ckpt = _load_any(args.model, args.cache_dir)
+    try:
+        out = export_onnx(ckpt, args.out, args.opset)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MB" for p in sorted(out.glob("*.onnx")))
+    print(f"{args.model} -> {out}: {sizes}")
+    return EXIT_OK
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoint import describe
+
+    info = describe(_load_any(args.model, args.cache_dir))
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    print(f"{args.model}: {info['layout']} layout, preset {info['preset'] or '(none: custom architecture)'}, "
+          f"stored as {info['stored_dtype']}")
+    a = info["architecture"]
+    print(f"  architecture: {a['resnet_type']} backbone, d_model {a['d_model']}, {a['encoder_layers']}+"
+          f"{a['decoder_layers']} layers, {a['encoder_attention_heads']} heads, ffn {a['encoder_ffn_dim']}")
+    print(f"  parameters: {info['parameters']['total']:,}")
+    for part, n in info["parameters"].items():
+        if part != "total":
+            print(f"    {part:<18} {n:>12,}")
+    v, p, g = info["vocabulary"], info["preprocess"], info["generation"]
+    print(f"  vocabulary: {v['size']:,} ids ({v['bins']} location bins from id {v['first_bin']}), "
+          f"language {p['language']}")
+    print(f"  images: {p['patch_image_size']} px square, mean {p['mean']}, std {p['std']}")
+    print(f"  generation: beam {g['beam_size']}, {g['min_len']}-{g['max_len_b']} tokens, "
+          f"no-repeat {g['no_repeat_ngram_size']}-grams, constraint {g['constraint_range']}")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from .checkpoint import load_checkpoint
 from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
+from .hub import resolve_model
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, load_image, resize_ratios
 from .model import EncoderOutput, OFAModel
 from .tokenizer import OFATokenizer, pad_ids
@@ -172,12 +173,14 @@ class Grounder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device | None = None,
-                        **kwargs: Any) -> Grounder:
-        """Load a model directory (ModelScope layout or ours; see `checkpoint.load_checkpoint`).
+                        cache_dir: str | Path | None = None, **kwargs: Any) -> Grounder:
+        """Load a model: a directory or file in any layout `checkpoint.load_checkpoint` reads, or a hub id
+        (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME` from Hugging Face;
+        see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches).
 
         Without a path: the demo model shipped with the package (`DEFAULT_MODEL`).
         """
-        ckpt = load_checkpoint(DEFAULT_MODEL if path is None else path)
+        ckpt = load_checkpoint(DEFAULT_MODEL if path is None else resolve_model(path, cache_dir))
         return cls(ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, device=device, **kwargs)
 
     # -- inputs ---------------------------------------------------------------------------------------

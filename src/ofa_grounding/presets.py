@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 
-__all__ = ["Preset", "get_preset", "list_presets", "register_preset"]
+__all__ = ["Preset", "get_preset", "list_presets", "match_preset", "register_preset"]
 
 
 @dataclass
@@ -43,6 +43,17 @@ def get_preset(name: str) -> Preset:
     if name not in _PRESETS:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
     return copy.deepcopy(_PRESETS[name])
+
+
+def match_preset(model: OFAConfig, patch_image_size: int | None = None) -> str | None:
+    """The preset whose architecture (width, depth, heads, backbone, image size) a configuration has."""
+    fields = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "resnet_type", "resnet_width")
+    for name in list_presets():
+        preset = _PRESETS[name]
+        if all(getattr(preset.model, f) == getattr(model, f) for f in fields) and \
+                patch_image_size in (None, preset.preprocess.patch_image_size):
+            return name
+    return None
 
 
 def _ofa(name: str, d: int, heads: int, enc: int, dec: int, resnet: str) -> Preset:

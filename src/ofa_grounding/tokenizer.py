@@ -1,8 +1,12 @@
-"""Text side: caption normalisation, the grounding prompt, and GPT-2 byte-level BPE in OFA's id space.
+"""Text side: caption normalisation, the grounding prompt, and OFA's two vocabularies.
 
-BPE itself is the Hugging Face `tokenizers` library. OFA uses BART/fairseq ids (0 <s>, 1 <pad>, 2 </s>,
-3 <unk>, dict.txt order, 50264 <mask>), then 8192 `<code_i>` (50265..58456) and 1000 `<bin_i>`
-(58457..59456). The vocabulary shipped in `assets/` is already in that id space (see assets/README.md).
+- English checkpoints: GPT-2 byte-level BPE in BART/fairseq ids (0 <s>, 1 <pad>, 2 </s>, 3 <unk>,
+  dict.txt order, 50264 <mask>), then 8192 `<code_i>` (50265..58456) and 1000 `<bin_i>`
+  (58457..59456). The vocabulary shipped in `assets/` is already in that id space (assets/README.md).
+- Chinese checkpoints (`language: zh`): BERT WordPiece over the checkpoint's `vocab.txt` (lower-casing,
+  accent stripping, every CJK character its own word, as the reference's `OFATokenizerZH`), then the same
+  8192 code and 1000 bin tokens after the vocabulary.
+Both run on the Hugging Face `tokenizers` library; neither BPE nor WordPiece is re-implemented here.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import re
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-__all__ = ["ASSETS_DIR", "NUM_BINS", "NUM_CODES", "OFATokenizer", "pad_ids", "pre_caption"]
+__all__ = ["ASSETS_DIR", "NUM_BINS", "NUM_CODES", "OFAChineseTokenizer", "OFATokenizer", "load_tokenizer", "pad_ids",
+           "pre_caption"]
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 NUM_CODES = 8192
@@ -46,7 +51,48 @@ def pad_ids(sequences: list[list[int]], pad_id: int = PAD) -> torch.Tensor:
     return out
 
 
-class OFATokenizer:
+class _TokenizerBase:
+    """What the model needs from a tokenizer; subclasses build `self._tok` and the id layout."""
+
+    _tok: Tokenizer
+    bos_id, pad_id, eos_id = BOS, PAD, EOS
+    code_offset: int
+    bin_offset: int
+    vocab_size: int
+
+    def _add_codes_and_bins(self, first_id: int, vocab_file: str | Path) -> None:
+        extra = [f"<code_{i}>" for i in range(NUM_CODES)] + [f"<bin_{i}>" for i in range(NUM_BINS)]
+        self._tok.add_tokens([AddedToken(t, normalized=False) for t in extra])
+        self.code_offset = first_id
+        self.bin_offset = first_id + NUM_CODES
+        self.vocab_size = self.bin_offset + NUM_BINS
+        if self._tok.get_vocab_size() != self.vocab_size or self._tok.token_to_id("<bin_0>") != self.bin_offset:
+            raise ValueError(f"{vocab_file}: unexpected vocabulary layout ({self._tok.get_vocab_size()} ids)")
+
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text` (no BOS/EOS), cut to the first `max_tokens`."""
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return ids if max_tokens is None else ids[:max_tokens]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(i)
+
+    def grounding_ids(self, text: str, prompt: str, max_src_length: int) -> list[int]:
+        """Encoder ids for a grounding query: [<s>] + tokens(prompt with the cleaned caption)[:max] + [</s>]."""
+        return self.encode_query(text, prompt, max_src_length)[0]
+
+    def encode_query(self, text: str, prompt: str, max_src_length: int) -> tuple[list[int], bool]:
+        """`grounding_ids`, and whether the text was cut (to max_src_length words, then tokens)."""
+        caption = pre_caption(text, max_src_length)
+        ids = self.encode(prompt.format(caption))
+        cut = len(ids) > max_src_length or caption != pre_caption(text, len(text) + 1)
+        return [self.bos_id, *ids[:max_src_length], self.eos_id], cut
+
+
+class OFATokenizer(_TokenizerBase):
     """Byte-level BPE over a BART-id `vocab.json` + GPT-2 `merges.txt`, plus OFA's code and bin tokens.
 
     Literal special-token strings inside user text (`<s>`, `<mask>`, `<bin_12>` ...) become their single
@@ -75,14 +121,8 @@ class OFATokenizer:
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([AddedToken(t, normalized=False) for t in _SPECIAL]
                                + [AddedToken("<mask>", lstrip=True, normalized=False)])
-        extra = [f"<code_{i}>" for i in range(NUM_CODES)] + [f"<bin_{i}>" for i in range(NUM_BINS)]
-        tok.add_tokens([AddedToken(t, normalized=False) for t in extra])
         self._tok = tok
-        self.code_offset = self.bpe_size
-        self.bin_offset = self.bpe_size + NUM_CODES
-        self.vocab_size = self.bin_offset + NUM_BINS
-        if tok.get_vocab_size() != self.vocab_size or tok.token_to_id("<bin_0>") != self.bin_offset:
-            raise ValueError(f"{vocab_file}: unexpected vocabulary layout ({tok.get_vocab_size()} ids)")
+        self._add_codes_and_bins(self.bpe_size, vocab_file)
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> OFATokenizer:
@@ -94,24 +134,40 @@ class OFATokenizer:
         """The English OFA vocabulary shipped with the package."""
         return cls.from_dir(ASSETS_DIR)
 
-    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
-        """BPE ids of `text` (no BOS/EOS), cut to the first `max_tokens`."""
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        return ids if max_tokens is None else ids[:max_tokens]
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=False)
+class OFAChineseTokenizer(_TokenizerBase):
+    """BERT WordPiece over a `vocab.txt` (OFA's Chinese checkpoints), plus the code and bin tokens.
 
-    def id_to_token(self, i: int) -> str | None:
-        return self._tok.id_to_token(i)
+    As the reference's `OFATokenizerZH` (a BERT tokenizer with `<s> <pad> </s> <unk> <mask>` specials):
+    text is cleaned, lower-cased with accents stripped, split on whitespace and punctuation with every
+    CJK character a word of its own, then WordPiece'd (longest match first, `##` continuations, words
+    over 100 characters -> `<unk>`). Special and added tokens written literally in the text stay whole.
+    """
 
-    def grounding_ids(self, text: str, prompt: str, max_src_length: int) -> list[int]:
-        """Encoder ids for a grounding query: [<s>] + BPE(prompt with the cleaned caption)[:max] + [</s>]."""
-        return self.encode_query(text, prompt, max_src_length)[0]
+    def __init__(self, vocab_file: str | Path) -> None:
+        if not Path(vocab_file).is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {vocab_file}")
+        lines = Path(vocab_file).read_text(encoding="utf-8").splitlines()
+        vocab: dict[str, int] = {}
+        for token in (line.rstrip("\n") for line in lines):
+            vocab.setdefault(token, len(vocab))
+        missing = [t for t in (*_SPECIAL, "<mask>") if t not in vocab]
+        if missing:
+            raise ValueError(f"{vocab_file}: not an OFA Chinese vocabulary (missing {', '.join(missing)})")
+        tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                    lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.add_special_tokens([AddedToken(t, normalized=False) for t in (*_SPECIAL, "<mask>")])
+        self._tok = tok
+        self.bos_id, self.pad_id, self.eos_id = vocab["<s>"], vocab["<pad>"], vocab["</s>"]
+        self._add_codes_and_bins(len(vocab), vocab_file)
 
-    def encode_query(self, text: str, prompt: str, max_src_length: int) -> tuple[list[int], bool]:
-        """`grounding_ids`, and whether the text was cut (to max_src_length words, then tokens)."""
-        caption = pre_caption(text, max_src_length)
-        ids = self.encode(prompt.format(caption))
-        cut = len(ids) > max_src_length or caption != pre_caption(text, len(text) + 1)
-        return [BOS, *ids[:max_src_length], EOS], cut
+
+def load_tokenizer(directory: str | Path, language: str = "en") -> OFATokenizer | OFAChineseTokenizer:
+    """The tokenizer files of a model directory: vocab.json + merges.txt (en), vocab.txt (zh)."""
+    directory = Path(directory)
+    if language in ("zh", "cn"):
+        return OFAChineseTokenizer(directory / "vocab.txt")
+    return OFATokenizer.from_dir(directory)

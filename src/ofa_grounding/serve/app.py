@@ -36,7 +36,7 @@ from starlette.datastructures import UploadFile
 from .. import __version__
 from ..image import ImageLoadError, ImageTooLargeError, load_image
 from ..predictor import Grounder, GroundingResult
-from ..presets import get_preset, list_presets
+from ..presets import match_preset
 from .batcher import MicroBatcher, Overloaded
 from .config import ServeConfig
 
@@ -81,17 +81,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-def _preset_name(grounder: Grounder) -> str:
-    cfg = grounder.model.config
-    fields = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "resnet_type")
-    for name in list_presets():
-        preset = get_preset(name)
-        if all(getattr(preset.model, f) == getattr(cfg, f) for f in fields) and \
-                preset.preprocess.patch_image_size == grounder.preprocess.patch_image_size:
-            return name
-    return "custom"
 
 
 def _result_json(r: GroundingResult) -> dict[str, Any]:
@@ -193,7 +182,8 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
     config = config or ServeConfig()
     batcher = MicroBatcher(grounder.predict_batch, config.max_batch, config.max_wait_ms / 1000, config.max_queue)
     model_info = {
-        "name": model_name, "preset": _preset_name(grounder),
+        "name": model_name,
+        "preset": match_preset(grounder.model.config, grounder.preprocess.patch_image_size) or "custom",
         "parameters": sum(p.numel() for p in grounder.model.parameters()),
         "dtype": grounder.dtype, "device": str(grounder.device),
         "image_size": grounder.preprocess.patch_image_size, "version": __version__,

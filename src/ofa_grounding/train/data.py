@@ -23,7 +23,7 @@ from PIL import Image, ImageEnhance
 from ..config import GenerationConfig, PreprocessConfig
 from ..data import Sample
 from ..image import box_to_bins, load_image, normalize, resize_ratios, resize_square
-from ..tokenizer import BOS, EOS, OFATokenizer, pad_ids
+from ..tokenizer import BOS, PAD, OFATokenizer, pad_ids
 
 __all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "AUGMENTATIONS"]
 
@@ -110,18 +110,18 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
         bins = box_to_bins(torch.tensor([box], dtype=torch.float64), ratios, self.generation.num_bins,
                            self.preprocess.max_image_size)[0]
-        target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([EOS])])
+        target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([self.tokenizer.eos_id])])
         ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
         return Item(index, ids, normalize(pixels, self.preprocess.mean, self.preprocess.std), target)
 
 
-def collate(units: list[Item] | list[list[Item]], pad_id: int = 1) -> dict[str, torch.Tensor]:
+def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int = BOS) -> dict[str, torch.Tensor]:
     """Samples (or image groups of samples) -> a batch; groups add `image_index` (sample -> its image)."""
     groups = [u if isinstance(u, list) else [u] for u in units]
     items = [it for g in groups for it in g]
     input_ids = pad_ids([it.input_ids for it in items], pad_id)
     target = torch.stack([it.target for it in items])  # (B, 5)
-    prev = torch.cat([torch.full((len(items), 1), BOS, dtype=torch.long), target[:, :-1]], dim=1)
+    prev = torch.cat([torch.full((len(items), 1), bos_id, dtype=torch.long), target[:, :-1]], dim=1)
     batch = {"input_ids": input_ids, "prev_tokens": prev, "target": target,
              "index": torch.tensor([it.index for it in items])}
     if all(isinstance(u, list) for u in units):

@@ -26,6 +26,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from ..config import GenerationConfig, PreprocessConfig
 from ..data import open_dataset
 from ..evaluate import distributed_context, evaluate
 from ..generation import open_vocab_ids
+from ..hub import resolve_model
 from ..model import OFAModel
 from ..predictor import Grounder
 from ..presets import get_preset, list_presets
@@ -91,15 +93,17 @@ class TrainConfig:
 
 
 def load_initial_model(name: str) -> tuple[OFAModel, OFATokenizer, PreprocessConfig, GenerationConfig, Path]:
-    """A model directory's weights, or a preset with fresh weights (OFA's initialisation)."""
-    if Path(name).exists():
-        ckpt = load_checkpoint(name)
-        return ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, ckpt.path
-    if name in list_presets():
+    """A preset with fresh weights (OFA's initialisation), or a checkpoint's weights: a directory or file in
+    any layout `load_checkpoint` reads, or a hub id (`hub.resolve_model`)."""
+    if name in list_presets() and not Path(name).exists():
         preset = get_preset(name)
         return (init_weights(OFAModel(preset.model)), OFATokenizer.default(), preset.preprocess, preset.generation,
                 ASSETS_DIR)
-    raise CheckpointError(f"--model {name}: neither a model directory nor a preset ({', '.join(list_presets())})")
+    try:
+        ckpt = load_checkpoint(resolve_model(name))
+    except CheckpointError as exc:
+        raise CheckpointError(f"--model {name}: {exc} (presets: {', '.join(list_presets())})") from None
+    return ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, ckpt.tokenizer_dir
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -271,13 +275,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not cfg.progress or not ctx.is_main,
                dynamic_ncols=True)
     window_start, window_samples = time.perf_counter(), 0
+    collate_fn = partial(collate, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id)
     while step < total:
         sampler.set_epoch(epoch, position)
         train_set.set_epoch(epoch)
         # Its own generator: a loader draws a seed from the global RNG when it starts an epoch, which would
         # shift the dropout stream of a run resumed in the middle of an epoch.
         loader = torch.utils.data.DataLoader(train_set, batch_size=units_per_batch, sampler=sampler,
-                                             num_workers=cfg.workers, collate_fn=collate, drop_last=True,
+                                             num_workers=cfg.workers, drop_last=True, collate_fn=collate_fn,
                                              generator=torch.Generator().manual_seed(cfg.seed + epoch))
         batches = iter(loader)
         for micro in _updates(batches, cfg.accum):

@@ -1,0 +1,269 @@
+"""ONNX export, and an onnxruntime-backed model that `Grounder` drives with the same beam search.
+
+Four graphs, exported from the same torch modules (`ofa-ground export-onnx MODEL OUT`):
+- `image.onnx`: pixels (1, 3, S, S) -> image token embeddings (1, P, d)  [backbone; cacheable per image]
+- `encoder.onnx`: image embeddings (B, P, d), input ids (B, L) -> hidden (B, P+L, d), positions
+  (B, P+L, d), padding mask (B, P+L)
+- `decoder_start.onnx`: hidden, positions, padding mask -> per layer the cross-attention keys and
+  values (B, H, P+L, dh), the cross-attention bias (B, H, T, P+L) and the self-attention biases
+  (layers, H, T, T) for the T decoding steps  [once per query]
+- `decoder_step.onnx`: the newest tokens (N, 1), that step's bias rows, the cross keys/values and the
+  self-attention KV cache (N, H, t, dh) per layer -> logits over the open ids (N, V') and the cache
+  grown by one position  [once per step]
+`OnnxModel` wraps the four sessions behind the attributes `Grounder` calls (`encoder.embed_image`,
+`encoder(...)`, `decoder.start/step/reorder`), so preprocessing, batching, the constrained beam search
+and box decoding are the torch path's own code. Needs the `onnx` extra (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import LoadedCheckpoint
+from .generation import open_vocab_ids
+from .model import EncoderOutput, OFAModel
+
+__all__ = ["OnnxModel", "export_onnx", "onnx_grounder"]
+
+GRAPHS = ("image", "encoder", "decoder_start", "decoder_step")
+OPSET = 17
+
+
+class _Image(nn.Module):
+    def __init__(self, model: OFAModel) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embed_image(pixels)[0]
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: OFAModel, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.encoder, self.grid = model.encoder, grid
+
+    def forward(self, image_embeds: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        enc = self.encoder(input_ids, image_embeds, self.grid)
+        return enc.hidden, enc.position, enc.pad_mask
+
+
+class _DecoderStart(nn.Module):
+    def __init__(self, model: OFAModel, steps: int) -> None:
+        super().__init__()
+        self.decoder, self.steps = model.decoder, steps
+
+    def forward(self, hidden: torch.Tensor, position: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = self.decoder.start(EncoderOutput(hidden, pad_mask, position), self.steps)
+        keys = [k for k, _ in state.cross_kv]
+        values = [v for _, v in state.cross_kv]
+        return (*keys, *values, state.cross_bias, torch.stack(state.self_bias))
+
+
+class _DecoderStep(nn.Module):
+    def __init__(self, model: OFAModel, output_ids: torch.Tensor) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.register_buffer("output_weight", model.decoder.embed_tokens.weight[output_ids].detach().clone())
+        self.layers = len(model.decoder.layers)
+
+    def forward(self, tokens: torch.Tensor, self_bias: torch.Tensor, cross_bias: torch.Tensor,
+                *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = self.layers
+        cross_k, cross_v, past_k, past_v = kv[:n], kv[n:2 * n], kv[2 * n:3 * n], kv[3 * n:]
+        y = self.decoder._embed(tokens)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.decoder.layers):
+            cache = {"k": past_k[i], "v": past_v[i]}
+            y = layer(y, self_bias[i], (cross_k[i], cross_v[i]), cross_bias, cache)
+            new_k.append(cache["k"])
+            new_v.append(cache["v"])
+        logits = torch.nn.functional.linear(self.decoder.layer_norm(y[:, 0]), self.output_weight)
+        return (logits, *new_k, *new_v)
+
+
+def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> Path:
+    """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`."""
+    from .checkpoint import save_checkpoint
+
+    model = ckpt.model.eval()
+    cfg = model.config
+    if cfg.entangle_position_embedding and not cfg.disable_entangle:
+        raise ValueError("ONNX export of a decoder with entangled position embeddings is not supported")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = ckpt.preprocess.patch_image_size
+    gen = ckpt.generation
+    steps = int(gen.max_len_b) + 1  # what Grounder prepares for: max_len_a is 0 for grounding
+    if gen.max_len_a:
+        raise ValueError("ONNX export needs max_len_a = 0 (a fixed number of decoding steps)")
+    output_ids = open_vocab_ids(gen, cfg.vocab_size, torch.device("cpu"))
+    if output_ids is None:
+        output_ids = torch.arange(cfg.vocab_size)
+    H, dh, n = cfg.decoder_attention_heads, cfg.d_model // cfg.decoder_attention_heads, len(model.decoder.layers)
+
+    torch.manual_seed(0)
+    pixels = torch.randn(1, 3, size, size)
+    image_embeds = _Image(model)(pixels).detach()
+    side = -(-size // 16)  # the 3-stage ResNet: 4 stride-2 steps, each ceil(n/2)
+    grid = (side, side)
+    # Example inputs with padding, so that the masked paths are the ones traced (they equal the unmasked
+    # computation when a batch has no padding: the mask adds zeros).
+    input_ids = torch.tensor([[0, 100, 200, 300, 2], [0, 100, 2, 1, 1]])
+    two = image_embeds.expand(2, -1, -1).contiguous()
+    hidden, position, pad_mask = (t.detach() for t in _Encoder(model, grid)(two, input_ids))
+    start_out = [t.detach() for t in _DecoderStart(model, steps)(hidden, position, pad_mask)]
+    N, t = 2 * gen.beam_size, 2
+    tokens = torch.zeros(N, 1, dtype=torch.long)
+    self_bias = start_out[-1][:, :, t:t + 1, :t + 1].contiguous()
+    cross_bias = start_out[-2][:, :, t:t + 1].contiguous()
+    past = [torch.randn(N, H, t, dh) for _ in range(2 * n)]
+    layer_names = [f"{kind}_{i}" for kind in ("cross_k", "cross_v") for i in range(n)]
+    past_names = [f"past_{kind}_{i}" for kind in ("k", "v") for i in range(n)]
+    present_names = [f"present_{kind}_{i}" for kind in ("k", "v") for i in range(n)]
+
+    batch, length, rows = "batch", "length", "rows"
+    specs = {
+        "image": (_Image(model), (pixels,), ["pixels"], ["image_embeds"], {}),
+        "encoder": (_Encoder(model, grid), (two, input_ids), ["image_embeds", "input_ids"],
+                    ["hidden", "position", "pad_mask"],
+                    {"image_embeds": {0: batch}, "input_ids": {0: batch, 1: length}, "hidden": {0: batch, 1: "seq"},
+                     "position": {0: batch, 1: "seq"}, "pad_mask": {0: batch, 1: "seq"}}),
+        "decoder_start": (_DecoderStart(model, steps), (hidden, position, pad_mask), ["hidden", "position", "pad_mask"],
+                          [*layer_names, "cross_bias", "self_bias"],
+                          {"hidden": {0: batch, 1: "seq"}, "position": {0: batch, 1: "seq"},
+                           "pad_mask": {0: batch, 1: "seq"}, "cross_bias": {0: batch, 3: "seq"},
+                           **{name: {0: batch, 2: "seq"} for name in layer_names}}),
+        "decoder_step": (_DecoderStep(model, output_ids),
+                         (tokens, self_bias, cross_bias, *start_out[:2 * n], *past),
+                         ["tokens", "self_bias", "cross_bias", *layer_names, *past_names],
+                         ["logits", *present_names],
+                         {"tokens": {0: rows}, "self_bias": {3: "keys"}, "cross_bias": {0: batch, 3: "seq"},
+                          **{name: {0: batch, 2: "seq"} for name in layer_names},
+                          **{name: {0: rows, 2: "past"} for name in past_names},
+                          **{name: {0: rows, 2: "keys"} for name in present_names}, "logits": {0: rows}}),
+    }
+    # Traced with autograd on, so that the encoder takes its gather path for the image bias (no strided views)
+    with torch.enable_grad():
+        for name, (module, args, inputs, outputs, axes) in specs.items():
+            torch.onnx.export(module.eval(), args, str(out / f"{name}.onnx"), input_names=inputs,
+                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+    save_checkpoint(out / "checkpoint", model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation)
+    meta = {"graphs": list(GRAPHS), "steps": steps, "grid": list(grid), "layers": n, "heads": H, "head_dim": dh,
+            "output_ids": output_ids.tolist(), "opset": opset}
+    (out / "onnx_config.json").write_text(json.dumps(meta))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the graphs
+
+
+@dataclass
+class _OnnxState:
+    cross: list[np.ndarray]
+    cross_bias: np.ndarray
+    self_bias: np.ndarray
+    batch: int
+    past: list[np.ndarray] = field(default_factory=list)
+    step: int = 0
+
+
+class _OnnxEncoder:
+    def __init__(self, owner: OnnxModel) -> None:
+        self.owner = owner
+
+    def embed_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        (embeds,) = self.owner.run("image", pixels=pixels.numpy())
+        return torch.from_numpy(embeds), self.owner.grid
+
+    def __call__(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
+        hidden, position, pad_mask = self.owner.run("encoder", image_embeds=image_embeds.contiguous().numpy(),
+                                                    input_ids=input_ids.numpy())
+        return EncoderOutput(torch.from_numpy(hidden), torch.from_numpy(pad_mask), torch.from_numpy(position))
+
+
+class _OnnxDecoder:
+    def __init__(self, owner: OnnxModel) -> None:
+        self.owner = owner
+
+    def start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None = None) -> Any:
+        o = self.owner
+        if max_steps > o.steps:
+            raise ValueError(f"the exported decoder was prepared for {o.steps} steps, not {max_steps}")
+        outs = o.run("decoder_start", hidden=enc.hidden.numpy(), position=enc.position.numpy(),
+                     pad_mask=enc.pad_mask.numpy())
+        return _OnnxState(cross=outs[:2 * o.layers], cross_bias=outs[-2], self_bias=outs[-1],
+                          batch=enc.hidden.shape[0])
+
+    def step(self, tokens: torch.Tensor, state: _OnnxState) -> torch.Tensor:
+        o, t = self.owner, state.step
+        rows = tokens.shape[0]
+        if not state.past:
+            shape = (rows, o.heads, 0, o.head_dim)
+            state.past = [np.zeros(shape, np.float32) for _ in range(2 * o.layers)]
+        feeds = {"tokens": tokens.reshape(-1, 1).numpy(), "self_bias": state.self_bias[:, :, t:t + 1, :t + 1].copy(),
+                 "cross_bias": state.cross_bias[:, :, t:t + 1].copy()}
+        feeds.update({f"{kind}_{i}": state.cross[j * o.layers + i] for j, kind in enumerate(("cross_k", "cross_v"))
+                      for i in range(o.layers)})
+        feeds.update({f"past_{kind}_{i}": state.past[j * o.layers + i] for j, kind in enumerate("kv")
+                      for i in range(o.layers)})
+        logits, *present = o.run("decoder_step", **feeds)
+        state.past, state.step = present, t + 1
+        return torch.from_numpy(logits)
+
+    @staticmethod
+    def reorder(state: _OnnxState, order: torch.Tensor) -> None:
+        idx = order.numpy()
+        state.past = [p[idx] for p in state.past]
+
+
+class OnnxModel:
+    """The exported graphs behind the interface `Grounder` uses (see the module docstring)."""
+
+    def __init__(self, directory: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        meta = json.loads((directory / "onnx_config.json").read_text())
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {name: ort.InferenceSession(str(directory / f"{name}.onnx"), options,
+                                                    providers=["CPUExecutionProvider"]) for name in meta["graphs"]}
+        self.steps, self.grid = meta["steps"], tuple(meta["grid"])
+        self.layers, self.heads, self.head_dim = meta["layers"], meta["heads"], meta["head_dim"]
+        from .checkpoint import load_checkpoint
+
+        self.checkpoint = load_checkpoint(directory / "checkpoint")  # tokenizer and settings (weights unused)
+        self.config = self.checkpoint.model.config
+        self.encoder, self.decoder = _OnnxEncoder(self), _OnnxDecoder(self)
+
+    def run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
+        return self.sessions[graph].run(None, feeds)
+
+    # what Grounder calls on a torch model
+    def eval(self) -> OnnxModel:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+        return self
+
+    def parameters(self) -> Any:
+        return self.checkpoint.model.parameters()
+
+
+def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: Any) -> Any:
+    """A `Grounder` whose model runs in onnxruntime."""
+    from .predictor import Grounder
+
+    model = OnnxModel(directory, threads)
+    ckpt = model.checkpoint
+    return Grounder(model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, fuse=False, **kwargs)  # type: ignore[arg-type]

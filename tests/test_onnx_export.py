@@ -1,0 +1,67 @@
+"""ONNX export: the graphs run in onnxruntime through the same beam search and give torch's tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ofa_grounding import Grounder
+from ofa_grounding.checkpoint import load_checkpoint
+from ofa_grounding.cli import main
+from ofa_grounding.onnx_export import GRAPHS, export_onnx, onnx_grounder
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
+
+
+@pytest.fixture(scope="module")
+def exported(reference_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(load_checkpoint(reference_model_dir), tmp_path_factory.mktemp("onnx"))
+
+
+def test_export_writes_the_graphs(exported: Path) -> None:
+    for name in GRAPHS:
+        assert (exported / f"{name}.onnx").stat().st_size > 0
+    meta = json.loads((exported / "onnx_config.json").read_text())
+    assert meta["steps"] == 5 and meta["grid"] == [32, 32] and meta["layers"] == 4
+    assert len(meta["output_ids"]) == 1004  # ids 0..3 and the 1000 bins stay open
+    import onnx
+
+    step = onnx.load(str(exported / "decoder_step.onnx"))
+    inputs = [i.name for i in step.graph.input]
+    outputs = [o.name for o in step.graph.output]
+    assert "past_k_0" in inputs and "past_v_3" in inputs and "present_k_0" in outputs and "logits" in outputs
+
+
+def test_onnxruntime_gives_the_reference_tokens(exported: Path, reference_dir: Path,
+                                                reference_cases: list[dict]) -> None:
+    """The reference's own tokens (../shared/reference) for a spread of cases, one by one and batched."""
+    cases = reference_cases[::6]
+    g = onnx_grounder(exported)
+    for case in cases[:4]:
+        r = g.predict(reference_dir / case["image"], case["text"])
+        assert list(r.tokens) == case["tokens"], case["text"]
+        assert r.box == pytest.approx(case["box"], abs=1e-3)
+    batch = g.predict_batch([(reference_dir / c["image"], c["text"]) for c in cases])
+    assert [list(r.tokens) for r in batch] == [c["tokens"] for c in cases]
+
+
+def test_onnx_matches_torch_on_several_descriptions(exported: Path, reference_grounder: Grounder) -> None:
+    texts = ["the red circle on the left", "the blue square", "a small yellow circle at the bottom of the picture"]
+    ours = reference_grounder.predict(EXAMPLE, texts)
+    theirs = onnx_grounder(exported).predict(EXAMPLE, texts)
+    for a, b in zip(ours, theirs):
+        assert a.tokens == b.tokens and [x.tokens for x in a.alternatives] == [x.tokens for x in b.alternatives]
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_cli_export_and_predict(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export-onnx", str(tiny_model_dir), str(tmp_path / "onnx")]) == 0
+    assert "decoder_step.onnx" in capsys.readouterr().out
+    assert main(["predict", "--onnx", str(tmp_path / "onnx"), str(EXAMPLE), "the red circle", "--json"]) == 0
+    onnx_box = json.loads(capsys.readouterr().out)["results"][0]["box"]
+    assert main(["predict", "--model", str(tiny_model_dir), str(EXAMPLE), "the red circle", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["box"] == pytest.approx(onnx_box, abs=1e-3)
+    assert main(["predict", "--onnx", str(tmp_path), str(EXAMPLE), "x"]) == 2
+    assert "not an export-onnx folder" in capsys.readouterr().err
