@@ -333,10 +333,9 @@ class Encoder(nn.Module):
             if reuse:
                 torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
                 torch.add(abs_bias[:, :, :P, :P], image_rel, out=bias[:, :, :P, :P])
-            else:
-                bias = abs_bias.clone()
-                bias[:, :, P:, P:] += text_rel
-                bias[:, :, :P, :P] += image_rel
+            else:  # functional (autograd, ONNX export): the two diagonal blocks, zero elsewhere
+                rel = torch.cat([F.pad(image_rel, (0, L)), F.pad(text_rel, (P, 0))], dim=-2)  # (H, S, S)
+                bias = abs_bias + rel
             del image_rel
             x = layer(x, bias if key_mask is None else bias + key_mask)  # (B, H, S, S) with padding
         return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
