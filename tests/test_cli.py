@@ -185,3 +185,16 @@ def test_info_prints_a_summary(reference_model_dir: Path, capsys: pytest.Capture
     assert "preset tiny" in out and "resnet50 backbone, d_model 256, 4+4 layers" in out
     assert "token embeddings" in out and "59,457 ids (1000 location bins from id 58457)" in out
     assert "beam 5" in out and "512 px" in out
+
+
+def test_missing_extras_name_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["serve"]) == 2
+    assert "serve needs the serve extra (uvicorn is missing): pip install 'ofa-grounding[serve]'" in \
+        capsys.readouterr().err
+    assert main(["export-onnx", "x", str(tmp_path / "o")]) == 2
+    assert "pip install 'ofa-grounding[onnx]'" in capsys.readouterr().err

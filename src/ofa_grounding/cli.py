@@ -257,13 +257,11 @@ def _load_grounder(args: argparse.Namespace) -> Any:
     if getattr(args, "onnx", None) is not None:
         if args.model is not None:
             raise _UsageError("give either --model or --onnx, not both")
-        try:
-            from .onnx_export import onnx_grounder
+        _require_extra("onnx", "--onnx", "onnxruntime")
+        from .onnx_export import onnx_grounder
 
+        try:
             return onnx_grounder(args.onnx, max_pixels=args.max_pixels, batch_size=args.batch_size)
-        except ImportError as exc:
-            raise _UsageError(f"--onnx needs onnxruntime ({exc.name} is missing): "
-                              "pip install 'ofa-grounding[onnx]'") from None
         except (OSError, ValueError, KeyError) as exc:
             raise _UsageError(f"--onnx {args.onnx}: not an export-onnx folder ({exc})") from None
     if args.model is None and not DEFAULT_MODEL.is_dir():
@@ -317,15 +315,23 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+def _require_extra(extra: str, what: str, *modules: str) -> None:
+    import importlib
 
-        from .serve import create_app
-        from .serve.app import SERVE_ENV
-    except ImportError as exc:
-        raise _UsageError(f"serve needs the serve extra ({exc.name} is missing): "
-                          "pip install 'ofa-grounding[serve]'") from None
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise _UsageError(f"{what} needs the {extra} extra ({exc.name} is missing): "
+                              f"pip install 'ofa-grounding[{extra}]'") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _require_extra("serve", "serve", "fastapi", "uvicorn", "multipart")
+    import uvicorn
+
+    from .serve import create_app
+    from .serve.app import SERVE_ENV
     from .serve.config import ServeConfig
 
     for name in ("workers", "max_batch", "max_queue", "max_texts", "max_text_chars", "max_pixels"):
@@ -383,12 +389,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        raise _UsageError(f"export-onnx needs the onnx extra ({exc.name} is missing): "
-                          "pip install 'ofa-grounding[onnx]'") from None
+    _require_extra("onnx", "export-onnx", "onnx", "onnxscript")
     from .onnx_export import export_onnx
 
     ckpt = _load_any(args.model, args.cache_dir)
