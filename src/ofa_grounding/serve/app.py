@@ -184,7 +184,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
     model_info = {
         "name": model_name,
         "preset": match_preset(grounder.model.config, grounder.preprocess.patch_image_size) or "custom",
-        "parameters": sum(p.numel() for p in grounder.model.parameters()),
+        "parameters": grounder.num_parameters,
         "dtype": grounder.dtype, "device": str(grounder.device),
         "image_size": grounder.preprocess.patch_image_size, "version": __version__,
     }
