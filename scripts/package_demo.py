@@ -33,7 +33,7 @@ def main() -> int:
     ckpt = load_checkpoint(args.run_model)
     if args.out.exists():
         shutil.rmtree(args.out)
-    save_checkpoint(args.out, ckpt.model, ckpt.path, ckpt.preprocess, ckpt.generation,
+    save_checkpoint(args.out, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
                     metadata={"source": "ofa-grounding scripts/train_demo.sh"}, dtype=torch.float16)
     proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", "eval", "--model", str(args.out), "--data",
                            str(args.data), "--split", "test", "--json", "--no-progress"],

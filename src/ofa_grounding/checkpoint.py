@@ -41,8 +41,10 @@ __all__ = [
     "full_state_dict",
     "init_weights",
     "load_checkpoint",
+    "load_settings",
     "load_state_dict",
     "save_checkpoint",
+    "save_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,52 @@ def _build(config: OFAConfig, state: dict[str, torch.Tensor]) -> OFAModel:
     return model.eval()
 
 
+def load_settings(directory: Path) -> tuple[OFAConfig, OFATokenizer | OFAChineseTokenizer, PreprocessConfig,
+                                           GenerationConfig, bool]:
+    """Everything of a model directory but its weights: (config, tokenizer, preprocessing, generation, whether
+    a ModelScope `configuration.json` supplied the settings)."""
+    config_file = directory / "config.json"
+    raw_config = _read_json(config_file)
+    try:
+        config = OFAConfig.from_dict(raw_config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_file}: invalid model configuration ({exc})") from None
+
+    preprocess, generation = PreprocessConfig(), GenerationConfig()
+    settings_file = directory / "configuration.json"
+    if settings_file.is_file():
+        settings = _read_json(settings_file)
+        task = str(settings.get("task", "visual-grounding")).replace("_", "-")
+        if task != "visual-grounding":
+            log.warning("%s: task is %r, not visual-grounding; using it for grounding anyway", settings_file, task)
+        block = settings.get("model", {})
+        preprocess = PreprocessConfig.from_modelscope(block)
+        generation = GenerationConfig.from_modelscope(block.get("beam_search", {}))
+        if generation.constraint_range is None:
+            log.warning("%s: no constraint_range; boxes may be decoded from non-bin tokens", settings_file)
+    elif isinstance(raw_config.get(_HF_SETTINGS), dict):  # our settings, kept in an HF config.json
+        preprocess = PreprocessConfig.from_dict(raw_config[_HF_SETTINGS].get("preprocess", {}))
+        generation = GenerationConfig.from_dict(raw_config[_HF_SETTINGS].get("generation", {}))
+    if preprocess.language not in TOKENIZER_FILES:
+        raise CheckpointError(f"{settings_file}: language {preprocess.language!r} is not supported "
+                              f"({', '.join(TOKENIZER_FILES)})")
+    for name in TOKENIZER_FILES[preprocess.language]:
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: missing tokenizer file {name}")
+    try:
+        tokenizer = load_tokenizer(directory, preprocess.language)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory}: bad tokenizer files ({exc})") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} ids but config.json says "
+                              f"vocab_size {config.vocab_size}")
+    specials = (tokenizer.bos_id, tokenizer.pad_id, tokenizer.eos_id)
+    if specials != (config.bos_token_id, config.pad_token_id, config.eos_token_id):
+        raise CheckpointError(f"{directory}: tokenizer's <s>/<pad>/</s> ids {specials} differ from config.json's "
+                              f"{(config.bos_token_id, config.pad_token_id, config.eos_token_id)}")
+    return config, tokenizer, preprocess, generation, settings_file.is_file()
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Load a model in any layout we read, with its tokenizer and settings.
 
@@ -208,45 +256,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{directory}: not a checkpoint directory (no config.json){hint}")
     if weights is None:
         raise CheckpointError(f"{directory}: no weights file ({' or '.join(WEIGHT_FILES)})")
-    raw_config = _read_json(config_file)
-    try:
-        config = OFAConfig.from_dict(raw_config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_file}: invalid model configuration ({exc})") from None
-
-    preprocess, generation, layout = PreprocessConfig(), GenerationConfig(), "hf"
-    settings_file = directory / "configuration.json"
-    if settings_file.is_file():
-        settings = _read_json(settings_file)
-        task = str(settings.get("task", "visual-grounding")).replace("_", "-")
-        if task != "visual-grounding":
-            log.warning("%s: task is %r, not visual-grounding; using it for grounding anyway", settings_file, task)
-        block = settings.get("model", {})
-        preprocess = PreprocessConfig.from_modelscope(block)
-        generation = GenerationConfig.from_modelscope(block.get("beam_search", {}))
-        if generation.constraint_range is None:
-            log.warning("%s: no constraint_range; boxes may be decoded from non-bin tokens", settings_file)
-        layout = "ours" if weights.suffix == ".safetensors" else "modelscope"
-    elif isinstance(raw_config.get(_HF_SETTINGS), dict):  # our settings, kept in an HF config.json
-        preprocess = PreprocessConfig.from_dict(raw_config[_HF_SETTINGS].get("preprocess", {}))
-        generation = GenerationConfig.from_dict(raw_config[_HF_SETTINGS].get("generation", {}))
-    if preprocess.language not in TOKENIZER_FILES:
-        raise CheckpointError(f"{settings_file}: language {preprocess.language!r} is not supported "
-                              f"({', '.join(TOKENIZER_FILES)})")
-    for name in TOKENIZER_FILES[preprocess.language]:
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory}: missing tokenizer file {name}")
-    try:
-        tokenizer = load_tokenizer(directory, preprocess.language)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{directory}: bad tokenizer files ({exc})") from None
-    if tokenizer.vocab_size != config.vocab_size:
-        raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} ids but config.json says "
-                              f"vocab_size {config.vocab_size}")
-    specials = (tokenizer.bos_id, tokenizer.pad_id, tokenizer.eos_id)
-    if specials != (config.bos_token_id, config.pad_token_id, config.eos_token_id):
-        raise CheckpointError(f"{directory}: tokenizer's <s>/<pad>/</s> ids {specials} differ from config.json's "
-                              f"{(config.bos_token_id, config.pad_token_id, config.eos_token_id)}")
+    config, tokenizer, preprocess, generation, has_settings_file = load_settings(directory)
+    layout = "hf" if not has_settings_file else "ours" if weights.suffix == ".safetensors" else "modelscope"
     state = load_state_dict(weights)
     stored = _stored_dtype(state)
     model = _build(config, state)
@@ -319,36 +330,16 @@ LAYOUTS = ("ours", "modelscope", "hf")
 _HF_SETTINGS = "ofa_grounding"  # our preprocessing and decoding settings inside an HF config.json
 
 
-def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str | Path,
-                    preprocess: PreprocessConfig, generation: GenerationConfig,
-                    metadata: dict[str, str] | None = None, modelscope: bool = False,
-                    dtype: torch.dtype | None = None, layout: str | None = None) -> Path:
-    """Write a model directory in one of `LAYOUTS` (default ours; `modelscope=True` = layout "modelscope").
-
-    - ours: config.json, configuration.json (ModelScope's settings file), model.safetensors, vocab.json,
-      merges.txt;
-    - modelscope: the same with `pytorch_model.bin` holding every key an OFA checkpoint has (the tied output
-      projection, and zero-initialised tensors for the parts grounding never runs): ModelScope's loader
-      prefers a model.safetensors when there is one, and safetensors stores the tied projection only
-      once, so the reference would re-initialise it at random (checked with modelscope 1.40.2);
-    - hf: Hugging Face OFA's layout (config.json with `architectures`, `pytorch_model.bin` as above,
-      vocab.json, merges.txt); our preprocessing/decoding settings ride along in config.json under
-      "ofa_grounding" so that a round trip keeps them.
-    `dtype=torch.float16` stores the weights at half size (loading upcasts them).
-    """
-    layout = layout or ("modelscope" if modelscope else "ours")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if model.encoder.embed_images.fused:
-        raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
-                         "as loaded by load_checkpoint instead")
+def save_settings(directory: str | Path, config: OFAConfig, tokenizer_dir: str | Path, preprocess: PreprocessConfig,
+                  generation: GenerationConfig, layout: str = "ours") -> Path:
+    """Everything of a model directory but its weights (see `save_checkpoint`; `load_settings` reads it)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": "ofa", **model.config.to_dict()}
+    config_json = {"model_type": "ofa", **config.to_dict()}
     if layout == "hf":
-        config = {"architectures": ["OFAModel"], **config,
-                  _HF_SETTINGS: {"preprocess": preprocess.to_dict(), "generation": generation.to_dict()}}
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+        config_json = {"architectures": ["OFAModel"], **config_json,
+                       _HF_SETTINGS: {"preprocess": preprocess.to_dict(), "generation": generation.to_dict()}}
+    (directory / "config.json").write_text(json.dumps(config_json, indent=2))
     beam = generation.to_dict()
     beam.pop("num_bins")  # not a generator argument: the reference derives it (and rejects the key here)
     beam["constraint_range"] = ",".join(map(str, generation.constraint_range)) if generation.constraint_range else None
@@ -362,6 +353,32 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
         (directory / "configuration.json").write_text(json.dumps(settings, indent=2))
     for name in TOKENIZER_FILES.get(preprocess.language, TOKENIZER_FILES["en"]):
         (directory / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
+    return directory
+
+
+def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str | Path,
+                    preprocess: PreprocessConfig, generation: GenerationConfig,
+                    metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None,
+                    layout: str = "ours") -> Path:
+    """Write a model directory in one of `LAYOUTS`.
+
+    - ours: config.json, configuration.json (ModelScope's settings file), model.safetensors, vocab.json,
+      merges.txt;
+    - modelscope: the same with `pytorch_model.bin` holding every key an OFA checkpoint has (the tied output
+      projection, and zero-initialised tensors for the parts grounding never runs): ModelScope's loader
+      prefers a model.safetensors when there is one, and safetensors stores the tied projection only
+      once, so the reference would re-initialise it at random (checked with modelscope 1.40.2);
+    - hf: Hugging Face OFA's layout (config.json with `architectures`, `pytorch_model.bin` as above,
+      vocab.json, merges.txt); our preprocessing/decoding settings ride along in config.json under
+      "ofa_grounding" so that a round trip keeps them.
+    `dtype=torch.float16` stores the weights at half size (loading upcasts them).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if model.encoder.embed_images.fused:
+        raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
+                         "as loaded by load_checkpoint instead")
+    directory = save_settings(directory, model.config, tokenizer_dir, preprocess, generation, layout)
     stored = model
     if dtype is not None and dtype != next(model.parameters()).dtype:
         stored = OFAModel(model.config).to(dtype)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import LoadedCheckpoint
+from .checkpoint import LoadedCheckpoint, load_settings
 from .generation import open_vocab_ids
 from .model import EncoderOutput, OFAModel
 
@@ -91,7 +91,7 @@ class _DecoderStep(nn.Module):
 
 def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> Path:
     """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`."""
-    from .checkpoint import save_checkpoint
+    from .checkpoint import save_settings
 
     model = ckpt.model.eval()
     cfg = model.config
@@ -155,9 +155,9 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
         for name, (module, args, inputs, outputs, axes) in specs.items():
             torch.onnx.export(module.eval(), args, str(out / f"{name}.onnx"), input_names=inputs,
                               output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
-    save_checkpoint(out / "checkpoint", model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation)
+    save_settings(out / "settings", cfg, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation)  # no weights
     meta = {"graphs": list(GRAPHS), "steps": steps, "grid": list(grid), "layers": n, "heads": H, "head_dim": dh,
-            "output_ids": output_ids.tolist(), "opset": opset}
+            "output_ids": output_ids.tolist(), "opset": opset, "parameters": model.num_parameters()}
     (out / "onnx_config.json").write_text(json.dumps(meta))
     return out
 
@@ -240,10 +240,8 @@ class OnnxModel:
                                                     providers=["CPUExecutionProvider"]) for name in meta["graphs"]}
         self.steps, self.grid = meta["steps"], tuple(meta["grid"])
         self.layers, self.heads, self.head_dim = meta["layers"], meta["heads"], meta["head_dim"]
-        from .checkpoint import load_checkpoint
-
-        self.checkpoint = load_checkpoint(directory / "checkpoint")  # tokenizer and settings (weights unused)
-        self.config = self.checkpoint.model.config
+        self._parameters = meta["parameters"]
+        self.config, self.tokenizer, self.preprocess, self.generation, _ = load_settings(directory / "settings")
         self.encoder, self.decoder = _OnnxEncoder(self), _OnnxDecoder(self)
 
     def run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
@@ -256,8 +254,8 @@ class OnnxModel:
     def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
         return self
 
-    def parameters(self) -> Any:
-        return self.checkpoint.model.parameters()
+    def num_parameters(self) -> int:
+        return self._parameters
 
 
 def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: Any) -> Any:
@@ -265,5 +263,5 @@ def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: A
     from .predictor import Grounder
 
     model = OnnxModel(directory, threads)
-    ckpt = model.checkpoint
-    return Grounder(model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, fuse=False, **kwargs)  # type: ignore[arg-type]
+    return Grounder(model, model.tokenizer, model.preprocess, model.generation, fuse=False,  # type: ignore[arg-type]
+                    **kwargs)

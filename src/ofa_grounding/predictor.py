@@ -152,7 +152,7 @@ class Grounder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval().to(self.device)
-        self.num_parameters = sum(p.numel() for p in model.parameters())  # as stored (before BN folding)
+        self.num_parameters = model.num_parameters()  # as stored (before BatchNorm folding)
         if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
             self.model.encoder.embed_images.fuse_for_inference_()
         self.dtype = dtype

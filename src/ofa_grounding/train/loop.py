@@ -249,7 +249,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     def save(directory: Path) -> None:
         save_checkpoint(directory, model, tokenizer_dir, preprocess, generation,
-                        metadata={"step": str(step), "source": "ofa-grounding train"}, modelscope=cfg.modelscope)
+                        metadata={"step": str(step), "source": "ofa-grounding train"},
+                        layout="modelscope" if cfg.modelscope else "ours")
 
     def save_state() -> None:
         tensors, scalars = _optimizer_state_tensors(optimizer)
