@@ -19,6 +19,8 @@ SHARED = Path(os.environ.get("OFA_SHARED_DIR", ROOT.parent / "shared"))
 REFERENCE = SHARED / "reference"
 # More reference fixture folders laid out like ../shared/reference (cases.json + model dir + images),
 # e.g. one built with `make_reference_fixtures.py hidden`; separated by os.pathsep.
+# The parity tests' device: OFA_TEST_DEVICE=cuda runs them on a GPU (the same expected values).
+DEVICE = os.environ.get("OFA_TEST_DEVICE", "cpu")
 EXTRA_REFERENCES = [Path(p) for p in os.environ.get("OFA_EXTRA_REFERENCE", "").split(os.pathsep) if p]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -53,7 +55,7 @@ def reference_model_dir(reference_dir: Path) -> Path:
 def reference_grounder(reference_model_dir: Path):
     from ofa_grounding import Grounder
 
-    return Grounder.from_pretrained(reference_model_dir)
+    return Grounder.from_pretrained(reference_model_dir, device=DEVICE)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from conftest import TINY_CONFIG
 from ofa_grounding.config import OFAConfig
 from ofa_grounding.generation import beam_search
 from ofa_grounding.model import OFAModel, _expand_image_rel, _gather_heads, _token_bucket_by_offset, image_grid_buckets
+from ofa_grounding.predictor import _ieee_fp32
 
 # Absolute tolerances against golden.npz, with the largest differences measured on this project's
 # machines in brackets. The golden tensors come from the reference on another machine: there our
@@ -24,10 +25,10 @@ LOGITS_ATOL = 3e-4  # raw decoder logits of all 5 steps x 5 beams, values up to 
 @pytest.mark.parametrize("case", ["fixed", "wide"])
 def test_golden_intermediates(case: str, reference_grounder, golden: dict) -> None:
     g = reference_grounder
-    ids = torch.tensor(golden[f"{case}/input_ids"])[None]
-    pixels = torch.from_numpy(golden[f"{case}/patch_image"])[None]
+    ids = torch.tensor(golden[f"{case}/input_ids"])[None].to(g.device)
+    pixels = torch.from_numpy(golden[f"{case}/patch_image"])[None].to(g.device)
     steps: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _ieee_fp32():  # no TF32 on GPUs (OFA_TEST_DEVICE=cuda)
         features = g.model.encoder.embed_images(pixels)
         embeds, grid = g.model.encoder.embed_image(pixels)
         enc = g.model.encoder(ids, embeds, grid)
@@ -42,18 +43,19 @@ def test_golden_intermediates(case: str, reference_grounder, golden: dict) -> No
             return logits[:, g._vocab_ids]
 
         hyps = beam_search(step, 1, g.generation, ids.shape[1], 59457, g._vocab_ids)
+    features, steps = features.cpu(), [s.cpu() for s in steps]
     np.testing.assert_allclose(features[0], golden[f"{case}/resnet_out"], atol=RESNET_ATOL, rtol=0)
-    np.testing.assert_allclose(enc.hidden[0], golden[f"{case}/encoder_out"], atol=ENCODER_ATOL, rtol=0)
-    np.testing.assert_allclose(enc.position[0], golden[f"{case}/encoder_pos_embed"], atol=ENCODER_ATOL, rtol=0)
+    np.testing.assert_allclose(enc.hidden[0].cpu(), golden[f"{case}/encoder_out"], atol=ENCODER_ATOL, rtol=0)
+    np.testing.assert_allclose(enc.position[0].cpu(), golden[f"{case}/encoder_pos_embed"], atol=ENCODER_ATOL, rtol=0)
     assert not enc.pad_mask.any()
     np.testing.assert_allclose(steps[0][0], golden[f"{case}/dec_step0_logits"], atol=LOGITS_ATOL, rtol=0)
     logits = torch.stack(steps)  # (5 steps, 5 beams, V)
     np.testing.assert_allclose(logits[:, :, 58457:], golden[f"{case}/dec_steps_logits_bins"], atol=LOGITS_ATOL, rtol=0)
     np.testing.assert_allclose(logits[:, :, :4], golden[f"{case}/dec_steps_logits_special"], atol=LOGITS_ATOL, rtol=0)
-    lprobs = torch.log_softmax(steps[0][0, g._vocab_ids], -1)
+    lprobs = torch.log_softmax(steps[0][0, g._vocab_ids.cpu()], -1)
     reference_lprobs = golden[f"{case}/dec_step0_lprobs_constrained"]
-    np.testing.assert_allclose(lprobs, reference_lprobs[g._vocab_ids.numpy()], atol=LOGITS_ATOL, rtol=0)
-    assert np.isneginf(np.delete(reference_lprobs, g._vocab_ids.numpy())).all()  # the rest is masked
+    np.testing.assert_allclose(lprobs, reference_lprobs[g._vocab_ids.cpu().numpy()], atol=LOGITS_ATOL, rtol=0)
+    assert np.isneginf(np.delete(reference_lprobs, g._vocab_ids.cpu().numpy())).all()  # the rest is masked
     assert hyps[0][0].tokens == golden[f"{case}/best_tokens"].tolist()
     np.testing.assert_allclose(hyps[0][0].positional_scores, golden[f"{case}/best_positional_scores"], atol=1e-4)
 

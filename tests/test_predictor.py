@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import reference_dirs, require
+from conftest import DEVICE, reference_dirs, require
 from ofa_grounding import Grounder, GroundingResult, ImageLoadError
 
 BOX_TOL = 1e-3  # pixels
@@ -20,7 +20,7 @@ SCORE_TOL = 1e-4  # log-prob units: the reference re-runs the decoder without a 
 
 def _load(ref: Path) -> tuple[Grounder, list[dict]]:
     doc = json.loads((require(ref) / "cases.json").read_text(encoding="utf-8"))
-    return Grounder.from_pretrained(ref / doc["model_dir"]), doc["cases"]
+    return Grounder.from_pretrained(ref / doc["model_dir"], device=DEVICE), doc["cases"]
 
 
 @pytest.mark.parametrize("ref", reference_dirs(), ids=lambda p: p.name)
@@ -134,8 +134,8 @@ def test_batch_of_mixed_images_matches_reference_and_single_calls(reference_dir:
     reference's, and equal to the same Grounder's one-by-one answer."""
     cases = _mixed_cases(reference_cases)
     assert len({c["image"] for c in cases}) >= 10 and len({len(c["input_ids"]) for c in cases}) > 3
-    batched = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", batch_size=6, cache_mb=0)
-    single = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", batch_size=1, cache_mb=0)
+    batched = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", batch_size=6, cache_mb=0, device=DEVICE)
+    single = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", batch_size=1, cache_mb=0, device=DEVICE)
     results = batched.predict_batch([(reference_dir / c["image"], c["text"]) for c in cases])
     for r, c in zip(results, cases, strict=True):
         assert r.tokens == tuple(c["tokens"]), c["id"]
@@ -183,7 +183,7 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     from ofa_grounding.bench import box_overlap
 
     cases = _mixed_cases(reference_cases)
-    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16")
+    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16", device=DEVICE)
     assert g.model.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
     assert g.model.encoder.embed_images.conv1.weight.dtype == torch.bfloat16
     assert g.model.decoder.layers[0].fc1.weight.dtype == torch.float32

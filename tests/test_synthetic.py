@@ -32,6 +32,11 @@ def test_same_seed_same_bytes(tmp_path: Path, bench: Path) -> None:
     assert _digest(tmp_path / "other") != _digest(bench)
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path: Path, bench: Path) -> None:
+    write_synthetic(tmp_path / "parallel", 300, seed=5, workers=2)
+    assert _digest(tmp_path / "parallel") == _digest(bench)
+
+
 def test_more_samples_only_add_scenes(tmp_path: Path, bench: Path) -> None:
     write_synthetic(tmp_path / "small", 40, seed=5)
     small = _digest(tmp_path / "small")

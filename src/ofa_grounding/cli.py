@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--simple", type=int, default=0,
                    help="training data only: add up to this many easy expressions per train scene "
                         "(kind 'simple'; benchmark rows unchanged; default 0)")
+    s.add_argument("--workers", type=int, default=1, help="processes drawing scenes (same files; default 1)")
     s.add_argument("--json", action="store_true", help="print counts and baselines as JSON")
     s.set_defaults(func=_make_synthetic)
 
@@ -589,9 +590,11 @@ def _train(args: argparse.Namespace) -> int:
 def _make_synthetic(args: argparse.Namespace) -> int:
     from .synthetic import baseline_accuracies, write_synthetic
 
-    if args.n < 1 or args.size < 64 or args.per_scene < 1 or args.simple < 0:
-        raise _UsageError("--n and --per-scene must be positive, --simple not negative and --size at least 64")
-    counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple)
+    if args.n < 1 or args.size < 64 or args.per_scene < 1 or args.simple < 0 or args.workers < 1:
+        raise _UsageError("--n, --per-scene and --workers must be positive, --simple not negative and --size "
+                          "at least 64")
+    counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple,
+                             args.workers)
     rows = {split: [json.loads(line) for line in (args.out / f"{split}.jsonl").open(encoding="utf-8")]
             for split in counts}
     baselines = {split: baseline_accuracies(r) for split, r in rows.items() if r}

@@ -18,9 +18,11 @@ seed gives byte-identical files, and a larger --n only adds scenes.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
+import multiprocessing
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -326,32 +328,51 @@ def _scene_samples(seed: int, index: int, size: tuple[int, int], per_scene: int,
     return image, objects, samples
 
 
+def _rendered_scene(job: tuple[int, int, tuple[int, int], int, int]) -> tuple[bytes, list[SceneObject], list[dict]]:
+    """Scene `index` with its image encoded as PNG (in a worker process when `workers` > 1)."""
+    seed, index, size, per_scene, simple = job
+    image, objects, samples = _scene_samples(seed, index, size, per_scene, simple)
+    png = io.BytesIO()
+    image.save(png, format="PNG", optimize=False, compress_level=6)
+    return png.getvalue(), objects, samples
+
+
 def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (256, 256),
-                    per_scene: int = 2, simple: int = 0) -> dict[str, int]:
+                    per_scene: int = 2, simple: int = 0, workers: int = 1) -> dict[str, int]:
     """Write `n` samples: OUT/images/<scene>.png and OUT/{train,val,test}.jsonl. Returns counts per split.
 
     `simple` adds up to that many easy expressions per train scene (kind "simple"); they are not
-    counted in `n` and leave every benchmark row unchanged.
+    counted in `n` and leave every benchmark row unchanged. `workers` > 1 draws scenes in that many
+    processes; the files are byte-identical to one process's.
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {name: [] for name, _ in SPLITS}
-    written, index = 0, 0
-    while written < n:
-        image, objects, samples = _scene_samples(seed, index, size, per_scene, simple)
-        hard = [s for s in samples if s["kind"] != "simple"][: n - written]
-        samples = hard + [s for s in samples if s["kind"] == "simple"] if hard else []
-        if samples:
-            name = f"images/{index:06d}.png"
-            image.save(out / name, format="PNG", optimize=False, compress_level=6)
-            scene = [asdict(o) | {"box": list(o.box)} for o in objects]
-            for k, s in enumerate(samples):
-                rows[s["split"]].append({"id": f"syn-{index:06d}-{k}", "image": name, "text": s["text"],
-                                         "box": s["box"], "split": s["split"], "kind": s["kind"],
-                                         "target": s["target"], "expression": s["expression"],
-                                         "image_size": list(size), "objects": scene})
-            written += len(hard)
-        index += 1
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    block = 64 * max(1, workers)  # scenes drawn ahead: a few more than needed at most, never unbounded
+    written, start = 0, 0
+    try:
+        while written < n:
+            jobs = [(seed, index, size, per_scene, simple) for index in range(start, start + block)]
+            scenes = pool.imap(_rendered_scene, jobs, chunksize=8) if pool else map(_rendered_scene, jobs)
+            for index, (png, objects, samples) in zip(range(start, start + block), scenes):
+                hard = [s for s in samples if s["kind"] != "simple"][: n - written]
+                samples = hard + [s for s in samples if s["kind"] == "simple"] if hard else []
+                if not samples:
+                    continue
+                name = f"images/{index:06d}.png"
+                (out / name).write_bytes(png)
+                scene = [asdict(o) | {"box": list(o.box)} for o in objects]
+                for k, s in enumerate(samples):
+                    rows[s["split"]].append({"id": f"syn-{index:06d}-{k}", "image": name, "text": s["text"],
+                                             "box": s["box"], "split": s["split"], "kind": s["kind"],
+                                             "target": s["target"], "expression": s["expression"],
+                                             "image_size": list(size), "objects": scene})
+                written += len(hard)
+            start += block
+    finally:
+        if pool:
+            pool.terminate()
     for split, split_rows in rows.items():
         with (out / f"{split}.jsonl").open("w", encoding="utf-8") as f:
             for row in split_rows:
