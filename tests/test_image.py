@@ -8,7 +8,25 @@ import pytest
 import torch
 from PIL import Image
 
-from ofa_grounding.image import ImageLoadError, bins_to_box, box_to_bins, image_to_tensor, load_image, resize_ratios
+from ofa_grounding.image import (
+    ImageLoadError,
+    bins_to_box,
+    box_to_bins,
+    image_to_tensor,
+    load_image,
+    normalize,
+    normalize_batch,
+    resize_ratios,
+)
+
+
+def test_batch_normalisation_equals_per_image_normalisation() -> None:
+    """Training normalises uint8 batches on the model's device: bit for bit what inference does per image."""
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    batch = normalize_batch(torch.from_numpy(pixels), mean, std)
+    assert batch.shape == (3, 3, 24, 40) and batch.dtype == torch.float32
+    assert torch.equal(batch, torch.stack([normalize(p, mean, std) for p in pixels]))
 
 
 def _png(image: Image.Image) -> bytes:

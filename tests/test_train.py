@@ -72,7 +72,8 @@ def test_targets_and_flip(tmp_path: Path) -> None:
     item = ds[0]
     # bins = round(x * (64 / W) / 64 * 999): x0 20 of 200 -> 99.9 -> 100, y1 51 of 100 -> 509.49 -> 509
     assert item.target.tolist() == [58457 + 100, 58457 + 100, 58457 + 300, 58457 + 509, 2]
-    assert item.pixels.shape == (3, 64, 64) and item.input_ids[0] == 0 and item.input_ids[-1] == 2
+    assert item.pixels.shape == (64, 64, 3) and item.pixels.dtype == torch.uint8
+    assert item.input_ids[0] == 0 and item.input_ids[-1] == 2
     flipped = GroundingTrainSet([sample], OFATokenizer.default(), pre, GenerationConfig(), augment=["flip"], seed=0)
     seen = set()
     for epoch in range(8):
@@ -107,7 +108,7 @@ def test_group_by_image_shares_one_image_and_one_flip(tmp_path: Path) -> None:
             assert len({tuple(it.target.tolist()) for it in unit}) == 1  # same box: flipped together or not
             picks.add(tuple(it.index for it in unit))
         batch = collate([ds[0], ds[1]])
-        assert batch["patch_images"].shape == (2, 3, 32, 32) and batch["image_index"].tolist() == [0, 0, 1, 1]
+        assert batch["pixels"].shape == (2, 32, 32, 3) and batch["image_index"].tolist() == [0, 0, 1, 1]
         assert batch["input_ids"].shape[0] == 4 and batch["target"].shape == (4, 5)
     assert len(picks) > 2  # another choice of samples in other epochs
     assert len(ds._cache) == 2  # the cache holds images, not samples
@@ -189,6 +190,18 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, tmp
         return [line.split(",")[3] for line in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
 
     assert losses("cut") == losses("whole")
+
+
+def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "short"
+    proc = _train([*_common(tiny_model_dir, data, out), "--max-steps", "50", "--max-minutes", "0.0001",
+                   "--image-size", "64"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 1 and summary["out_of_time"]
+    assert json.loads((out / "last/trainer_state.json").read_text())["step"] == 1
+    ckpt = load_checkpoint(out / "last")
+    assert ckpt.preprocess.patch_image_size == ckpt.preprocess.max_image_size == 64  # the model's was 128
 
 
 def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:

@@ -217,6 +217,10 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
     t.add_argument("--out", required=True, help="output folder: last/ and best/ model directories, log.csv")
     t.add_argument("--epochs", type=int, default=defaults["epochs"])
     t.add_argument("--max-steps", type=int, help="stop after this many updates (overrides --epochs)")
+    t.add_argument("--max-minutes", type=float, help="also stop (saving last/) after this much wall time; the "
+                   "learning-rate schedule still follows --epochs/--max-steps")
+    t.add_argument("--image-size", type=int, help="train at this image side (patch and max image size; default: "
+                   "the model's)")
     t.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="samples per process per micro-batch")
     t.add_argument("--accum", type=int, default=1, help="micro-batches per update (gradient accumulation)")
     t.add_argument("--group-by-image", type=int, default=1, metavar="K",
@@ -573,7 +577,8 @@ def _train(args: argparse.Namespace) -> int:
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
                       cache_images=args.cache_images, device=args.device, resume=args.resume,
-                      modelscope=args.modelscope, progress=not args.no_progress, kill_at_step=args.kill_at_step)
+                      modelscope=args.modelscope, progress=not args.no_progress, kill_at_step=args.kill_at_step,
+                      image_size=args.image_size, max_minutes=args.max_minutes)
     if args.command == "distill":
         cfg.distill = DistillConfig(teacher=args.teacher, kd_weight=args.kd_weight, temperature=args.temperature,
                                     attn_weight=args.attn_weight, layer_map=args.layer_map,

@@ -22,7 +22,7 @@ from PIL import Image, ImageEnhance
 
 from ..config import GenerationConfig, PreprocessConfig
 from ..data import Sample
-from ..image import box_to_bins, load_image, normalize, resize_ratios, resize_square
+from ..image import box_to_bins, load_image, resize_ratios, resize_square
 from ..tokenizer import BOS, PAD, OFATokenizer, pad_ids
 
 __all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "AUGMENTATIONS"]
@@ -40,7 +40,7 @@ def _flip_text(text: str) -> str:
 class Item:
     index: int
     input_ids: list[int]
-    pixels: torch.Tensor  # (3, S, S) float32, normalised
+    pixels: torch.Tensor  # (S, S, 3) uint8; normalised on the model's device (image.normalize_batch)
     target: torch.Tensor  # (5,) int64: 4 bin ids + EOS
 
 
@@ -112,11 +112,14 @@ class GroundingTrainSet(torch.utils.data.Dataset):
                            self.preprocess.max_image_size)[0]
         target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([self.tokenizer.eos_id])])
         ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
-        return Item(index, ids, normalize(pixels, self.preprocess.mean, self.preprocess.std), target)
+        # np.array copies: cached arrays are read-only and shared by the image's samples
+        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target)
 
 
 def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int = BOS) -> dict[str, torch.Tensor]:
-    """Samples (or image groups of samples) -> a batch; groups add `image_index` (sample -> its image)."""
+    """Samples (or image groups of samples) -> a batch; groups add `image_index` (sample -> its image).
+
+    `pixels` stays uint8 (B, S, S, 3): the training loop normalises it on the model's device."""
     groups = [u if isinstance(u, list) else [u] for u in units]
     items = [it for g in groups for it in g]
     input_ids = pad_ids([it.input_ids for it in items], pad_id)
@@ -125,10 +128,10 @@ def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int
     batch = {"input_ids": input_ids, "prev_tokens": prev, "target": target,
              "index": torch.tensor([it.index for it in items])}
     if all(isinstance(u, list) for u in units):
-        batch["patch_images"] = torch.stack([g[0].pixels for g in groups])
+        batch["pixels"] = torch.stack([g[0].pixels for g in groups])
         batch["image_index"] = torch.tensor([k for k, g in enumerate(groups) for _ in g])
     else:
-        batch["patch_images"] = torch.stack([it.pixels for it in items])
+        batch["pixels"] = torch.stack([it.pixels for it in items])
     return batch
 
 

@@ -41,6 +41,7 @@ from ..data import open_dataset
 from ..evaluate import distributed_context, evaluate
 from ..generation import open_vocab_ids
 from ..hub import resolve_model
+from ..image import normalize_batch
 from ..model import OFAModel
 from ..predictor import Grounder
 from ..presets import get_preset, list_presets
@@ -89,6 +90,8 @@ class TrainConfig:
     modelscope: bool = False  # also write pytorch_model.bin with every OFA key
     progress: bool = True
     distill: DistillConfig | None = None  # a teacher's extra loss terms (ofa-ground distill)
+    image_size: int | None = None  # patch_image_size = max_image_size (None: the model's own)
+    max_minutes: float | None = None  # wall-time limit: stop early, saving last/ (the schedule is not shortened)
     kill_at_step: int | None = None  # testing only: SIGKILL this process right after that step
 
 
@@ -170,6 +173,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     random.seed(cfg.seed)
     model, tokenizer, preprocess, generation, tokenizer_dir = load_initial_model(
         str(last_dir) if cfg.resume else cfg.model)
+    if cfg.image_size is not None:
+        preprocess = dataclasses.replace(preprocess, patch_image_size=cfg.image_size, max_image_size=cfg.image_size)
     if cfg.drop_path is not None:
         model.config.encoder_drop_path_rate = model.config.decoder_drop_path_rate = cfg.drop_path
     if cfg.dropout is not None:
@@ -277,7 +282,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                dynamic_ncols=True)
     window_start, window_samples = time.perf_counter(), 0
     collate_fn = partial(collate, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id)
-    while step < total:
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    out_of_time = False
+    while step < total and not out_of_time:
         sampler.set_epoch(epoch, position)
         train_set.set_epoch(epoch)
         # Its own generator: a loader draws a seed from the global RNG when it starts an epoch, which would
@@ -290,7 +297,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             n_tokens = sum(b["target"].numel() for b in micro)
             loss_sum = nll_sum = kd_sum = attn_sum = 0.0
             for i, batch in enumerate(micro):
-                batch = {k: v.to(device) for k, v in batch.items()}
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                batch["patch_images"] = normalize_batch(batch.pop("pixels"), preprocess.mean, preprocess.std)
                 # DDP averages gradients over processes, each normalised by its own token count: equal
                 # counts give fairseq's per-token mean over the whole update (with --group-by-image an
                 # image with fewer than K samples makes them differ slightly).
@@ -351,6 +359,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step >= total:
                 break
+            if deadline is not None and _all_agree(time.monotonic() > deadline, ctx):
+                log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
+                            cfg.max_minutes, step, total, step)
+                if step % cfg.save_every:
+                    save_state()
+                out_of_time = True
+                break
         else:  # the epoch ran out (a partial last update is dropped)
             epoch, position = epoch + 1, 0
     bar.close()
@@ -363,8 +378,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if len({s[0] for s in sums}) != 1:
             raise RuntimeError(f"replicas diverged: parameter checksums {sums}")
     ctx.close()
-    return {"steps": step, "epochs": epoch, "best_acc50": best["acc50"] if val_set is not None else None,
-            "best_step": best["step"], "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
+    return {"steps": step, "epochs": epoch, "out_of_time": out_of_time,
+            "best_acc50": best["acc50"] if val_set is not None else None, "best_step": best["step"],
+            "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
+
+
+def _all_agree(flag: bool, ctx: Any) -> bool:
+    """True when every process's flag is (rank 0's clock decides: the processes must stop at the same step)."""
+    if ctx.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    decision = [flag]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
 
 
 def _updates(batches, accum: int):
