@@ -42,7 +42,7 @@ def test_golden_intermediates(case: str, reference_grounder, golden: dict) -> No
             steps.append(logits)
             return logits[:, g._vocab_ids]
 
-        hyps = beam_search(step, 1, g.generation, ids.shape[1], 59457, g._vocab_ids)
+        hyps = beam_search(step, 1, g.generation, ids.shape[1], 59457, g._vocab_ids, device=g.device)
     features, steps = features.cpu(), [s.cpu() for s in steps]
     np.testing.assert_allclose(features[0], golden[f"{case}/resnet_out"], atol=RESNET_ATOL, rtol=0)
     np.testing.assert_allclose(enc.hidden[0].cpu(), golden[f"{case}/encoder_out"], atol=ENCODER_ATOL, rtol=0)

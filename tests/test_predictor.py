@@ -15,7 +15,10 @@ from conftest import DEVICE, reference_dirs, require
 from ofa_grounding import Grounder, GroundingResult, ImageLoadError
 
 BOX_TOL = 1e-3  # pixels
-SCORE_TOL = 1e-4  # log-prob units: the reference re-runs the decoder without a cache (reassociation only)
+# log-prob units: the reference re-runs the decoder without a cache (reassociation only). On a GPU the
+# reductions run in another order: an H200 gave the same tokens and boxes for all 73 cases, with scores up
+# to 6.8e-4 away (case p067, a 200 x 1200 image).
+SCORE_TOL = 1e-4 if DEVICE == "cpu" else 2e-3
 
 
 def _load(ref: Path) -> tuple[Grounder, list[dict]]:

@@ -37,30 +37,34 @@ _BUCKET_MAX_POSITION = 1024
 
 
 @lru_cache(maxsize=8)
-def _token_bucket_by_offset(bucket_size: int) -> torch.Tensor:
+def _token_bucket_by_offset(bucket_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Bucket of every relative offset r = i - j in [-1023, 1023], stored at index r + 1023.
 
     Same arithmetic as OFA's `make_token_bucket_position` (float32 log, ceil): offsets within
     bucket_size/2 get their own bucket, farther ones share logarithmically wider buckets.
     """
-    rel = torch.arange(-(_BUCKET_MAX_POSITION - 1), _BUCKET_MAX_POSITION)
-    sign = torch.sign(rel)
-    mid = bucket_size // 2
-    abs_pos = torch.where((rel < mid) & (rel > -mid), mid - 1, rel.abs())
-    log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((_BUCKET_MAX_POSITION - 1) / mid) * (mid - 1)) + mid
-    bucket = torch.where(abs_pos.le(mid), rel, log_pos.int() * sign).long()
-    return bucket + bucket_size - 1
+    # Cached per device (a copy from host memory in every forward would stall a GPU's queue), and made
+    # outside inference mode so that autograd may use it after an inference-mode call.
+    with torch.inference_mode(False):
+        rel = torch.arange(-(_BUCKET_MAX_POSITION - 1), _BUCKET_MAX_POSITION)
+        sign = torch.sign(rel)
+        mid = bucket_size // 2
+        abs_pos = torch.where((rel < mid) & (rel > -mid), mid - 1, rel.abs())
+        log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((_BUCKET_MAX_POSITION - 1) / mid) * (mid - 1)) + mid
+        bucket = torch.where(abs_pos.le(mid), rel, log_pos.int() * sign).long()
+        return (bucket + bucket_size - 1).to(device)
 
 
 def token_rel_bucket(bucket_size: int, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
     """(Tq, Tk) bucket ids for 1-D relative offsets between query and key positions."""
     rel = q_positions[:, None] - k_positions[None, :]
-    return _token_bucket_by_offset(bucket_size).to(rel.device)[rel + _BUCKET_MAX_POSITION - 1]
+    return _token_bucket_by_offset(bucket_size, rel.device)[rel + _BUCKET_MAX_POSITION - 1]
 
 
-@lru_cache(maxsize=8)
-def image_grid_buckets(bucket_size: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image position ids (P,) and 2-D relative bucket ids (P, P) for an h x w feature grid.
+@lru_cache(maxsize=16)
+def image_grid_buckets(bucket_size: int, h: int, w: int, device: torch.device | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image position ids (P,) and 2-D relative bucket ids (P, P) for an h x w feature grid, on `device`.
 
     Ids are 1-based with row stride `bucket_size` (not w): id = r * bucket_size + c + 1. The bucket of
     tokens a, b is (r_a - r_b + bucket_size - 1) * (2 * bucket_size - 1) + (c_a - c_b + bucket_size - 1).
@@ -68,7 +72,8 @@ def image_grid_buckets(bucket_size: int, h: int, w: int) -> tuple[torch.Tensor, 
     if h > bucket_size or w > bucket_size:
         raise ValueError(f"image feature grid {h}x{w} exceeds image_bucket_size {bucket_size}")
     with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
-        return _grid_buckets(bucket_size, h, w)
+        ids, buckets = _grid_buckets(bucket_size, h, w)
+        return ids.to(device), buckets.to(device)
 
 
 def _grid_buckets(bucket_size: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,8 +284,8 @@ class Encoder(nn.Module):
         h, w = feats.shape[-2:]
         tokens = self.image_proj(feats.flatten(2).transpose(1, 2)) * self.embed_scale  # (B, P, d), row-major
         if self.cfg.entangle_position_embedding:  # positions also in the token values (raw, before their LN)
-            ids, _ = image_grid_buckets(self.cfg.image_bucket_size, h, w)
-            tokens = tokens + self.embed_image_positions(ids.to(tokens.device))
+            ids, _ = image_grid_buckets(self.cfg.image_bucket_size, h, w, tokens.device)
+            tokens = tokens + self.embed_image_positions(ids)
         return tokens + self.type_embedding.weight[1], (h, w)
 
     def _head_bias(self, positions: torch.Tensor) -> torch.Tensor:
@@ -297,8 +302,7 @@ class Encoder(nn.Module):
         P = image_embeds.shape[1]
         if L > self.cfg.max_position_embeddings:
             raise ValueError(f"text of {L} tokens exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
-        image_ids, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid)
-        image_ids, image_buckets = image_ids.to(input_ids.device), image_buckets.to(input_ids.device)
+        image_ids, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
 
         # The token table is shared with the decoder, which may stay fp32 while the encoder runs in bf16.
         text = self.embed_tokens(input_ids).to(self.type_embedding.weight.dtype) * self.embed_scale
