@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import TINY_CONFIG
 from ofa_grounding.checkpoint import init_weights, load_checkpoint, save_checkpoint
@@ -46,17 +47,49 @@ def test_gradients_reach_the_student_only(tiny_model_dir: Path) -> None:
     distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir)), teacher, student)
     vocab = torch.arange(58457, 59457)
     batch = _batch()
-    t_logits, t_attn = distiller.teacher_forward(batch, vocab)
+    out = distiller.teacher_forward(batch, vocab)
+    t_attn = out.recording.attention
     assert len(t_attn) == 2 and t_attn[0].shape == (2, 2, 20, 20) and t_attn[1].shape == (2, 2, 5, 5)
-    with distiller.recording(student, 0) as attns:
+    assert out.recording.hidden == [] and list(distiller.parameters()) == []  # hidden states: off by default
+    with distiller.recording(student, 0) as rec:
         logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab)
-        kd, att = distiller.losses(logits, [a.record[0] for a in attns], t_logits, t_attn)
-    assert kd.item() > 0 and att.item() > 0
+        kd, att, hid = distiller.losses(logits, rec, out, batch["input_ids"])
+    assert kd.item() > 0 and att.item() > 0 and hid.item() == 0
     (kd + att).backward()
     assert all(p.grad is None for p in teacher.parameters())
     grads = [p.grad for p in student.parameters() if p.requires_grad]
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
-    assert all(a.record is None for a in attns)  # recording stops with the context
+    assert all(layer.self_attn.record is None for layer in student.encoder.layers)  # recording stops with the context
+
+
+def test_hidden_states_are_matched_through_learned_projections(tiny_model_dir: Path) -> None:
+    """Teacher d 32, student d 16: one 16 -> 32 projection per mapped layer pair; gradients reach the
+    student and the projections, not the teacher; padded text positions do not count."""
+    teacher = load_checkpoint(tiny_model_dir).model
+    student = _student().train()
+    distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir), attn_weight=0, hidden_weight=1.0), teacher,
+                          student)
+    assert [tuple(p.shape) for p in distiller.parameters()] == [(32, 16), (32,), (32, 16), (32,)]
+    vocab = torch.arange(58457, 59457)
+    batch = _batch()
+    out = distiller.teacher_forward(batch, vocab)
+    assert out.recording.attention == [] and [h.shape for h in out.recording.hidden] == [(2, 20, 32), (2, 5, 32)]
+    with distiller.recording(student, 0) as rec:
+        logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab)
+        _, att, hid = distiller.losses(logits, rec, out, batch["input_ids"])
+    assert att.item() == 0 and hid.item() > 0
+    # by hand: encoder pair with the pad of sample 1 (its last text token) left out, plus the decoder pair
+    enc_s, dec_s = rec.hidden
+    proj = distiller.projections
+    keep = torch.ones(2, 20, dtype=torch.bool)
+    keep[1, -1] = False
+    enc_err = ((proj[0](enc_s) - out.recording.hidden[0]) ** 2)[keep].mean()
+    dec_err = ((proj[1](dec_s) - out.recording.hidden[1]) ** 2).mean()
+    assert hid.item() == pytest.approx((enc_err + dec_err).item(), rel=1e-5)
+    hid.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.parameters())
+    assert student.encoder.layers[0].fc1.weight.grad.abs().sum() > 0
 
 
 def test_kd_term_vanishes_against_itself(tiny_model_dir: Path) -> None:
@@ -65,14 +98,13 @@ def test_kd_term_vanishes_against_itself(tiny_model_dir: Path) -> None:
     student = load_checkpoint(tiny_model_dir).model.eval()
     distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir), attn_heads="mean"), teacher, student)
     vocab = torch.arange(58457, 59457)
-    t_logits, t_attn = distiller.teacher_forward(_batch(), vocab)
-    with torch.no_grad(), distiller.recording(student, 0) as attns:
-        b = _batch()
-        b["patch_images"] = torch.zeros_like(b["patch_images"])
-        t_logits, t_attn = distiller.teacher_forward(b, vocab)
+    b = _batch()
+    b["patch_images"] = torch.zeros_like(b["patch_images"])
+    out = distiller.teacher_forward(b, vocab)
+    with torch.no_grad(), distiller.recording(student, 0) as rec:
         logits = student(b["input_ids"], b["patch_images"], b["prev_tokens"], vocab)
-        kd, att = distiller.losses(logits, [a.record[0] for a in attns], t_logits, t_attn)
-    p = torch.softmax(t_logits.reshape(-1, 1000), -1)
+        kd, att, _ = distiller.losses(logits, rec, out, b["input_ids"])
+    p = torch.softmax(out.logits.reshape(-1, 1000), -1)
     entropy = -(p * p.log()).sum()
     assert att.item() == pytest.approx(0.0, abs=1e-10)
     assert kd.item() == pytest.approx(entropy.item(), rel=1e-4)
@@ -91,14 +123,21 @@ def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, 
     out = tmp_path / "run"
     args = ["distill", "--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data),
             "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--val", str(data), "--val-limit", "4",
-            "--eval-every", "2", "--save-every", "1", "--attn-heads", "mean", "--layer-map", "uniform"]
+            "--eval-every", "2", "--save-every", "1", "--attn-heads", "mean", "--layer-map", "uniform",
+            "--hidden-weight", "0.5"]
     proc = _train(args[1:], command="distill")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["best"] is not None
     header, *rows = (out / "log.csv").read_text().splitlines()
-    assert header.endswith(",kd,attn") and len(rows) == 2
-    assert all(float(r.split(",")[-2]) > 0 and float(r.split(",")[-1]) > 0 for r in rows)
+    assert header.endswith(",kd,attn,hidden") and len(rows) == 2
+    assert all(all(float(v) > 0 for v in r.split(",")[-3:]) for r in rows)
+    # the hidden-state projections are trainer state: saved beside the optimizer, restored by --resume
+    projections = {k for k in load_file(str(out / "last/trainer_state.safetensors")) if k.startswith("distill.")}
+    assert projections == {"distill.0.weight", "distill.0.bias", "distill.1.weight", "distill.1.bias"}
+    resumed = _train([*[a if a != "2" else "3" for a in args[1:]], "--resume"], command="distill")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 3
     state = json.loads((out / "last/trainer_state.json").read_text())
     assert state["config"]["distill"]["teacher"] == str(tiny_model_dir) and state["config"]["lr"] == 1e-4
     student = load_checkpoint(out / "last").model

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "depth (uniform)")
     d.add_argument("--attn-heads", choices=("sum", "mean"), default="sum",
                    help="sum (OFA-Compress) or average attention maps over heads before comparing")
+    d.add_argument("--hidden-weight", type=float, default=0.0,
+                   help="ours, off by default (0; OFA-Compress matches no hidden states): weight of the MSE between "
+                        "mapped layers' outputs, through a learned projection where the widths differ")
     d.add_argument("--teacher-bf16", action="store_true", help="run the teacher under bfloat16 autocast")
     d.set_defaults(func=_train)
 
@@ -582,7 +585,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.command == "distill":
         cfg.distill = DistillConfig(teacher=args.teacher, kd_weight=args.kd_weight, temperature=args.temperature,
                                     attn_weight=args.attn_weight, layer_map=args.layer_map,
-                                    attn_heads=args.attn_heads, teacher_bf16=args.teacher_bf16)
+                                    attn_heads=args.attn_heads, teacher_bf16=args.teacher_bf16,
+                                    hidden_weight=args.hidden_weight)
     try:
         summary = train(cfg)
     except (CheckpointError, DataError) as exc:

@@ -5,6 +5,8 @@ The training loop is the same (loop.py); distillation only adds terms to its los
     loss = task loss (label-smoothed CE, per token)
          + kd_weight * soft cross-entropy between teacher and student over the open ids (per token)
          + attn_weight * sum over mapped layer pairs of attention_mse_sum (encoder and decoder self-attention)
+         + hidden_weight * sum over mapped layer pairs of the hidden-state MSE (ours, off by default: OFA-Compress
+           matches no hidden states), through a learned linear projection where the widths differ
 
 The teacher runs in eval mode without gradients (optionally in bf16) on the same batch. OFA-Compress's
 defaults: kd weight 10000 on a loss divided by the vocabulary size (= 0.168 per token), temperature 1,
@@ -14,14 +16,16 @@ attention weight 1, layer map "first" (student layer i <-> teacher layer i), hea
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from ..model import OFAModel
-from .losses import OFA_COMPRESS_KD_WEIGHT, attention_mse_sum, kd_cross_entropy
+from .losses import OFA_COMPRESS_KD_WEIGHT, attention_mse_sum, hidden_mse, kd_cross_entropy
 
-__all__ = ["DistillConfig", "Distiller", "layer_pairs"]
+__all__ = ["DistillConfig", "Distiller", "Recording", "TeacherOutput", "layer_pairs"]
 
 LAYER_MAPS = ("first", "uniform")
 
@@ -35,6 +39,21 @@ class DistillConfig:
     layer_map: str = "first"  # "first": i <-> i (OFA-Compress); "uniform": i <-> spread over the teacher's depth
     attn_heads: str = "sum"  # "sum" (OFA-Compress) or "mean" over heads before the MSE
     teacher_bf16: bool = False
+    hidden_weight: float = 0.0  # ours: MSE of mapped layers' outputs (0: off, as OFA-Compress)
+
+
+@dataclass
+class Recording:
+    """What one forward pass left behind: attention maps and layer outputs of the mapped layers, in pair
+    order (encoder pairs, then decoder pairs)."""
+    attention: list[torch.Tensor] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class TeacherOutput:
+    logits: torch.Tensor  # (B, T, V') over the open ids, float32
+    recording: Recording
 
 
 def layer_pairs(student_layers: int, teacher_layers: int, how: str) -> list[tuple[int, int]]:
@@ -57,48 +76,76 @@ class Distiller:
                              f"{student.config.vocab_size} ids)")
         if cfg.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {cfg.temperature}")
+        if cfg.hidden_weight < 0 or cfg.attn_weight < 0:
+            raise ValueError("loss weights must not be negative")
         if cfg.attn_heads not in ("sum", "mean"):
             raise ValueError(f"attention head reduction must be 'sum' or 'mean', got {cfg.attn_heads!r}")
         self.cfg = cfg
         self.teacher = teacher.eval().requires_grad_(False)
         self.enc_pairs = layer_pairs(len(student.encoder.layers), len(teacher.encoder.layers), cfg.layer_map)
         self.dec_pairs = layer_pairs(len(student.decoder.layers), len(teacher.decoder.layers), cfg.layer_map)
+        # One projection per matched pair, trained with the student and dropped afterwards (not saved with it).
+        d_s, d_t = student.config.d_model, teacher.config.d_model
+        n_pairs = len(self.enc_pairs) + len(self.dec_pairs) if cfg.hidden_weight > 0 else 0
+        self.projections = nn.ModuleList(nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity() for _ in range(n_pairs))
+        self.projections.to(next(student.parameters()).device)
 
-    def _recorders(self, model: OFAModel, which: int) -> list:
-        enc = [model.encoder.layers[pair[which]].self_attn for pair in self.enc_pairs]
-        dec = [model.decoder.layers[pair[which]].self_attn for pair in self.dec_pairs]
-        return enc + dec
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The distiller's own trainable parameters (the hidden-state projections), for the optimizer."""
+        return self.projections.parameters()
+
+    def _layers(self, model: OFAModel, which: int) -> list[nn.Module]:
+        return ([model.encoder.layers[pair[which]] for pair in self.enc_pairs]
+                + [model.decoder.layers[pair[which]] for pair in self.dec_pairs])
 
     @contextlib.contextmanager
-    def recording(self, model: OFAModel, which: int):
-        """Record attention maps of the mapped layers (which=0: student side, 1: teacher side)."""
-        attns = self._recorders(model, which) if self.cfg.attn_weight > 0 else []
-        for a in attns:
-            a.record = []
+    def recording(self, model: OFAModel, which: int) -> Iterator[Recording]:
+        """Record the mapped layers' attention maps and outputs (which=0: student side, 1: teacher side).
+
+        The recording's lists fill during the forward pass inside the context."""
+        layers = self._layers(model, which)
+        attns = [layer.self_attn for layer in layers] if self.cfg.attn_weight > 0 else []
+        rec = Recording(hidden=[None] * len(layers) if self.cfg.hidden_weight > 0 else [])
+        hooks = []
+        for k, layer in enumerate(layers if rec.hidden else []):
+            hooks.append(layer.register_forward_hook(lambda _m, _i, out, k=k: rec.hidden.__setitem__(k, out)))
+        for a in attns:  # one shared list: the layers append in execution order, which is pair order
+            a.record = rec.attention
         try:
-            yield attns
+            yield rec
         finally:
             for a in attns:
                 a.record = None
+            for h in hooks:
+                h.remove()
 
     @torch.no_grad()
-    def teacher_forward(self, batch: dict[str, torch.Tensor], vocab_ids: torch.Tensor
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Teacher logits over the open ids (B, T, V') and its recorded attention maps."""
+    def teacher_forward(self, batch: dict[str, torch.Tensor], vocab_ids: torch.Tensor) -> TeacherOutput:
+        """Teacher logits over the open ids (B, T, V') and its recorded attention maps and layer outputs."""
         autocast = torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16,
                                   enabled=self.cfg.teacher_bf16)
-        with self.recording(self.teacher, 1) as attns, autocast:
+        with self.recording(self.teacher, 1) as rec, autocast:
             logits = self.teacher(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
                                   batch.get("image_index"))
-            maps = [a.record[0].float() for a in attns]
-        return logits.float(), maps
+        rec = Recording([a.float() for a in rec.attention], [h.float() for h in rec.hidden])
+        return TeacherOutput(logits.float(), rec)
 
-    def losses(self, student_logits: torch.Tensor, student_attn: list[torch.Tensor], teacher_logits: torch.Tensor,
-               teacher_attn: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(soft cross-entropy summed over tokens, attention MSE summed over layer pairs)."""
+    def losses(self, student_logits: torch.Tensor, student: Recording, teacher: TeacherOutput,
+               input_ids: torch.Tensor, pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(soft cross-entropy summed over tokens, attention MSE summed over layer pairs, hidden-state MSE
+        summed over layer pairs). Padded text positions are left out of the encoder's hidden-state MSE."""
         V = student_logits.shape[-1]
-        kd = kd_cross_entropy(student_logits.reshape(-1, V), teacher_logits.reshape(-1, V), self.cfg.temperature)
+        kd = kd_cross_entropy(student_logits.reshape(-1, V), teacher.logits.reshape(-1, V), self.cfg.temperature)
         att = student_logits.new_zeros((), dtype=torch.float32)
-        for s, t in zip(student_attn, teacher_attn):
+        for s, t in zip(student.attention, teacher.recording.attention):
             att = att + attention_mse_sum(s, t, reduce_heads=self.cfg.attn_heads)
-        return kd, att
+        hid = student_logits.new_zeros((), dtype=torch.float32)
+        n_enc = len(self.enc_pairs)
+        for k, (s, t) in enumerate(zip(student.hidden, teacher.recording.hidden)):
+            mask = None
+            if k < n_enc:  # encoder states: image tokens, then the text with its padding at the end
+                text = input_ids.ne(pad_id)
+                mask = torch.cat([text.new_ones(text.shape[0], s.shape[1] - text.shape[1]), text], dim=1)
+            hid = hid + hidden_mse(s, t, self.projections[k], mask)
+        return kd, att, hid
+

@@ -140,7 +140,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 class _CsvLog:
     FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou", "kd",
-              "attn")
+              "attn", "hidden")
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
@@ -189,10 +189,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not Path(cfg.distill.teacher).exists():
             raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
         teacher, _, teacher_pre, _, _ = load_initial_model(cfg.distill.teacher)
-        if cfg.distill.attn_weight > 0 and teacher_pre.patch_image_size != preprocess.patch_image_size:
+        matched = cfg.distill.attn_weight > 0 or cfg.distill.hidden_weight > 0
+        if matched and teacher_pre.patch_image_size != preprocess.patch_image_size:
             raise ValueError(f"teacher and student image sizes differ ({teacher_pre.patch_image_size} vs "
-                             f"{preprocess.patch_image_size} px): their attention maps cannot be matched "
-                             "(use --attn-weight 0, or a student with the teacher's image size)")
+                             f"{preprocess.patch_image_size} px): their attention maps and hidden states cannot be "
+                             "matched (use --attn-weight 0 --hidden-weight 0, or a student with the teacher's "
+                             "image size)")
         distiller = Distiller(cfg.distill, teacher.to(device), model)
 
     dataset = open_dataset(cfg.data, split=cfg.split)
@@ -215,7 +217,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=device)
     column[vocab_ids] = torch.arange(len(vocab_ids), device=device)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+    # the distiller's hidden-state projections (if any) train with the student
+    params = [*model.parameters(), *(distiller.parameters() if distiller else [])]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cfg.min_lr / cfg.lr + (1 - cfg.min_lr / cfg.lr) * _lr_factor(s, total, warmup))
@@ -232,6 +236,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         ", ".join(changed))
         tensors = load_file(str(last_dir / "trainer_state.safetensors"))
         _restore_optimizer(optimizer, tensors, state["optimizer"])
+        if distiller:
+            distiller.projections.load_state_dict({k[len("distill."):]: v.to(device) for k, v in tensors.items()
+                                                   if k.startswith("distill.")})
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
         rng = state["python_rng"]
@@ -271,6 +278,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         save(last_dir)
         for r, s in enumerate(rng_states):
             tensors[f"rng.torch.{r}"] = s
+        if distiller:  # the hidden-state projections: trainer state, not part of the model
+            tensors.update({f"distill.{k}": v.detach().cpu().contiguous()
+                            for k, v in distiller.projections.state_dict().items()})
         save_file(tensors, str(last_dir / "trainer_state.safetensors"))
         state = {"step": step, "epoch": epoch, "position": position, "best": best, "optimizer": scalars,
                  "scheduler": scheduler.state_dict(), "python_rng": list(random.getstate()),
@@ -295,7 +305,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batches = iter(loader)
         for micro in _updates(batches, cfg.accum):
             n_tokens = sum(b["target"].numel() for b in micro)
-            loss_sum = nll_sum = kd_sum = attn_sum = 0.0
+            loss_sum = nll_sum = kd_sum = attn_sum = hidden_sum = 0.0
             for i, batch in enumerate(micro):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 batch["patch_images"] = normalize_batch(batch.pop("pixels"), preprocess.mean, preprocess.std)
@@ -304,8 +314,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 # image with fewer than K samples makes them differ slightly).
                 sync = ctx.world_size == 1 or i == len(micro) - 1
                 teacher_out = distiller.teacher_forward(batch, vocab_ids) if distiller else None
-                recording = distiller.recording(model, 0) if distiller else contextlib.nullcontext([])
-                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as attns:
+                recording = distiller.recording(model, 0) if distiller else contextlib.nullcontext()
+                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as rec:
                     logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
                                  batch.get("image_index"))
                     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
@@ -316,16 +326,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         loss, nll = label_smoothed_nll(lprobs, target, cfg.label_smoothing)
                     total_loss = loss / n_tokens
                     if distiller:
-                        kd, attn = distiller.losses(logits, [a.record[0] for a in attns], *teacher_out)
-                        # kd per token like the task loss; the attention MSE is a mean per micro-batch
+                        kd, attn, hidden = distiller.losses(logits, rec, teacher_out, batch["input_ids"],
+                                                            tokenizer.pad_id)
+                        # kd per token like the task loss; the attention and hidden MSEs are means per micro-batch
                         total_loss = total_loss + cfg.distill.kd_weight * kd / n_tokens \
-                            + cfg.distill.attn_weight * attn / len(micro)
+                            + (cfg.distill.attn_weight * attn + cfg.distill.hidden_weight * hidden) / len(micro)
                         kd_sum += kd.item()
                         attn_sum += attn.item() / len(micro)
+                        hidden_sum += hidden.item() / len(micro)
                     total_loss.backward()
                 loss_sum += loss.item()
                 nll_sum += nll.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            if distiller and ctx.world_size > 1:  # DDP averages the student's gradients, not the projections'
+                _average_gradients(distiller.parameters(), ctx.world_size)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
             if math.isfinite(float(grad_norm)):
                 optimizer.step()
             else:
@@ -343,6 +357,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                    "nll": f"{nll_sum / n_tokens:.5f}", "samples_per_s": f"{rate:.1f}"}
             if distiller:
                 row.update(kd=f"{kd_sum / n_tokens:.5f}", attn=f"{attn_sum:.5f}")
+                if cfg.distill.hidden_weight > 0:
+                    row.update(hidden=f"{hidden_sum:.5f}")
             if val_set is not None and (step % cfg.eval_every == 0 or step == total):
                 summary = validate()
                 row.update(val_acc50=f"{summary['acc50']:.4f}", val_acc75=f"{summary['acc75']:.4f}",
@@ -381,6 +397,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return {"steps": step, "epochs": epoch, "out_of_time": out_of_time,
             "best_acc50": best["acc50"] if val_set is not None else None, "best_step": best["step"],
             "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
+
+
+def _average_gradients(params: Any, world_size: int) -> None:
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
 
 
 def _all_agree(flag: bool, ctx: Any) -> bool:
