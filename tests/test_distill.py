@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,54 @@ def test_distill_refuses_bad_teachers(student_dir: Path, tiny_model_dir: Path, t
     # a student deeper than its teacher cannot map its layers
     proc = _train(["--teacher", str(student_dir), "--student", str(tiny_model_dir), *common], command="distill")
     assert proc.returncode != 0 and "more layers" in proc.stderr
+
+
+def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir: Path, tmp_path: Path) -> None:
+    """--teacher-cache: the teacher's soft labels for every sample and its mirror, computed once; training
+    reads them (same kd term as the live teacher up to float16 rounding); a cache of another teacher is refused."""
+    from ofa_grounding.data import open_dataset
+    from ofa_grounding.image import normalize_batch
+    from ofa_grounding.tokenizer import OFATokenizer
+    from ofa_grounding.train.data import GroundingTrainSet, collate
+
+    data = tmp_path / "syn"
+    write_synthetic(data, 24, seed=4, size=(96, 96))
+    cache = tmp_path / "soft-labels.safetensors"
+
+    def run(out: str, *extra: str) -> subprocess.CompletedProcess:
+        return _train(["--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data),
+                       "--out", str(tmp_path / out), "--max-steps", "2", "--batch-size", "4", "--attn-weight", "0",
+                       "--augment", "flip", "--seed", "3", *extra], command="distill")
+
+    cached = run("cached", "--teacher-cache", str(cache))
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    live = run("live")
+    assert live.returncode == 0, live.stderr[-3000:]
+    kd = {name: [float(r.split(",")[9]) for r in (tmp_path / name / "log.csv").read_text().splitlines()[1:]]
+          for name in ("cached", "live")}
+    assert kd["cached"] == pytest.approx(kd["live"], rel=1e-3) and len(kd["live"]) == 2
+
+    logits = load_file(str(cache))["logits"]
+    samples = list(open_dataset(data, split="train"))
+    assert logits.shape == (len(samples), 2, 5, 1004) and logits.dtype == torch.float16
+    teacher = load_checkpoint(tiny_model_dir).model.eval()
+    pre = load_checkpoint(student_dir).preprocess
+    train_set = GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig())
+    batch = collate([train_set.item(5, flip=True)])
+    vocab = torch.cat([torch.arange(4), torch.arange(58457, 59457)])
+    with torch.no_grad():
+        expected = teacher(batch["input_ids"], normalize_batch(batch["pixels"], pre.mean, pre.std),
+                           batch["prev_tokens"], vocab)[0]
+    torch.testing.assert_close(logits[5, 1].float(), expected, rtol=1e-3, atol=1e-2)
+
+    before = cache.stat().st_mtime_ns
+    again = run("again", "--teacher-cache", str(cache))
+    assert again.returncode == 0 and cache.stat().st_mtime_ns == before  # read, not rebuilt
+    other = tmp_path / "other-teacher"
+    shutil.copytree(tiny_model_dir, other)
+    refused = _train(["--teacher", str(other), "--student", str(student_dir), "--data", str(data), "--out",
+                      str(tmp_path / "o"), "--max-steps", "1", "--attn-weight", "0", "--augment", "flip",
+                      "--teacher-cache", str(cache)], command="distill")
+    assert refused.returncode == 2 and "made for other settings (teacher" in refused.stderr
+    with_attention = run("attn", "--teacher-cache", str(cache), "--attn-weight", "1")
+    assert with_attention.returncode == 2 and "--attn-weight 0" in with_attention.stderr

@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--hidden-weight", type=float, default=0.0,
                    help="ours, off by default (0; OFA-Compress matches no hidden states): weight of the MSE between "
                         "mapped layers' outputs, through a learned projection where the widths differ")
+    d.add_argument("--teacher-cache", metavar="FILE",
+                   help="ours: compute the teacher's soft labels for every training sample (and its mirror with "
+                        "--augment flip) once, into FILE (safetensors, float16), and read them from there instead "
+                        "of running the teacher at every step; reused by later runs with the same teacher and data "
+                        "(needs --attn-weight 0 --hidden-weight 0, no jitter)")
     d.add_argument("--teacher-bf16", action="store_true", help="run the teacher under bfloat16 autocast")
     d.set_defaults(func=_train)
 
@@ -586,10 +591,10 @@ def _train(args: argparse.Namespace) -> int:
         cfg.distill = DistillConfig(teacher=args.teacher, kd_weight=args.kd_weight, temperature=args.temperature,
                                     attn_weight=args.attn_weight, layer_map=args.layer_map,
                                     attn_heads=args.attn_heads, teacher_bf16=args.teacher_bf16,
-                                    hidden_weight=args.hidden_weight)
+                                    hidden_weight=args.hidden_weight, teacher_cache=args.teacher_cache)
     try:
         summary = train(cfg)
-    except (CheckpointError, DataError) as exc:
+    except (CheckpointError, DataError, ValueError) as exc:  # train() raises ValueError for bad settings
         raise _UsageError(str(exc)) from None
     if summary is not None and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))

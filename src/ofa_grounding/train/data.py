@@ -42,6 +42,7 @@ class Item:
     input_ids: list[int]
     pixels: torch.Tensor  # (S, S, 3) uint8; normalised on the model's device (image.normalize_batch)
     target: torch.Tensor  # (5,) int64: 4 bin ids + EOS
+    flipped: bool = False  # mirrored (the teacher cache keys soft labels by sample and flip)
 
 
 class GroundingTrainSet(torch.utils.data.Dataset):
@@ -94,26 +95,31 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         return [self._item(i, random.Random(seed)) for i in chosen]
 
     def _item(self, index: int, rng: random.Random) -> Item:
+        flip = "flip" in self.augment and rng.random() < 0.5
+        return self.item(index, flip, rng if "jitter" in self.augment else None)
+
+    def item(self, index: int, flip: bool = False, jitter: random.Random | None = None) -> Item:
+        """Sample `index`, mirrored if `flip` (image, box and left/right words), with random brightness and
+        contrast drawn from `jitter` if given."""
         sample = self.samples[index]
         pixels, size_wh = self._resized(index)
         text, box = sample.text, sample.box
-        if self.augment:
-            if "flip" in self.augment and rng.random() < 0.5:
-                pixels = pixels[:, ::-1]
-                w = size_wh[0]
-                box = (w - box[2], box[1], w - box[0], box[3])
-                text = _flip_text(text)
-            if "jitter" in self.augment:
-                image = Image.fromarray(np.ascontiguousarray(pixels))
-                image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
-                pixels = np.asarray(ImageEnhance.Contrast(image).enhance(rng.uniform(0.85, 1.15)))
+        if flip:
+            pixels = pixels[:, ::-1]
+            w = size_wh[0]
+            box = (w - box[2], box[1], w - box[0], box[3])
+            text = _flip_text(text)
+        if jitter is not None:
+            image = Image.fromarray(np.ascontiguousarray(pixels))
+            image = ImageEnhance.Brightness(image).enhance(jitter.uniform(0.85, 1.15))
+            pixels = np.asarray(ImageEnhance.Contrast(image).enhance(jitter.uniform(0.85, 1.15)))
         ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
         bins = box_to_bins(torch.tensor([box], dtype=torch.float64), ratios, self.generation.num_bins,
                            self.preprocess.max_image_size)[0]
         target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([self.tokenizer.eos_id])])
         ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
         # np.array copies: cached arrays are read-only and shared by the image's samples
-        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target)
+        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target, flip)
 
 
 def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int = BOS) -> dict[str, torch.Tensor]:
@@ -126,7 +132,7 @@ def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int
     target = torch.stack([it.target for it in items])  # (B, 5)
     prev = torch.cat([torch.full((len(items), 1), bos_id, dtype=torch.long), target[:, :-1]], dim=1)
     batch = {"input_ids": input_ids, "prev_tokens": prev, "target": target,
-             "index": torch.tensor([it.index for it in items])}
+             "index": torch.tensor([it.index for it in items]), "flipped": torch.tensor([it.flipped for it in items])}
     if all(isinstance(u, list) for u in units):
         batch["pixels"] = torch.stack([g[0].pixels for g in groups])
         batch["image_index"] = torch.tensor([k for k, g in enumerate(groups) for _ in g])

@@ -16,16 +16,22 @@ attention weight 1, layer map "first" (student layer i <-> teacher layer i), hea
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from ..image import normalize_batch
 from ..model import OFAModel
+from .data import GroundingTrainSet, collate
 from .losses import OFA_COMPRESS_KD_WEIGHT, attention_mse_sum, hidden_mse, kd_cross_entropy
 
-__all__ = ["DistillConfig", "Distiller", "Recording", "TeacherOutput", "layer_pairs"]
+__all__ = ["DistillConfig", "Distiller", "Recording", "TeacherOutput", "build_teacher_cache", "layer_pairs"]
 
 LAYER_MAPS = ("first", "uniform")
 
@@ -40,6 +46,7 @@ class DistillConfig:
     attn_heads: str = "sum"  # "sum" (OFA-Compress) or "mean" over heads before the MSE
     teacher_bf16: bool = False
     hidden_weight: float = 0.0  # ours: MSE of mapped layers' outputs (0: off, as OFA-Compress)
+    teacher_cache: str | None = None  # ours: file of precomputed soft labels (then the teacher runs once per sample)
 
 
 @dataclass
@@ -81,7 +88,8 @@ class Distiller:
         if cfg.attn_heads not in ("sum", "mean"):
             raise ValueError(f"attention head reduction must be 'sum' or 'mean', got {cfg.attn_heads!r}")
         self.cfg = cfg
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher: OFAModel | None = teacher.eval().requires_grad_(False)
+        self.soft_labels: torch.Tensor | None = None  # (N, flips, T, V') fp16 from `build_teacher_cache`
         self.enc_pairs = layer_pairs(len(student.encoder.layers), len(teacher.encoder.layers), cfg.layer_map)
         self.dec_pairs = layer_pairs(len(student.decoder.layers), len(teacher.decoder.layers), cfg.layer_map)
         # One projection per matched pair, trained with the student and dropped afterwards (not saved with it).
@@ -121,7 +129,11 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_forward(self, batch: dict[str, torch.Tensor], vocab_ids: torch.Tensor) -> TeacherOutput:
-        """Teacher logits over the open ids (B, T, V') and its recorded attention maps and layer outputs."""
+        """Teacher logits over the open ids (B, T, V') and its recorded attention maps and layer outputs
+        (or, with a teacher cache, its logits read from there by sample index and flip)."""
+        if self.soft_labels is not None:
+            rows = self.soft_labels[batch["index"].cpu(), batch["flipped"].long().cpu()]
+            return TeacherOutput(rows.to(batch["input_ids"].device).float(), Recording())
         autocast = torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16,
                                   enabled=self.cfg.teacher_bf16)
         with self.recording(self.teacher, 1) as rec, autocast:
@@ -149,3 +161,44 @@ class Distiller:
             hid = hid + hidden_mse(s, t, self.projections[k], mask)
         return kd, att, hid
 
+
+
+def build_teacher_cache(path: Path, distiller: Distiller, train_set: GroundingTrainSet, vocab_ids: torch.Tensor,
+                        identity: dict[str, str], batch_size: int = 32, pad_id: int = 1, bos_id: int = 0,
+                        flips: bool = False) -> torch.Tensor:
+    """The teacher's logits over the open ids for every training sample (and its mirror image when `flips`),
+    (N, 1 or 2, T, V') float16, read from `path` or computed once and written there.
+
+    `identity` (teacher, data, split, ...) is stored with the file; a file made for anything else is refused.
+    """
+    identity = {**identity, "samples": str(len(train_set.samples)), "flips": str(int(flips)),
+                "open_ids": str(len(vocab_ids)), "sample_ids": hashlib.sha256(
+                    "\n".join(s.id for s in train_set.samples).encode()).hexdigest()}
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            stored = f.metadata() or {}
+            for key, value in identity.items():
+                if stored.get(key) != value:
+                    raise ValueError(f"--teacher-cache {path}: made for other settings ({key}: {stored.get(key)!r}, "
+                                     f"now {value!r}); delete it or give another file")
+            return f.get_tensor("logits")
+    teacher = distiller.teacher
+    device = next(teacher.parameters()).device
+    pre = train_set.preprocess
+    views = (False, True) if flips else (False,)
+    n = len(train_set.samples)
+    out: torch.Tensor | None = None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=distiller.cfg.teacher_bf16)
+    with torch.no_grad(), autocast:
+        for v, flip in enumerate(views):
+            for start in range(0, n, batch_size):
+                batch = collate([train_set.item(i, flip) for i in range(start, min(n, start + batch_size))],
+                                pad_id, bos_id)
+                pixels = normalize_batch(batch["pixels"].to(device), pre.mean, pre.std)
+                logits = teacher(batch["input_ids"].to(device), pixels, batch["prev_tokens"].to(device), vocab_ids)
+                if out is None:
+                    out = torch.empty((n, len(views), *logits.shape[1:]), dtype=torch.float16)
+                out[start:start + len(logits), v] = logits.half().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"logits": out}, str(path), metadata=identity)
+    return out

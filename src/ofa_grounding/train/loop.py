@@ -47,7 +47,7 @@ from ..predictor import Grounder
 from ..presets import get_preset, list_presets
 from ..tokenizer import ASSETS_DIR, OFATokenizer
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
-from .distill import DistillConfig, Distiller
+from .distill import DistillConfig, Distiller, build_teacher_cache
 from .losses import label_smoothed_nll, soft_bin_cross_entropy
 
 __all__ = ["TrainConfig", "train", "load_initial_model"]
@@ -214,6 +214,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     warmup = int(cfg.warmup_ratio * total)
 
     vocab_ids = open_vocab_ids(generation, model.config.vocab_size, device)
+    if distiller and cfg.distill.teacher_cache:
+        distiller.soft_labels = _teacher_cache(cfg, ctx, distiller, train_set, vocab_ids, tokenizer)
+        distiller.teacher = None  # every soft label is in the cache: the teacher's memory is free again
     column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=device)
     column[vocab_ids] = torch.arange(len(vocab_ids), device=device)
 
@@ -397,6 +400,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return {"steps": step, "epochs": epoch, "out_of_time": out_of_time,
             "best_acc50": best["acc50"] if val_set is not None else None, "best_step": best["step"],
             "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
+
+
+def _teacher_cache(cfg: TrainConfig, ctx: Any, distiller: Distiller, train_set: GroundingTrainSet,
+                   vocab_ids: torch.Tensor, tokenizer: OFATokenizer) -> torch.Tensor:
+    """Soft labels read from --teacher-cache, or computed by rank 0 and written there first."""
+    if cfg.distill.attn_weight > 0 or cfg.distill.hidden_weight > 0:
+        raise ValueError("--teacher-cache stores the teacher's soft labels only: give --attn-weight 0 and "
+                         "--hidden-weight 0 with it")
+    if "jitter" in cfg.augment:
+        raise ValueError("--teacher-cache cannot be used with --augment jitter (random colours make every "
+                         "teacher input new)")
+    identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data), "split": str(cfg.split),
+                "teacher_bf16": str(cfg.distill.teacher_bf16)}
+    path = Path(cfg.distill.teacher_cache)
+    build = partial(build_teacher_cache, path, distiller, train_set, vocab_ids, identity, batch_size=cfg.batch_size,
+                    pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, flips="flip" in cfg.augment)
+    if ctx.world_size == 1:
+        return build()
+    import torch.distributed as dist
+
+    if ctx.is_main:
+        build()
+    dist.barrier()  # the others read what rank 0 wrote
+    return build()
 
 
 def _average_gradients(params: Any, world_size: int) -> None:
