@@ -378,7 +378,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step >= total:
                 break
-            if deadline is not None and _all_agree(time.monotonic() > deadline, ctx):
+            if deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
                 log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
                             cfg.max_minutes, step, total, step)
                 if step % cfg.save_every:
@@ -420,10 +420,9 @@ def _teacher_cache(cfg: TrainConfig, ctx: Any, distiller: Distiller, train_set: 
         return build()
     import torch.distributed as dist
 
-    if ctx.is_main:
-        build()
+    labels = build() if ctx.is_main else None
     dist.barrier()  # the others read what rank 0 wrote
-    return build()
+    return labels if labels is not None else build()
 
 
 def _average_gradients(params: Any, world_size: int) -> None:
@@ -435,8 +434,8 @@ def _average_gradients(params: Any, world_size: int) -> None:
             p.grad /= world_size
 
 
-def _all_agree(flag: bool, ctx: Any) -> bool:
-    """True when every process's flag is (rank 0's clock decides: the processes must stop at the same step)."""
+def _rank0_says(flag: bool, ctx: Any) -> bool:
+    """Rank 0's flag, on every process (its clock decides: the processes must stop at the same step)."""
     if ctx.world_size == 1:
         return flag
     import torch.distributed as dist
