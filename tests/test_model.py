@@ -9,7 +9,14 @@ import torch
 from conftest import TINY_CONFIG
 from ofa_grounding.config import OFAConfig
 from ofa_grounding.generation import beam_search
-from ofa_grounding.model import OFAModel, _expand_image_rel, _gather_heads, _token_bucket_by_offset, image_grid_buckets
+from ofa_grounding.model import (
+    OFAModel,
+    _add_image_rel,
+    _gather_heads,
+    _token_bucket_by_offset,
+    image_grid_buckets,
+    image_grid_ids,
+)
 from ofa_grounding.predictor import _ieee_fp32
 
 # Absolute tolerances against golden.npz, with the largest differences measured on this project's
@@ -171,23 +178,36 @@ def test_recorded_attention_matches_the_fused_path(tiny_model_dir) -> None:
 
 @pytest.mark.parametrize("bucket_size, grid", [(42, (32, 32)), (42, (1, 1)), (8, (3, 8)), (8, (8, 5)), (5, (5, 5))])
 def test_strided_image_bias_equals_the_gather(bucket_size: int, grid: tuple[int, int]) -> None:
-    """Inference expands the image relative bias from a strided view; it must equal OFA's bucket gather."""
+    """Inference adds the image relative bias from a strided view; it must equal adding OFA's bucket gather,
+    also into blocks of a larger buffer (the encoder's (S, S) bias, whose rows are longer than P)."""
     torch.manual_seed(5)
     table = torch.nn.Embedding((2 * bucket_size - 1) ** 2 + 3, 4)
-    _, buckets = image_grid_buckets(bucket_size, *grid)
-    expanded = _expand_image_rel(table.weight.detach(), bucket_size, grid)
-    assert torch.equal(expanded, _gather_heads(table, buckets))
+    ids, buckets = image_grid_buckets(bucket_size, *grid)
+    assert torch.equal(ids, image_grid_ids(bucket_size, *grid))
+    P = grid[0] * grid[1]
+    base, out = torch.randn(4, P + 3, P + 3), torch.zeros(4, P + 3, P + 3)
+    _add_image_rel(base[:, :P, :P], table.weight.detach(), bucket_size, grid, out[:, :P, :P])
+    assert torch.equal(out[:, :P, :P], base[:, :P, :P] + _gather_heads(table, buckets))
+    assert out[:, P:].abs().max() == 0 and out[:, :, P:].abs().max() == 0  # nothing written outside the block
 
 
 def test_inference_and_training_encoders_agree(tiny: OFAModel) -> None:
-    """Without autograd the encoder takes the strided bias and one shared buffer; with it, the gather."""
+    """Without autograd the encoder takes the strided bias, one shared buffer and per-length rows instead of
+    a padding mask; with it, the gather and the mask. Real (unpadded) positions must agree."""
     torch.manual_seed(4)
-    ids, pixels = torch.tensor([[0, 61, 976, 2]]), torch.randn(1, 3, 64, 64)
+    ids = torch.tensor([[0, 61, 976, 2, 1, 1], [0, 61, 976, 5, 7, 2], [0, 9, 2, 1, 1, 1], [0, 8, 976, 4, 2, 1]])
+    pixels = torch.randn(2, 3, 64, 64)
+    image_index = torch.tensor([0, 1, 0, 1])
     with torch.no_grad():
-        fast = tiny.encode(ids, pixels).hidden
+        fast = tiny.encode(ids, pixels, image_index)
     with torch.enable_grad():
-        slow = tiny.encode(ids, pixels).hidden.detach()
-    torch.testing.assert_close(slow, fast, rtol=0, atol=1e-5)
+        slow = tiny.encode(ids, pixels, image_index)
+    real = ~fast.pad_mask
+    assert torch.equal(real, ~slow.pad_mask) and real.sum() == 4 * 16 + 4 + 6 + 3 + 5
+    torch.testing.assert_close(slow.hidden.detach()[real], fast.hidden[real], rtol=0, atol=1e-5)
+    with torch.no_grad():  # a padded sample gives what it gives alone
+        alone = tiny.encode(ids[2:3, :3], pixels[:1]).hidden
+    torch.testing.assert_close(fast.hidden[2, :16 + 3], alone[0], rtol=0, atol=1e-5)
 
 
 def test_grid_buckets_first_made_in_inference_mode_still_train() -> None:
@@ -198,3 +218,24 @@ def test_grid_buckets_first_made_in_inference_mode_still_train() -> None:
     table = torch.nn.Embedding(13 * 13 + 3, 2)
     _gather_heads(table, buckets).sum().backward()
     assert table.weight.grad is not None and table.weight.grad.sum() == 2 * 6 * 6
+
+
+def test_compact_token_table_is_exact(tiny: OFAModel) -> None:
+    """A float16-exact token table is stored in float16 and every output stays bitwise the same; a table
+    that float16 would round is left alone."""
+    torch.manual_seed(6)
+    ids, pixels = torch.tensor([[0, 61, 976, 2], [0, 5, 2, 1]]), torch.randn(2, 3, 64, 64)
+    prev, vocab = torch.tensor([[0, 58500, 58600]] * 2), torch.arange(58400, 59000)
+    assert not tiny.compact_token_table_()  # random float32 init: not representable
+    model = OFAModel(tiny.config).eval()
+    model.load_state_dict(tiny.state_dict())
+    with torch.no_grad():
+        model.encoder.embed_tokens.weight.copy_(model.encoder.embed_tokens.weight.half().float())
+        before = model(ids, pixels, prev, vocab)
+        enc = model.encode(ids, pixels)
+        step_before = model.decoder.step(prev[:, 0], model.decoder.start(enc, 3, vocab))
+        assert model.compact_token_table_()
+        assert model.decoder.embed_tokens.weight.dtype == torch.float16
+        assert torch.equal(model(ids, pixels, prev, vocab), before)
+        enc = model.encode(ids, pixels)
+        assert torch.equal(model.decoder.step(prev[:, 0], model.decoder.start(enc, 3, vocab)), step_before)

@@ -62,27 +62,31 @@ def token_rel_bucket(bucket_size: int, q_positions: torch.Tensor, k_positions: t
 
 
 @lru_cache(maxsize=16)
+def image_grid_ids(bucket_size: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """Image position ids (P,) of an h x w feature grid, row-major, on `device`: id = r * bucket_size + c + 1
+    (1-based, row stride `bucket_size`, not w)."""
+    if h > bucket_size or w > bucket_size:
+        raise ValueError(f"image feature grid {h}x{w} exceeds image_bucket_size {bucket_size}")
+    with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
+        return (torch.arange(h).repeat_interleave(w) * bucket_size + torch.arange(w).repeat(h) + 1).to(device)
+
+
+@lru_cache(maxsize=16)
 def image_grid_buckets(bucket_size: int, h: int, w: int, device: torch.device | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image position ids (P,) and 2-D relative bucket ids (P, P) for an h x w feature grid, on `device`.
 
-    Ids are 1-based with row stride `bucket_size` (not w): id = r * bucket_size + c + 1. The bucket of
-    tokens a, b is (r_a - r_b + bucket_size - 1) * (2 * bucket_size - 1) + (c_a - c_b + bucket_size - 1).
+    The bucket of tokens a, b is (r_a - r_b + bucket_size - 1) * (2 * bucket_size - 1) + (c_a - c_b +
+    bucket_size - 1). Only autograd needs the (P, P) table (8 MB at 512 px); inference uses a strided view
+    of the small weight table instead (`_add_image_rel`).
     """
-    if h > bucket_size or w > bucket_size:
-        raise ValueError(f"image feature grid {h}x{w} exceeds image_bucket_size {bucket_size}")
-    with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
-        ids, buckets = _grid_buckets(bucket_size, h, w)
-        return ids.to(device), buckets.to(device)
-
-
-def _grid_buckets(bucket_size: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.arange(h).repeat_interleave(w)
-    c = torch.arange(w).repeat(h)
-    ids = r * bucket_size + c + 1
-    side = 2 * bucket_size - 1
-    buckets = (r[:, None] - r[None, :] + bucket_size - 1) * side + (c[:, None] - c[None, :] + bucket_size - 1)
-    return ids, buckets
+    ids = image_grid_ids(bucket_size, h, w, device)
+    with torch.inference_mode(False):
+        r = torch.arange(h).repeat_interleave(w)
+        c = torch.arange(w).repeat(h)
+        side = 2 * bucket_size - 1
+        buckets = (r[:, None] - r[None, :] + bucket_size - 1) * side + (c[:, None] - c[None, :] + bucket_size - 1)
+        return ids, buckets.to(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,13 +227,15 @@ def _gather_heads(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
     return table.weight.t().index_select(1, buckets.reshape(-1)).view(H, *buckets.shape)
 
 
-def _expand_image_rel(table: torch.Tensor, bucket_size: int, grid: tuple[int, int]) -> torch.Tensor:
-    """The image block of the relative bias, (H, P, P), equal to `_gather_heads` with `image_grid_buckets`.
+def _add_image_rel(base: torch.Tensor, table: torch.Tensor, bucket_size: int, grid: tuple[int, int],
+                   out: torch.Tensor) -> None:
+    """out = base + the image block of the relative bias; base and out are (H, P, P) views (any row stride).
 
-    The bucket of tokens a, b depends only on (r_a - r_b, c_a - c_b), so the block is a strided view of
-    the (H, 2s-1, 2s-1) table with the key axes reversed: one flip copies it out, about twice as fast as
-    the 4M-element gather at 512 px and without caching 17 MB per layer. Inference only (the view's
-    backward is slow; training uses the gather).
+    Equal to adding `_gather_heads` with `image_grid_buckets`: the bucket of tokens a, b depends only on
+    (r_a - r_b, c_a - c_b), so the block is a strided view of the (H, 2s-1, 2s-1) table with the key axes
+    reversed. Reversing takes a copy; made one query row of the grid at a time it stays small (0.5 MB at
+    512 px) and in cache: no 17 MB temporary per layer, faster than OFA's 4M-element gather. Inference
+    only (training uses the gather, whose backward is cheap).
     """
     h, w = grid
     side = 2 * bucket_size - 1
@@ -238,7 +244,9 @@ def _expand_image_rel(table: torch.Tensor, bucket_size: int, grid: tuple[int, in
     # v[:, ra, ca, rb', cb'] = table[ra + rb' + s-h, ca + cb' + s-w] with rb' = h-1-rb, cb' = w-1-cb
     v = grid_table.as_strided((heads, h, w, h, w), (side * side, side, 1, side, 1),
                               (bucket_size - h) * side + bucket_size - w)
-    return v.flip(3, 4).reshape(heads, h * w, h * w)
+    base, out = base.unflatten(1, (h, w)).unflatten(-1, (h, w)), out.unflatten(1, (h, w)).unflatten(-1, (h, w))
+    for r in range(h):
+        torch.add(base[:, r], v[:, r].flip(-2, -1), out=out[:, r])
 
 
 def _key_mask(pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -274,6 +282,9 @@ class Encoder(nn.Module):
             nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(tables))
         self.image_rel_pos_table_list = nn.ModuleList(
             nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(tables))
+        # Set while hooks observe the layers' (B, S, d) outputs (distillation's teacher): inference then
+        # runs padded batches whole through each layer, with a padding mask, as training does.
+        self.whole_batches = False
     def embed_image(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) pixels -> image token embeddings (B, P, d) before their LayerNorm, and the grid (h, w).
 
@@ -284,7 +295,7 @@ class Encoder(nn.Module):
         h, w = feats.shape[-2:]
         tokens = self.image_proj(feats.flatten(2).transpose(1, 2)) * self.embed_scale  # (B, P, d), row-major
         if self.cfg.entangle_position_embedding:  # positions also in the token values (raw, before their LN)
-            ids, _ = image_grid_buckets(self.cfg.image_bucket_size, h, w, tokens.device)
+            ids = image_grid_ids(self.cfg.image_bucket_size, h, w, tokens.device)
             tokens = tokens + self.embed_image_positions(ids)
         return tokens + self.type_embedding.weight[1], (h, w)
 
@@ -302,7 +313,7 @@ class Encoder(nn.Module):
         P = image_embeds.shape[1]
         if L > self.cfg.max_position_embeddings:
             raise ValueError(f"text of {L} tokens exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
-        image_ids, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
+        image_ids = image_grid_ids(self.cfg.image_bucket_size, *grid, input_ids.device)
 
         # The token table is shared with the decoder, which may stay fp32 while the encoder runs in bf16.
         text = self.embed_tokens(input_ids).to(self.type_embedding.weight.dtype) * self.embed_scale
@@ -322,26 +333,42 @@ class Encoder(nn.Module):
         positions = torch.cat([image_pos, text_pos], dim=0).unsqueeze(0)  # (1, S, d)
         abs_bias = self._head_bias(positions)  # (1, H, S, S)
         text_buckets = token_rel_bucket(self.cfg.token_bucket_size, *(torch.arange(L, device=x.device),) * 2)
-        key_mask = _key_mask(pad_mask, x.dtype) if has_pads else None
 
         # bias = absolute + relative, summed before it meets the logits (as the reference does); relative
-        # terms only within the image block and within the text block. Without autograd one buffer serves
-        # every layer: only its two diagonal blocks change from layer to layer.
-        reuse = not torch.is_grad_enabled()
-        bias = abs_bias.clone() if reuse else abs_bias
+        # terms only within the image block and within the text block.
+        recording = self.whole_batches or any(layer.self_attn.record is not None for layer in self.layers)
+        if torch.is_grad_enabled() or recording:  # functional (autograd, ONNX export) and (B, H, S, S) maps
+            _, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
+            key_mask = _key_mask(pad_mask, x.dtype) if has_pads else None
+            for i, layer in enumerate(self.layers):
+                t = 0 if self.cfg.share_attn_bias else i
+                text_rel = _gather_heads(self.token_rel_pos_table_list[t], text_buckets)
+                image_rel = _gather_heads(self.image_rel_pos_table_list[t], image_buckets)
+                rel = torch.cat([F.pad(image_rel, (0, L)), F.pad(text_rel, (P, 0))], dim=-2)  # (H, S, S)
+                bias = abs_bias + rel
+                x = layer(x, bias if key_mask is None else bias + key_mask)  # (B, H, S, S) with padding
+            return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
+
+        # Inference: one bias buffer serves every layer (only its two diagonal blocks change), and samples
+        # with padding run on their own rows and the top-left block of the bias instead of through a
+        # (B, H, S, S) padding mask: that mask would cost B x 17 MB and a memory pass per layer at 512 px.
+        # A sample's block is exactly its unpadded bias: positions do not depend on the batch.
+        lengths = (~text_pad).sum(1).tolist()
+        groups = [[i for i in range(B) if lengths[i] == n] for n in sorted(set(lengths))]
+        bias = abs_bias.clone()
         for i, layer in enumerate(self.layers):
             t = 0 if self.cfg.share_attn_bias else i
             text_rel = _gather_heads(self.token_rel_pos_table_list[t], text_buckets)
-            image_rel = (_expand_image_rel(self.image_rel_pos_table_list[t].weight, self.cfg.image_bucket_size, grid)
-                         if reuse else _gather_heads(self.image_rel_pos_table_list[t], image_buckets))
-            if reuse:
-                torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
-                torch.add(abs_bias[:, :, :P, :P], image_rel, out=bias[:, :, :P, :P])
-            else:  # functional (autograd, ONNX export): the two diagonal blocks, zero elsewhere
-                rel = torch.cat([F.pad(image_rel, (0, L)), F.pad(text_rel, (P, 0))], dim=-2)  # (H, S, S)
-                bias = abs_bias + rel
-            del image_rel
-            x = layer(x, bias if key_mask is None else bias + key_mask)  # (B, H, S, S) with padding
+            torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
+            _add_image_rel(abs_bias[0, :, :P, :P], self.image_rel_pos_table_list[t].weight,
+                           self.cfg.image_bucket_size, grid, bias[0, :, :P, :P])
+            if not has_pads:
+                x = layer(x, bias)
+                continue
+            for rows in groups:  # padded positions keep their zeros; the decoder masks them out
+                n = P + lengths[rows[0]]
+                index = torch.tensor(rows, device=x.device)
+                x[rows, :n] = layer(x[index, :n], bias[:, :, :n, :n])
         return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
 
 
@@ -404,7 +431,7 @@ class Decoder(nn.Module):
 
     def _embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Token embeddings of positions start, start + 1, ... (positions enter only when entangled)."""
-        x = self.embed_tokens(tokens) * self.embed_scale
+        x = self.embed_tokens(tokens).to(self.layernorm_embedding.weight.dtype) * self.embed_scale
         if self.cfg.entangle_position_embedding and not self.cfg.disable_entangle:
             x = x + self.embed_positions.weight[start:start + tokens.shape[1]]
         return self.layernorm_embedding(x)
@@ -423,12 +450,13 @@ class Decoder(nn.Module):
             kv = layer.cross_attn.project_kv(enc.hidden)
             y = layer(y, bias + causal, kv, cross_bias)
         weight = self.embed_tokens.weight if output_ids is None else self.embed_tokens.weight[output_ids]
-        return F.linear(self.layer_norm(y), weight)
+        return F.linear(self.layer_norm(y), weight.to(y.dtype))
 
     def start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None = None) -> DecoderState:
         """Prepare incremental decoding of up to `max_steps` positions; cross keys/values computed once."""
         self_bias, cross_bias = self._biases(max_steps, enc)
         weight = self.embed_tokens.weight if output_ids is None else self.embed_tokens.weight[output_ids]
+        weight = weight.to(self.layer_norm.weight.dtype)  # the table may be stored compact (float16)
         return DecoderState(
             cross_kv=[self._cross_kv(layer.cross_attn, enc.hidden) for layer in self.layers],
             cross_bias=cross_bias, self_bias=self_bias, output_weight=weight,
@@ -500,6 +528,17 @@ class OFAModel(nn.Module):
                 output_ids: torch.Tensor | None = None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) (or (B, T, V') for `output_ids`); prev_tokens starts with BOS."""
         return self.decoder(prev_tokens, self.encode(input_ids, patch_images, image_index), output_ids)
+
+    def compact_token_table_(self) -> bool:
+        """Store the token table (shared by encoder, decoder and output layer) in float16 when that loses
+        nothing, for inference: OFA's checkpoints are published in float16, so their table (59,457 x d, 61 MB
+        in float32 for OFA-tiny) converts back exactly. Rows are widened when looked up, with the same
+        values as before. Returns whether it was converted; the model is inference-only afterwards."""
+        table = self.encoder.embed_tokens.weight
+        if table.dtype != torch.float32 or not torch.equal(table.half().float(), table):
+            return False
+        table.data = table.data.half()
+        return True
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -169,6 +169,7 @@ class Grounder:
         self.num_parameters = model.num_parameters()  # as stored (before BatchNorm folding)
         if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
             self.model.encoder.embed_images.fuse_for_inference_()
+            self.model.compact_token_table_()  # float16 when exact: 31 MB less for OFA-tiny
         self.dtype = dtype
         if dtype == "bf16":
             encoder = self.model.encoder

@@ -119,9 +119,11 @@ class Distiller:
             hooks.append(layer.register_forward_hook(lambda _m, _i, out, k=k: rec.hidden.__setitem__(k, out)))
         for a in attns:  # one shared list: the layers append in execution order, which is pair order
             a.record = rec.attention
+        model.encoder.whole_batches = bool(hooks)  # (B, S, d) outputs, not per-length groups of rows
         try:
             yield rec
         finally:
+            model.encoder.whole_batches = False
             for a in attns:
                 a.record = None
             for h in hooks:
