@@ -30,7 +30,7 @@ SHARED = ROOT.parent / "shared"
 # The helpers of `ofa-ground bench`: that module imports only the standard library at load time, so the
 # peer venv (which does not have this package) can import it by path too.
 sys.path.insert(0, str(ROOT / "src" / "ofa_grounding"))
-from bench import _cpu_name, _peak_rss_mb, _stats  # noqa: E402
+from bench import _cpu_name, _peak_rss_mb, _stats, drop_package_dir_from_path  # noqa: E402
 
 DEFAULT_MODEL = SHARED / "reference" / "ofa-tiny-random"
 DEFAULT_IMAGE = SHARED / "reference" / "images" / "scene_640x480.png"
@@ -74,6 +74,7 @@ def worker_ours(model: str, image: str, text: str, iters: int) -> dict:
 
 def worker_reference(model: str, image: str, text: str, iters: int) -> dict:
     peer = SHARED / "peer"
+    drop_package_dir_from_path()
     sys.path.insert(0, str(peer))
     sys.argv = sys.argv[:1]
     import run_modelscope_vg as rmv  # the peer harness: offline settings, shims, modelscope imports

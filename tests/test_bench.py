@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,12 @@ def test_bench_bad_arguments(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert main(["bench", "--model", str(tiny_model_dir), "--iters", "3"]) == 2
     assert main(["bench", "--model", str(tiny_model_dir), "--dtypes", "fp16"]) == 2
     assert main(["bench", "--model", str(tmp_path / "nope")]) == 2
+
+
+def test_reference_worker_does_not_see_our_modules(monkeypatch) -> None:
+    """Run as a script, bench.py has its folder on sys.path, where our `fairseq.py` would shadow the
+    `fairseq` the reference imports; the reference worker drops that folder first."""
+    here = str(Path(bench.__file__).resolve().parent)
+    monkeypatch.setattr(sys, "path", [here, *sys.path])
+    bench.drop_package_dir_from_path()
+    assert here not in sys.path and (Path(here) / "fairseq.py").exists()

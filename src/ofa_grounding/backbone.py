@@ -28,6 +28,22 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     return x * mask / keep
 
 
+def _onednn_post_ops() -> bool:
+    """Whether this torch build has oneDNN's convolution with fused post-ops (the op torch.compile's CPU
+    backend emits; private, so checked rather than assumed)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _conv_relu(conv: nn.Conv2d, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    """relu(conv(x) [+ add]) as one oneDNN call: the sum and ReLU run on the convolution's output while it
+    is in cache, instead of as two more passes over memory. In float32 the result is bitwise the eager
+    one (tested); in bfloat16 it is closer to float32, as they run before the rounding to bfloat16."""
+    args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if add is not None:
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, *args, "add", 1.0, "relu", [], "")
+    return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if relu else "none", [], "")
+
+
 class Bottleneck(nn.Module):
     expansion = 4
 
@@ -54,6 +70,13 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         # In place without autograd: one full-resolution tensor less at the peak.
         return self.relu(y.add_(identity) if not torch.is_grad_enabled() else identity + y)
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference after `ResNet.fuse_for_inference_` on CPU: each convolution with its ReLU (and the
+        residual sum) in one oneDNN call."""
+        y = _conv_relu(self.conv2, _conv_relu(self.conv1, x))
+        identity = x if self.downsample is None else _conv_relu(self.downsample[0], x, relu=False)
+        return _conv_relu(self.conv3, y, add=identity)
 
 
 class ResNet(nn.Module):
@@ -85,6 +108,11 @@ class ResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.fused:
             images = images.contiguous(memory_format=torch.channels_last)
+            if images.device.type == "cpu" and _onednn_post_ops() and not torch.is_grad_enabled():
+                x = self.maxpool(_conv_relu(self.conv1, images))
+                for block in (*self.layer1, *self.layer2, *self.layer3):
+                    x = block.forward_fused(x)
+                return x
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # (B, 64, H/4, W/4)
         return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
 
@@ -92,7 +120,8 @@ class ResNet(nn.Module):
     def fuse_for_inference_(self) -> ResNet:
         """Fold every BatchNorm into the convolution before it and switch to channels_last, in place.
 
-        About 30 % faster on CPU; the output moves by ~1e-6 relative (the reference's own kernels differ
+        About 30 % faster on CPU (more with oneDNN's fused ReLU and residual sum, see `forward_fused`); the
+        output moves by ~1e-6 relative (the reference's own kernels differ
         from machine to machine by as much). The module is then for inference only: it has no BatchNorm
         parameters left and cannot be trained or saved as an OFA checkpoint.
         """

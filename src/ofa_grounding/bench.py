@@ -127,7 +127,15 @@ def worker_ours(model: str, images: list[str], iters: int, threads: int, dtype: 
     return out
 
 
+def drop_package_dir_from_path() -> None:
+    """Remove this package's own folder from sys.path (it is there when this file runs as a script): its
+    modules would shadow top-level packages the reference imports (our `fairseq.py` shadowed `fairseq`)."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+
+
 def worker_reference(model: str, images: list[str], iters: int, threads: int, peer_dir: str) -> dict:
+    drop_package_dir_from_path()
     sys.path.insert(0, peer_dir)
     sys.argv = sys.argv[:1]
     import run_modelscope_vg as rmv  # the peer harness: offline settings, shims, modelscope imports
