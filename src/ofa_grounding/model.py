@@ -285,6 +285,7 @@ class Encoder(nn.Module):
         # Set while hooks observe the layers' (B, S, d) outputs (distillation's teacher): inference then
         # runs padded batches whole through each layer, with a padding mask, as training does.
         self.whole_batches = False
+
     def embed_image(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) pixels -> image token embeddings (B, P, d) before their LayerNorm, and the grid (h, w).
 
@@ -336,8 +337,8 @@ class Encoder(nn.Module):
 
         # bias = absolute + relative, summed before it meets the logits (as the reference does); relative
         # terms only within the image block and within the text block.
-        recording = self.whole_batches or any(layer.self_attn.record is not None for layer in self.layers)
-        if torch.is_grad_enabled() or recording:  # functional (autograd, ONNX export) and (B, H, S, S) maps
+        observed = self.whole_batches or any(layer.self_attn.record is not None for layer in self.layers)
+        if torch.is_grad_enabled() or observed:  # functional (autograd, ONNX export), (B, H, S, S) maps
             _, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
             key_mask = _key_mask(pad_mask, x.dtype) if has_pads else None
             for i, layer in enumerate(self.layers):
@@ -368,7 +369,7 @@ class Encoder(nn.Module):
             for rows in groups:  # padded positions keep their zeros; the decoder masks them out
                 n = P + lengths[rows[0]]
                 index = torch.tensor(rows, device=x.device)
-                x[rows, :n] = layer(x[index, :n], bias[:, :, :n, :n])
+                x[index, :n] = layer(x[index, :n], bias[:, :, :n, :n])
         return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
 
 
