@@ -14,7 +14,7 @@
 #   PARALLEL [0]  1: the seeds of an arm run at the same time (a GPU has room for several small runs), and
 #                 the finetuned arm runs while the teacher trains
 #   MAX_MINUTES   optional wall-time guard per run (a run stopped by it reports fewer steps in results.tsv)
-# GPU run of the README (one H200, 16 cores): see scripts/gpu_session.sh.
+# The GPU attempt in the README (one H200) ran: DEVICE=cuda WORKERS=2 PARALLEL=1 STEPS=5000 TEACHER_PRESET=tiny ...
 set -euo pipefail
 TEACHER=${1:?usage: distill_experiment.sh TEACHER [OUT]}
 OUT=${2:-runs/distill-experiment}
