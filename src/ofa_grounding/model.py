@@ -354,8 +354,10 @@ class Encoder(nn.Module):
         # with padding run on their own rows and the top-left block of the bias instead of through a
         # (B, H, S, S) padding mask: that mask would cost B x 17 MB and a memory pass per layer at 512 px.
         # A sample's block is exactly its unpadded bias: positions do not depend on the batch.
-        lengths = (~text_pad).sum(1).tolist()
-        groups = [[i for i in range(B) if lengths[i] == n] for n in sorted(set(lengths))]
+        if has_pads:  # (length of the text + image tokens, the rows of that length), shortest first
+            lengths = (~text_pad).sum(1).tolist()
+            groups = [(P + n, torch.tensor([i for i in range(B) if lengths[i] == n], device=x.device))
+                      for n in sorted(set(lengths))]
         bias = abs_bias.clone()
         for i, layer in enumerate(self.layers):
             t = 0 if self.cfg.share_attn_bias else i
@@ -366,9 +368,7 @@ class Encoder(nn.Module):
             if not has_pads:
                 x = layer(x, bias)
                 continue
-            for rows in groups:  # padded positions keep their zeros; the decoder masks them out
-                n = P + lengths[rows[0]]
-                index = torch.tensor(rows, device=x.device)
+            for n, index in groups:  # padded positions keep their zeros; the decoder masks them out
                 x[index, :n] = layer(x[index, :n], bias[:, :, :n, :n])
         return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
 
