@@ -13,6 +13,8 @@
 #   DEVICE [cpu]  WORKERS [0] data-loading processes per run
 #   PARALLEL [0]  1: the seeds of an arm run at the same time (a GPU has room for several small runs), and
 #                 the finetuned arm runs while the teacher trains
+#   STOP_AT       optional: stop both arms after this update, on the learning-rate schedule of STEPS (e.g.
+#                 STEPS=16000 STOP_AT=5000: run B's schedule, cut short; results.tsv reports the steps done)
 #   MAX_MINUTES   optional wall-time guard per run (a run stopped by it reports fewer steps in results.tsv)
 # The GPU attempt in the README (one H200) ran: DEVICE=cuda WORKERS=2 PARALLEL=1 STEPS=5000 TEACHER_PRESET=tiny ...
 set -euo pipefail
@@ -27,13 +29,14 @@ WORKERS=${WORKERS:-0}
 PARALLEL=${PARALLEL:-0}
 IMAGE_SIZE=${IMAGE_SIZE:-128}
 GUARD=(); [ -n "${MAX_MINUTES:-}" ] && GUARD=(--max-minutes "$MAX_MINUTES")
+STOP=(); [ -n "${STOP_AT:-}" ] && STOP=(--stop-at-step "$STOP_AT")
 mkdir -p "$OUT"
 [ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --n 40000 --seed 0 --workers "${SYN_WORKERS:-1}"
 # run B's recipe (scripts/train_demo.sh) on a shorter schedule, shared by both arms; the schedule is
 # spelled out because `train` and `distill` default to different warmups and final learning rates
 RECIPE=(--data "$BENCH" --lr 7e-4 --warmup-ratio 0.06 --min-lr 0 --bf16 --dropout 0 --augment flip --cache-images
         --bin-sigma 12 --no-progress --device "$DEVICE" --workers "$WORKERS" --image-size "$IMAGE_SIZE" "${GUARD[@]}")
-COMMON=("${RECIPE[@]}" --max-steps "$STEPS" --batch-size 32 --save-every 500)
+COMMON=("${RECIPE[@]}" --max-steps "$STEPS" "${STOP[@]}" --batch-size 32 --save-every 500)
 
 score() {  # arm seed model_dir
   "$OFA" eval --model "$3" --data "$BENCH" --split test --json --no-progress --device "$DEVICE" \

@@ -204,6 +204,32 @@ def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path,
     assert ckpt.preprocess.patch_image_size == ckpt.preprocess.max_image_size == 64  # the model's was 128
 
 
+def test_stop_at_step_keeps_the_schedule_and_resumes_to_the_end(tiny_model_dir: Path, data: Path,
+                                                                 tmp_path: Path) -> None:
+    args = ["--max-steps", "6", "--save-every", "3"]
+    whole = _train([*_common(tiny_model_dir, data, tmp_path / "whole"), *args])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--stop-at-step", "2"])
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    summary = json.loads(cut.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["stopped_early"] and not summary["out_of_time"]
+    assert json.loads((tmp_path / "cut/last/trainer_state.json").read_text())["step"] == 2  # saved off-cycle
+
+    def rows(run: str) -> list[list[str]]:
+        return [line.split(",") for line in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
+
+    # the learning rates of a 6-step schedule (a 2-step run would have decayed to 0 by step 2)
+    assert [r[2] for r in rows("cut")] == [r[2] for r in rows("whole")[:2]]
+    again = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--stop-at-step", "2", "--resume"])
+    assert again.returncode != 0 and "already at step 2" in again.stderr
+    resumed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(str(tmp_path / "whole/last/model.safetensors"))
+    b = load_file(str(tmp_path / "cut/last/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r[3] for r in rows("cut")] == [r[3] for r in rows("whole")]
+
+
 def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--lr", "1e-4", "--seed", "5", "--max-steps", "2"]
     double = _train([*common, "--out", str(tmp_path / "ddp"), "--batch-size", "4"], nproc=2)

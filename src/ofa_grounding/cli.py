@@ -227,6 +227,8 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
     t.add_argument("--max-steps", type=int, help="stop after this many updates (overrides --epochs)")
     t.add_argument("--max-minutes", type=float, help="also stop (saving last/) after this much wall time; the "
                    "learning-rate schedule still follows --epochs/--max-steps")
+    t.add_argument("--stop-at-step", type=int, metavar="N", help="stop (saving last/) after update N; the "
+                   "learning-rate schedule still follows --epochs/--max-steps (a long schedule, cut short)")
     t.add_argument("--image-size", type=int, help="train at this image side (patch and max image size; default: "
                    "the model's)")
     t.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="samples per process per micro-batch")
@@ -586,7 +588,8 @@ def _train(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
                       cache_images=args.cache_images, device=args.device, resume=args.resume,
                       modelscope=args.modelscope, progress=not args.no_progress, kill_at_step=args.kill_at_step,
-                      image_size=args.image_size, max_minutes=args.max_minutes)
+                      image_size=args.image_size, max_minutes=args.max_minutes,
+                      stop_at_step=args.stop_at_step)
     if args.command == "distill":
         cfg.distill = DistillConfig(teacher=args.teacher, kd_weight=args.kd_weight, temperature=args.temperature,
                                     attn_weight=args.attn_weight, layer_map=args.layer_map,

@@ -92,6 +92,7 @@ class TrainConfig:
     distill: DistillConfig | None = None  # a teacher's extra loss terms (ofa-ground distill)
     image_size: int | None = None  # patch_image_size = max_image_size (None: the model's own)
     max_minutes: float | None = None  # wall-time limit: stop early, saving last/ (the schedule is not shortened)
+    stop_at_step: int | None = None  # stop after this update, saving last/ (the schedule is not shortened)
     kill_at_step: int | None = None  # testing only: SIGKILL this process right after that step
 
 
@@ -296,8 +297,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     window_start, window_samples = time.perf_counter(), 0
     collate_fn = partial(collate, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id)
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
-    out_of_time = False
-    while step < total and not out_of_time:
+    out_of_time = stopped = False
+    if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+        raise ValueError(f"--stop-at-step {cfg.stop_at_step}: the run is already at step {step}")
+    while step < total and not stopped:
         sampler.set_epoch(epoch, position)
         train_set.set_epoch(epoch)
         # Its own generator: a loader draws a seed from the global RNG when it starts an epoch, which would
@@ -378,12 +381,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step >= total:
                 break
-            if deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
+            # Early stops keep the schedule planned for `total` (a run on a long schedule, stopped part way).
+            if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+                log.warning("--stop-at-step %d reached (schedule of %d steps): stopping; last/ holds step %d",
+                            cfg.stop_at_step, total, step)
+                stopped = True
+            elif deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
                 log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
                             cfg.max_minutes, step, total, step)
+                stopped = out_of_time = True
+            if stopped:
                 if step % cfg.save_every:
                     save_state()
-                out_of_time = True
                 break
         else:  # the epoch ran out (a partial last update is dropped)
             epoch, position = epoch + 1, 0
@@ -397,7 +406,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if len({s[0] for s in sums}) != 1:
             raise RuntimeError(f"replicas diverged: parameter checksums {sums}")
     ctx.close()
-    return {"steps": step, "epochs": epoch, "out_of_time": out_of_time,
+    return {"steps": step, "epochs": epoch, "out_of_time": out_of_time, "stopped_early": stopped,
             "best_acc50": best["acc50"] if val_set is not None else None, "best_step": best["step"],
             "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
 
