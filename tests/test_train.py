@@ -168,28 +168,39 @@ def test_short_run_validates_saves_and_loads(tiny_model_dir: Path, data: Path, t
     assert "decoder.output_projection.weight" in torch.load(out / "last/pytorch_model.bin", weights_only=True)
 
 
-def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
-    args = ["--max-steps", "6", "--save-every", "3"]
-    whole = _train([*_common(tiny_model_dir, data, tmp_path / "whole"), *args])
+SIX_STEPS = ["--max-steps", "6", "--save-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of SIX_STEPS, which interrupted and resumed runs must match."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    whole = _train([*_common(tiny_model_dir, data, out), *SIX_STEPS])
     assert whole.returncode == 0, whole.stderr[-3000:]
+    return out
+
+
+def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, six_step_run: Path,
+                                           tmp_path: Path) -> None:
+    args, whole = SIX_STEPS, six_step_run
     killed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--kill-at-step", "4"])
     assert killed.returncode == -9  # SIGKILL one step after the checkpoint: no clean-up ran
     assert json.loads((tmp_path / "cut/last/trainer_state.json").read_text())["step"] == 3
     resumed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_file(str(tmp_path / "whole/last/model.safetensors"))
+    a = load_file(str(whole / "last/model.safetensors"))
     b = load_file(str(tmp_path / "cut/last/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sa = load_file(str(tmp_path / "whole/last/trainer_state.safetensors"))
+    sa = load_file(str(whole / "last/trainer_state.safetensors"))
     sb = load_file(str(tmp_path / "cut/last/trainer_state.safetensors"))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     steps = [line.split(",")[0] for line in (tmp_path / "cut/log.csv").read_text().splitlines()[1:]]
     assert steps == [str(s) for s in range(1, 7)]  # the row logged after the checkpoint is not repeated
 
-    def losses(run: str) -> list[str]:
-        return [line.split(",")[3] for line in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
+    def losses(run: Path) -> list[str]:
+        return [line.split(",")[3] for line in (run / "log.csv").read_text().splitlines()[1:]]
 
-    assert losses("cut") == losses("whole")
+    assert losses(tmp_path / "cut") == losses(whole)
 
 
 def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
@@ -205,29 +216,27 @@ def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path,
 
 
 def test_stop_at_step_keeps_the_schedule_and_resumes_to_the_end(tiny_model_dir: Path, data: Path,
-                                                                 tmp_path: Path) -> None:
-    args = ["--max-steps", "6", "--save-every", "3"]
-    whole = _train([*_common(tiny_model_dir, data, tmp_path / "whole"), *args])
-    assert whole.returncode == 0, whole.stderr[-3000:]
+                                                                 six_step_run: Path, tmp_path: Path) -> None:
+    args = SIX_STEPS
     cut = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--stop-at-step", "2"])
     assert cut.returncode == 0, cut.stderr[-3000:]
     summary = json.loads(cut.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["stopped_early"] and not summary["out_of_time"]
     assert json.loads((tmp_path / "cut/last/trainer_state.json").read_text())["step"] == 2  # saved off-cycle
 
-    def rows(run: str) -> list[list[str]]:
-        return [line.split(",") for line in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
+    def rows(run: Path) -> list[list[str]]:
+        return [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:]]
 
     # the learning rates of a 6-step schedule (a 2-step run would have decayed to 0 by step 2)
-    assert [r[2] for r in rows("cut")] == [r[2] for r in rows("whole")[:2]]
+    assert [r[2] for r in rows(tmp_path / "cut")] == [r[2] for r in rows(six_step_run)[:2]]
     again = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--stop-at-step", "2", "--resume"])
     assert again.returncode != 0 and "already at step 2" in again.stderr
     resumed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_file(str(tmp_path / "whole/last/model.safetensors"))
+    a = load_file(str(six_step_run / "last/model.safetensors"))
     b = load_file(str(tmp_path / "cut/last/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r[3] for r in rows("cut")] == [r[3] for r in rows("whole")]
+    assert [r[3] for r in rows(tmp_path / "cut")] == [r[3] for r in rows(six_step_run)]
 
 
 def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:

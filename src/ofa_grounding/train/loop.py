@@ -248,6 +248,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         rng = state["python_rng"]
         random.setstate((rng[0], tuple(rng[1]), rng[2]))
         torch.set_rng_state(tensors[f"rng.torch.{ctx.rank}"])
+    if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+        raise ValueError(f"--stop-at-step {cfg.stop_at_step}: the run is already at step {step}")
     net = model
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -298,8 +300,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     collate_fn = partial(collate, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id)
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
     out_of_time = stopped = False
-    if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
-        raise ValueError(f"--stop-at-step {cfg.stop_at_step}: the run is already at step {step}")
     while step < total and not stopped:
         sampler.set_epoch(epoch, position)
         train_set.set_epoch(epoch)
