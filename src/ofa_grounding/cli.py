@@ -244,6 +244,13 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
     t.add_argument("--clip-norm", type=float, default=1.0)
     t.add_argument("--bin-sigma", type=float, default=0.0, help="ours, off by default (0): spread each "
                    "coordinate target as a Gaussian of this many bins, so near misses earn credit")
+    t.add_argument("--attr-weight", type=float, default=0.0, help="ours, off by default (0): weight of a "
+                   "training-only head that names each image cell's object (colour, shape, size) from the image "
+                   "tokens; needs data that lists every object (make-synthetic's)")
+    t.add_argument("--pointer-weight", type=float, default=0.0, help="ours, off by default (0): weight of a "
+                   "training-only head that finds the described object's cells in the encoder's output; same data")
+    t.add_argument("--smooth-bins", action="store_true", help="ours: a preset's fresh bin embeddings start as a "
+                   "smooth function of the bin index")
     t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
     t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -583,6 +590,7 @@ def _train(args: argparse.Namespace) -> int:
                       group_by_image=args.group_by_image,
                       min_lr=args.min_lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, bin_sigma=args.bin_sigma,
+                      attr_weight=args.attr_weight, pointer_weight=args.pointer_weight, smooth_bins=args.smooth_bins,
                       drop_path=args.drop_path,
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,

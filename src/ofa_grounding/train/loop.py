@@ -46,6 +46,7 @@ from ..model import OFAModel
 from ..predictor import Grounder
 from ..presets import get_preset, list_presets
 from ..tokenizer import ASSETS_DIR, OFATokenizer
+from .cells import CellHeads, cell_labels, has_cell_labels, smooth_bin_embeddings
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
 from .distill import DistillConfig, Distiller, build_teacher_cache
 from .losses import label_smoothed_nll, soft_bin_cross_entropy
@@ -75,6 +76,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     bin_sigma: float = 0.0  # ours, off by default: Gaussian-smoothed coordinate targets (in bins)
+    attr_weight: float = 0.0  # ours, off by default: per-cell colour/shape/size head on the image tokens (cells.py)
+    pointer_weight: float = 0.0  # ours, off by default: which cells hold the target, on the encoder's image tokens
+    smooth_bins: bool = False  # ours: fresh bin embeddings start smooth in the bin index (presets only)
     clip_norm: float = 1.0
     drop_path: float | None = None  # encoder/decoder drop-path rate (None: keep the checkpoint's)
     dropout: float | None = None
@@ -141,7 +145,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 class _CsvLog:
     FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou", "kd",
-              "attn", "hidden")
+              "attn", "hidden", "nll_x0", "nll_y0", "nll_x1", "nll_y1", "attr", "pointer", "pointer_acc")
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
@@ -184,6 +188,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = model.state_dict()
         model = OFAModel(model.config)
         model.load_state_dict(state)
+    if cfg.smooth_bins and not cfg.resume and cfg.model in list_presets() and not Path(cfg.model).exists():
+        smooth_bin_embeddings(model, tokenizer.bin_offset, generation.num_bins, seed=cfg.seed)
     model.to(device).train()
     distiller = None
     if cfg.distill is not None:
@@ -204,6 +210,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.warning("skipped training sample: %s", issue)
     if not samples:
         raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
+    cells = None
+    if cfg.attr_weight > 0 or cfg.pointer_weight > 0:
+        unlabelled = sum(not has_cell_labels(s) for s in samples)
+        if unlabelled:
+            raise ValueError(f"--attr-weight/--pointer-weight need every sample's objects (the synthetic benchmark's "
+                             f"'objects' and 'image_size'): {unlabelled} of {len(samples)} samples have none")
+        cells = _CellSupervision(model, CellHeads(model.config.d_model).to(device))
     train_set = GroundingTrainSet(samples, tokenizer, preprocess, generation, cfg.augment, cfg.seed, cfg.cache_images,
                                   group_by_image=cfg.group_by_image)
     if cfg.batch_size % cfg.group_by_image:
@@ -222,7 +235,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     column[vocab_ids] = torch.arange(len(vocab_ids), device=device)
 
     # the distiller's hidden-state projections (if any) train with the student
-    params = [*model.parameters(), *(distiller.parameters() if distiller else [])]
+    params = [*model.parameters(), *(distiller.parameters() if distiller else []),
+              *(cells.heads.parameters() if cells else [])]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -243,6 +257,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if distiller:
             distiller.projections.load_state_dict({k[len("distill."):]: v.to(device) for k, v in tensors.items()
                                                    if k.startswith("distill.")})
+        if cells:
+            cells.heads.load_state_dict({k[len("cells."):]: v.to(device) for k, v in tensors.items()
+                                         if k.startswith("cells.")})
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
         rng = state["python_rng"]
@@ -287,6 +304,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if distiller:  # the hidden-state projections: trainer state, not part of the model
             tensors.update({f"distill.{k}": v.detach().cpu().contiguous()
                             for k, v in distiller.projections.state_dict().items()})
+        if cells:  # the cell heads: trainer state, not part of the model
+            tensors.update({f"cells.{k}": v.detach().cpu().contiguous() for k, v in cells.heads.state_dict().items()})
         save_file(tensors, str(last_dir / "trainer_state.safetensors"))
         state = {"step": step, "epoch": epoch, "position": position, "best": best, "optimizer": scalars,
                  "scheduler": scheduler.state_dict(), "python_rng": list(random.getstate()),
@@ -312,7 +331,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for micro in _updates(batches, cfg.accum):
             n_tokens = sum(b["target"].numel() for b in micro)
             loss_sum = nll_sum = kd_sum = attn_sum = hidden_sum = 0.0
+            position_nll = torch.zeros(5, device=device)
+            cell_sums: dict[str, float] = {}
             for i, batch in enumerate(micro):
+                labels = cell_labels([samples[j] for j in batch["index"].tolist()], batch["flipped"].tolist(),
+                                     cells.grid(preprocess)) if cells else None
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 batch["patch_images"] = normalize_batch(batch.pop("pixels"), preprocess.mean, preprocess.std)
                 # DDP averages gradients over processes, each normalised by its own token count: equal
@@ -321,7 +344,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 sync = ctx.world_size == 1 or i == len(micro) - 1
                 teacher_out = distiller.teacher_forward(batch, vocab_ids) if distiller else None
                 recording = distiller.recording(model, 0) if distiller else contextlib.nullcontext()
-                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as rec:
+                observing = cells.observing() if cells else contextlib.nullcontext()
+                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as rec, \
+                        observing:
                     logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
                                  batch.get("image_index"))
                     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
@@ -340,7 +365,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         kd_sum += kd.item()
                         attn_sum += attn.item() / len(micro)
                         hidden_sum += hidden.item() / len(micro)
+                    if cells:  # per-cell terms are means over cells and samples, like the attention MSE
+                        terms = cells.losses({k: v.to(device) for k, v in labels.items()}, batch.get("image_index"))
+                        total_loss = total_loss + (cfg.attr_weight * terms["attr"]
+                                                   + cfg.pointer_weight * terms["pointer"]) / len(micro)
+                        for k, v in terms.items():
+                            cell_sums[k] = cell_sums.get(k, 0.0) + v.item() / len(micro)
                     total_loss.backward()
+                with torch.no_grad():  # NLL per box token position (x0, y0, x1, y1, EOS), for the log
+                    position_nll -= lprobs.detach().gather(1, target[:, None]).view(-1, 5).sum(0)
                 loss_sum += loss.item()
                 nll_sum += nll.item()
             if distiller and ctx.world_size > 1:  # DDP averages the student's gradients, not the projections'
@@ -361,6 +394,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
             row = {"step": step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss_sum / n_tokens:.5f}",
                    "nll": f"{nll_sum / n_tokens:.5f}", "samples_per_s": f"{rate:.1f}"}
+            n_samples = n_tokens // 5
+            row.update({f"nll_{name}": f"{float(v) / n_samples:.4f}"
+                        for name, v in zip(("x0", "y0", "x1", "y1"), position_nll)})
+            row.update({k: f"{v:.4f}" for k, v in cell_sums.items()})
             if distiller:
                 row.update(kd=f"{kd_sum / n_tokens:.5f}", attn=f"{attn_sum:.5f}")
                 if cfg.distill.hidden_weight > 0:
@@ -409,6 +446,40 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return {"steps": step, "epochs": epoch, "out_of_time": out_of_time, "stopped_early": stopped,
             "best_acc50": best["acc50"] if val_set is not None else None, "best_step": best["step"],
             "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
+
+
+class _CellSupervision:
+    """The cell heads (cells.py) and the tensors they read, captured by forward hooks during the model's own
+    forward pass (so DDP and autocast see one ordinary forward): the image tokens from `image_proj` and the
+    encoder's output."""
+
+    def __init__(self, model: OFAModel, heads: CellHeads) -> None:
+        self.model, self.heads = model, heads
+        self.seen: dict[str, Any] = {}
+
+    @staticmethod
+    def grid(preprocess: PreprocessConfig) -> int:
+        return preprocess.patch_image_size // 16  # the backbone's stride: 3 stages of ResNet
+
+    @contextlib.contextmanager
+    def observing(self):
+        hooks = [self.model.encoder.image_proj.register_forward_hook(
+                     lambda m, i, o: self.seen.__setitem__("image", o)),
+                 self.model.encoder.register_forward_hook(lambda m, i, o: self.seen.__setitem__("encoder", o))]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def losses(self, labels: dict[str, torch.Tensor], image_index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        image = self.seen.pop("image").float()
+        if image_index is not None:  # one backbone pass per image, labels per sample
+            image = image.index_select(0, image_index)
+        P = image.shape[1]
+        if P != labels["pointer"].shape[1]:
+            raise ValueError(f"cell labels for {labels['pointer'].shape[1]} cells, but the image has {P} tokens")
+        return self.heads.losses(image, self.seen.pop("encoder").hidden[:, :P].float(), labels)
 
 
 def _teacher_cache(cfg: TrainConfig, ctx: Any, distiller: Distiller, train_set: GroundingTrainSet,

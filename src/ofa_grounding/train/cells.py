@@ -1,0 +1,110 @@
+"""Training-only supervision of the image grid, for datasets that list every object (the synthetic benchmark).
+
+Grounding's own loss reaches the backbone and the encoder only through four box tokens per sample, which
+is too thin a signal to learn perception and reasoning from scratch. Two heads add dense signals; they
+are trainer state, not part of the model, which stays plain OFA:
+- `attr`: per grid cell of the image tokens *before* the encoder, the colour, shape and size class of
+  the object there (or none): the backbone learns to see;
+- `pointer`: per grid cell of the encoder's image tokens, which cells the described object covers: the
+  encoder learns to mark the target, which the decoder then only has to read out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Sample
+from ..synthetic import COLORS, SHAPES
+
+__all__ = ["CellHeads", "cell_labels", "has_cell_labels", "smooth_bin_embeddings"]
+
+_COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
+_SHAPE_IDS = {s: i for i, s in enumerate(SHAPES)}
+NONE_COLOR, NONE_SHAPE, NONE_SIZE = len(COLORS), len(SHAPES), 2
+
+
+def has_cell_labels(sample: Sample) -> bool:
+    return "objects" in sample.meta and "image_size" in sample.meta
+
+
+def _norm_box(box: Sequence[float], w: float, h: float, flipped: bool) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box[0] / w, box[1] / h, box[2] / w, box[3] / h
+    return (1 - x1, y0, 1 - x0, y1) if flipped else (x0, y0, x1, y1)
+
+
+def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int) -> dict[str, torch.Tensor]:
+    """Per-cell targets of a batch on a grid x grid image grid (row-major, as the image tokens):
+    colour / shape / size ids (B, P) (the "none" id where no object is), and the pointer distribution
+    (B, P): the share of the target box's area in each cell."""
+    B, P = len(samples), grid * grid
+    color = torch.full((B, P), NONE_COLOR, dtype=torch.long)
+    shape = torch.full((B, P), NONE_SHAPE, dtype=torch.long)
+    size = torch.full((B, P), NONE_SIZE, dtype=torch.long)
+    pointer = torch.zeros(B, P)
+    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    for b, (sample, flip) in enumerate(zip(samples, flipped)):
+        w, h = sample.meta["image_size"]
+        objects = sample.meta["objects"]
+        boxes = [_norm_box(o["box"], w, h, flip) for o in objects]
+        ids = [(_COLOR_IDS[o["color"]], _SHAPE_IDS[o["shape"]], int(o["size"] == "large")) for o in objects]
+        # Cells whose centre an object covers (objects drawn later lie on top), then each object's own
+        # centre cell, so that objects smaller than a cell are labelled too.
+        for (x0, y0, x1, y1), (c, s, z) in zip(boxes, ids):
+            cols = ((centres >= x0) & (centres < x1)).nonzero().flatten()
+            rows = ((centres >= y0) & (centres < y1)).nonzero().flatten()
+            cells = (rows[:, None] * grid + cols[None, :]).flatten()
+            color[b, cells], shape[b, cells], size[b, cells] = c, s, z
+        for (x0, y0, x1, y1), (c, s, z) in zip(boxes, ids):
+            cell = min(int((y0 + y1) / 2 * grid), grid - 1) * grid + min(int((x0 + x1) / 2 * grid), grid - 1)
+            color[b, cell], shape[b, cell], size[b, cell] = c, s, z
+        x0, y0, x1, y1 = _norm_box(sample.box, w, h, flip)
+        wx = (torch.minimum(edges[1:], torch.tensor(x1)) - torch.maximum(edges[:-1], torch.tensor(x0))).clamp(min=0)
+        wy = (torch.minimum(edges[1:], torch.tensor(y1)) - torch.maximum(edges[:-1], torch.tensor(y0))).clamp(min=0)
+        share = (wy[:, None] * wx[None, :]).flatten()
+        pointer[b] = share / share.sum().clamp(min=1e-12)
+    return {"color": color, "shape": shape, "size": size, "pointer": pointer}
+
+
+class CellHeads(nn.Module):
+    """Linear heads over grid cells; `losses` returns each term (a mean per cell or per sample) and the
+    heads' accuracies (for logging)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.attr_norm = nn.LayerNorm(d_model)  # image tokens before the encoder are not normalised yet
+        self.attr = nn.Linear(d_model, NONE_COLOR + 1 + NONE_SHAPE + 1 + NONE_SIZE + 1)
+        self.pointer = nn.Linear(d_model, 1)
+
+    def losses(self, image_tokens: torch.Tensor, encoder_image_tokens: torch.Tensor,
+               labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.attr(self.attr_norm(image_tokens))
+        nc, ns = NONE_COLOR + 1, NONE_SHAPE + 1
+        parts = {"color": logits[..., :nc], "shape": logits[..., nc:nc + ns], "size": logits[..., nc + ns:]}
+        attr = sum(F.cross_entropy(parts[k].flatten(0, 1), labels[k].flatten()) for k in parts)
+        ptr_logits = self.pointer(encoder_image_tokens).squeeze(-1)  # (B, P)
+        pointer = -(labels["pointer"] * F.log_softmax(ptr_logits, -1)).sum(-1).mean()
+        with torch.no_grad():
+            objects = labels["color"] != NONE_COLOR
+            hit = labels["pointer"].gather(1, ptr_logits.argmax(-1, keepdim=True)) > 0
+            stats = {f"{k}_acc": (parts[k].argmax(-1) == labels[k])[objects].float().mean() for k in parts}
+        return {"attr": attr, "pointer": pointer, **stats, "pointer_acc": hit.float().mean()}
+
+
+@torch.no_grad()
+def smooth_bin_embeddings(model: nn.Module, bin_offset: int, num_bins: int, seed: int = 0,
+                          frequencies: int = 24, std: float = 0.02) -> None:
+    """Start the bin tokens' embeddings (also the output layer's rows: they are tied) as a smooth function
+    of the bin index: neighbouring bins start similar, so what is learned for one bin carries to its
+    neighbours."""
+    u = torch.arange(num_bins, dtype=torch.float32) / (num_bins - 1)
+    basis = torch.stack([torch.cos(math.pi * k * u) for k in range(1, frequencies + 1)], dim=1)
+    table = model.encoder.embed_tokens.weight
+    mix = torch.randn(frequencies, table.shape[1], generator=torch.Generator().manual_seed(seed))
+    emb = basis @ mix
+    table[bin_offset:bin_offset + num_bins] = (emb / emb.std() * std).to(table.dtype)
