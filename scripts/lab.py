@@ -33,7 +33,7 @@ from ofa_grounding.generation import open_vocab_ids
 from ofa_grounding.image import normalize_batch
 from ofa_grounding.metrics import box_iou
 from ofa_grounding.predictor import Grounder
-from ofa_grounding.train.cells import CellHeads, cell_labels, smooth_bin_embeddings
+from ofa_grounding.train.cells import CellHeads, cell_labels, smooth_bin_embeddings, smooth_image_positions
 from ofa_grounding.train.data import GroundingTrainSet, collate
 from ofa_grounding.train.loop import _lr_factor, load_initial_model
 from ofa_grounding.train.losses import soft_bin_cross_entropy
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--pointer", type=float, default=0.0)
     ap.add_argument("--entangle", action="store_true")
     ap.add_argument("--smooth-bins", action="store_true")
+    ap.add_argument("--position-std", type=float, default=None)
     ap.add_argument("--kinds", default=None, help="train only on these kinds (comma-separated)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--eval-n", type=int, default=1000)
@@ -72,6 +73,8 @@ def main() -> None:
         model.config.entangle_position_embedding = True
     if args.smooth_bins:
         smooth_bin_embeddings(model, tok.bin_offset, gen.num_bins, seed=args.seed)
+    if args.position_std is not None:
+        smooth_image_positions(model, pre.patch_image_size // 16, seed=args.seed, std=args.position_std)
     grid = pre.patch_image_size // 16
     samples = list(open_dataset(args.data, split="train"))
     if args.kinds:

@@ -73,6 +73,23 @@ def test_predict_precision_modes(reference_model_dir: Path, reference_dir: Path,
         main(["predict", "--model", str(reference_model_dir), "--dtype", "int8", "x.png", "t"])
 
 
+def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(reference_model_dir: Path, reference_dir: Path,
+                                                                   reference_cases: list[dict],
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from ofa_grounding.backbone import NO_CPU_BF16_ENV
+
+    monkeypatch.setenv(NO_CPU_BF16_ENV, "1")  # what an AVX2-only CPU answers
+    case = reference_cases[0]
+    assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), case["text"],
+                 "--json", "--dtype", "bf16", "--cache-mb", "0"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["results"][0]["tokens"] == case["tokens"]
+    assert captured.err.strip().splitlines() == [
+        "ofa-ground: warning: bf16 requested, but this CPU has no bfloat16 units (AVX-512 BF16 or AMX): running fp32, "
+        "which is faster here and exact"]
+
+
 def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     image = str(reference_dir / "images/scene_640x480.png")

@@ -183,8 +183,11 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     """bf16 is not exact. On this random-weight fixture many bins are near-ties, so about half the cases
     keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; README, Speed); a broken bf16 path
     agrees ~never. The backbone and encoder run in bf16, the decoder and the shared token table in fp32."""
+    from ofa_grounding.backbone import cpu_bf16_supported
     from ofa_grounding.bench import box_overlap
 
+    if DEVICE == "cpu" and not cpu_bf16_supported():
+        pytest.skip("this CPU has no bfloat16 units: bf16 runs as fp32 here (tested below)")
     cases = _mixed_cases(reference_cases)
     g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16", device=DEVICE)
     assert g.model.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
@@ -195,6 +198,26 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     close = [box_overlap(r.box, c["box"]) >= 0.9 for r, c in zip(results, cases)]
     assert sum(close) >= 0.3 * len(cases), (sum(close), len(cases))
     assert all(0 < r.confidence <= 1 and all(math.isfinite(v) for v in r.box) for r in results)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(reference_dir: Path, reference_cases: list[dict],
+                                                     monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Where the CPU has no bfloat16 units (AVX2-only x86, forced here by the documented switch), bf16 is
+    emulated and oneDNN's bf16 convolution refuses to run: the Grounder says so and runs fp32 (exact)."""
+    import logging
+
+    from ofa_grounding.backbone import NO_CPU_BF16_ENV, cpu_bf16_supported
+    from ofa_grounding.bench import box_overlap
+
+    monkeypatch.setenv(NO_CPU_BF16_ENV, "1")
+    assert not cpu_bf16_supported()
+    with caplog.at_level(logging.WARNING, logger="ofa_grounding"):
+        g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16")
+    assert g.dtype == "fp32" and "no bfloat16 units" in caplog.text and "running fp32" in caplog.text
+    assert g.model.encoder.layers[0].fc1.weight.dtype == torch.float32
+    case = reference_cases[0]
+    r = g.predict(reference_dir / case["image"], case["text"])
+    assert box_overlap(r.box, case["box"]) > 0.999 and r.tokens == tuple(case["tokens"])
 
 
 def test_bad_dtype_and_batch_size(reference_model_dir: Path) -> None:

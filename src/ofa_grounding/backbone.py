@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from .config import RESNET_LAYERS
 
-__all__ = ["ResNet", "drop_path", "linear_rates"]
+__all__ = ["NO_CPU_BF16_ENV", "ResNet", "cpu_bf16_supported", "drop_path", "linear_rates"]
 
 
 def linear_rates(rate: float, n: int) -> list[float]:
@@ -26,6 +29,24 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1.0 - rate
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask / keep
+
+
+NO_CPU_BF16_ENV = "OFA_GROUNDING_NO_CPU_BF16"
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86: AVX-512 BF16 or AMX; Arm: the BF16 extension) and
+    oneDNN's bfloat16 kernels run on it. Elsewhere bfloat16 is emulated (slower than float32) or, for oneDNN's
+    convolutions, refused. `OFA_GROUNDING_NO_CPU_BF16=1` answers no on any CPU (to test that path)."""
+    if os.environ.get(NO_CPU_BF16_ENV, "") not in ("", "0"):
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: oneDNN's own check above is all we have
+        return True
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def _onednn_post_ops() -> bool:
@@ -108,7 +129,8 @@ class ResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.fused:
             images = images.contiguous(memory_format=torch.channels_last)
-            if images.device.type == "cpu" and _onednn_post_ops() and not torch.is_grad_enabled():
+            if images.device.type == "cpu" and _onednn_post_ops() and not torch.is_grad_enabled() and \
+                    (images.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
                 x = self.maxpool(_conv_relu(self.conv1, images))
                 for block in (*self.layer1, *self.layer2, *self.layer3):
                     x = block.forward_fused(x)

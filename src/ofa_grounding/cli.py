@@ -251,6 +251,8 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
                    "training-only head that finds the described object's cells in the encoder's output; same data")
     t.add_argument("--smooth-bins", action="store_true", help="ours: a preset's fresh bin embeddings start as a "
                    "smooth function of the bin index")
+    t.add_argument("--position-std", type=float, help="ours: a preset's fresh image position embeddings start as a "
+                   "smooth function of (row, column) at this scale (default: OFA's init, N(0, 0.02))")
     t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
     t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -271,6 +273,19 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
 
 def _error(message: str) -> None:
     print(f"ofa-ground: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"ofa-ground: warning: {message}", file=sys.stderr)
+
+
+class _WarningLine(logging.Handler):
+    """The package's warnings (a truncated description, a precision mode this CPU cannot run) as one
+    'ofa-ground: warning:' line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.WARNING:  # errors reach the user through main()'s one line
+            _warn(record.getMessage())
 
 
 def _load_grounder(args: argparse.Namespace) -> Any:
@@ -331,10 +346,7 @@ def _predict(args: argparse.Namespace) -> int:
                           "results": [r.to_dict(alternatives=args.alternatives) for r in results]}))
     else:
         print(_table(args.image, width, height, results, args.alternatives))
-    for r in results:
-        if r.truncated:
-            _error(f"warning: description truncated to the model's source length: {r.text[:60]!r}...")
-    return EXIT_OK
+    return EXIT_OK  # truncated descriptions: the Grounder's warning, on stderr
 
 
 def _require_extra(extra: str, what: str, *modules: str) -> None:
@@ -365,7 +377,7 @@ def _serve(args: argparse.Namespace) -> int:
                          max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        _error(f"warning: binding {args.host}: the service is reachable from other machines")
+        _warn(f"binding {args.host}: the service is reachable from other machines")
     log_level = "info" if args.verbose else "warning"
     print(f"ofa-ground serve: http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}/ "
           f"(API docs at /docs; Ctrl-C stops)", file=sys.stderr)
@@ -591,6 +603,7 @@ def _train(args: argparse.Namespace) -> int:
                       min_lr=args.min_lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, bin_sigma=args.bin_sigma,
                       attr_weight=args.attr_weight, pointer_weight=args.pointer_weight, smooth_bins=args.smooth_bins,
+                      position_std=args.position_std,
                       drop_path=args.drop_path,
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
@@ -638,8 +651,15 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 on bad usage
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbose = getattr(args, "verbose", False)
+    root = logging.StreamHandler()  # -v: everything; else errors only (warnings come as one line, below)
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    root.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, handlers=[root])
+    package = logging.getLogger("ofa_grounding")
+    if not verbose and not any(isinstance(h, _WarningLine) for h in package.handlers):
+        package.addHandler(_WarningLine(logging.WARNING))
+        package.setLevel(logging.WARNING)
     try:
         return args.func(args)
     except _UsageError as exc:

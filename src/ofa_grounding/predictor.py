@@ -21,6 +21,7 @@ from typing import Any, overload
 import torch
 from PIL import Image
 
+from .backbone import cpu_bf16_supported
 from .checkpoint import load_checkpoint
 from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
@@ -165,6 +166,10 @@ class Grounder:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if dtype == "bf16" and self.device.type == "cpu" and not cpu_bf16_supported():
+            log.warning("bf16 requested, but this CPU has no bfloat16 units (AVX-512 BF16 or AMX): running fp32, "
+                        "which is faster here and exact")
+            dtype = "fp32"
         self.model = model.eval().to(self.device)
         self.num_parameters = model.num_parameters()  # as stored (before BatchNorm folding)
         if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
