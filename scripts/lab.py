@@ -6,7 +6,7 @@ trainer's own data layer and loss, plus optional training-only heads (the saved 
                the image tokens before the encoder: dense supervision of the backbone
   --pointer W  which grid cells the target covers, read from the encoder's image tokens: the encoder
                learns to mark the target
-and `--entangle` (OFA's entangle_position_embedding: positions also in the token values).
+and `--positions` (OFA's entangle_position_embedding / disable_entangle flags).
 
 Logs every --log-every steps: NLL per box token (x0, y0, x1, y1, EOS), the cell heads' accuracies. At the
 end: Acc@0.5 / Acc@0.75 / mIoU per expression kind on the first --eval-n val samples, where wrong boxes
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ofa_grounding.checkpoint import save_checkpoint
 from ofa_grounding.data import open_dataset
@@ -33,7 +35,7 @@ from ofa_grounding.generation import open_vocab_ids
 from ofa_grounding.image import normalize_batch
 from ofa_grounding.metrics import box_iou
 from ofa_grounding.predictor import Grounder
-from ofa_grounding.train.cells import CellHeads, cell_labels, smooth_bin_embeddings, smooth_image_positions
+from ofa_grounding.train.cells import CellHeads, cell_labels, smooth_bin_embeddings
 from ofa_grounding.train.data import GroundingTrainSet, collate
 from ofa_grounding.train.loop import _lr_factor, load_initial_model
 from ofa_grounding.train.losses import soft_bin_cross_entropy
@@ -52,7 +54,9 @@ def main() -> None:
     ap.add_argument("--bin-sigma", type=float, default=12.0)
     ap.add_argument("--attr", type=float, default=0.0)
     ap.add_argument("--pointer", type=float, default=0.0)
-    ap.add_argument("--entangle", action="store_true")
+    ap.add_argument("--positions", choices=("preset", "entangled", "encoder", "bias"), default="preset",
+                    help="entangled: in every token value (the demo preset); encoder: only the encoder's; bias: "
+                         "only in attention biases (OFA's default)")
     ap.add_argument("--smooth-bins", action="store_true")
     ap.add_argument("--position-std", type=float, default=None)
     ap.add_argument("--kinds", default=None, help="train only on these kinds (comma-separated)")
@@ -69,8 +73,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     model, tok, pre, gen, tok_dir = load_initial_model(args.model)
-    if args.entangle:
-        model.config.entangle_position_embedding = True
+    if args.positions != "preset":  # configuration flags: the same weights either way
+        model.config.entangle_position_embedding = args.positions != "bias"
+        model.config.disable_entangle = args.positions == "encoder"
     if args.smooth_bins:
         smooth_bin_embeddings(model, tok.bin_offset, gen.num_bins, seed=args.seed)
     if args.position_std is not None:
@@ -148,6 +153,22 @@ def main() -> None:
                    args=vars(args))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
+
+
+@torch.no_grad()
+def smooth_image_positions(model: nn.Module, grid: int, seed: int = 0, std: float = 0.02) -> None:
+    """Start the image position embeddings as a smooth 2-D function of (row, column) on a grid x grid image
+    (a sum of low-frequency cosines of the row and of the column, randomly mixed), at `std`: neighbouring
+    cells start similar, so a read-out of positions learned on some cells carries to their neighbours."""
+    table = model.encoder.embed_image_positions.weight
+    side = model.config.image_bucket_size
+    g = torch.Generator().manual_seed(seed + 1)
+    u = (torch.arange(side, dtype=torch.float32) + 0.5) / grid  # 0..1 across the training grid
+    basis = torch.stack([torch.cos(math.pi * k * u) for k in range(1, 2 * grid + 1)], dim=1)  # (side, 2g)
+    rows, cols = basis @ torch.randn(2 * grid, table.shape[1], generator=g), \
+        basis @ torch.randn(2 * grid, table.shape[1], generator=g)
+    emb = (rows[:, None, :] + cols[None, :, :]).reshape(side * side, -1)  # id - 1 = r * side + c
+    table[1:] = (emb / emb.std() * std).to(table.dtype)  # pilot C: dropped (docs/experiments/2026-12-04-demo-model.md)
 
 
 @torch.no_grad()

@@ -251,8 +251,6 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
                    "training-only head that finds the described object's cells in the encoder's output; same data")
     t.add_argument("--smooth-bins", action="store_true", help="ours: a preset's fresh bin embeddings start as a "
                    "smooth function of the bin index")
-    t.add_argument("--position-std", type=float, help="ours: a preset's fresh image position embeddings start as a "
-                   "smooth function of (row, column) at this scale (default: OFA's init, N(0, 0.02))")
     t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
     t.add_argument("--dropout", type=float, help="dropout (default: the model's)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -603,7 +601,6 @@ def _train(args: argparse.Namespace) -> int:
                       min_lr=args.min_lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, bin_sigma=args.bin_sigma,
                       attr_weight=args.attr_weight, pointer_weight=args.pointer_weight, smooth_bins=args.smooth_bins,
-                      position_std=args.position_std,
                       drop_path=args.drop_path,
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,

@@ -21,7 +21,7 @@ from torch import nn
 from ..data import Sample
 from ..synthetic import COLORS, SHAPES
 
-__all__ = ["CellHeads", "cell_labels", "has_cell_labels", "smooth_bin_embeddings", "smooth_image_positions"]
+__all__ = ["CellHeads", "cell_labels", "has_cell_labels", "smooth_bin_embeddings"]
 
 _COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
 _SHAPE_IDS = {s: i for i, s in enumerate(SHAPES)}
@@ -109,18 +109,3 @@ def smooth_bin_embeddings(model: nn.Module, bin_offset: int, num_bins: int, seed
     emb = basis @ mix
     table[bin_offset:bin_offset + num_bins] = (emb / emb.std() * std).to(table.dtype)
 
-
-@torch.no_grad()
-def smooth_image_positions(model: nn.Module, grid: int, seed: int = 0, std: float = 0.02) -> None:
-    """Start the image position embeddings as a smooth 2-D function of (row, column) on a grid x grid image
-    (a sum of low-frequency cosines of the row and of the column, randomly mixed), at `std`: neighbouring
-    cells start similar, so a read-out of positions learned on some cells carries to their neighbours."""
-    table = model.encoder.embed_image_positions.weight
-    side = model.config.image_bucket_size
-    g = torch.Generator().manual_seed(seed + 1)
-    u = (torch.arange(side, dtype=torch.float32) + 0.5) / grid  # 0..1 across the training grid
-    basis = torch.stack([torch.cos(math.pi * k * u) for k in range(1, 2 * grid + 1)], dim=1)  # (side, 2g)
-    rows, cols = basis @ torch.randn(2 * grid, table.shape[1], generator=g), \
-        basis @ torch.randn(2 * grid, table.shape[1], generator=g)
-    emb = (rows[:, None, :] + cols[None, :, :]).reshape(side * side, -1)  # id - 1 = r * side + c
-    table[1:] = (emb / emb.std() * std).to(table.dtype)

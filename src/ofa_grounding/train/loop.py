@@ -47,7 +47,7 @@ from ..model import OFAModel
 from ..predictor import Grounder
 from ..presets import get_preset, list_presets
 from ..tokenizer import ASSETS_DIR, OFATokenizer
-from .cells import CellHeads, cell_labels, has_cell_labels, smooth_bin_embeddings, smooth_image_positions
+from .cells import CellHeads, cell_labels, has_cell_labels, smooth_bin_embeddings
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
 from .distill import DistillConfig, Distiller, build_teacher_cache
 from .losses import label_smoothed_nll, soft_bin_cross_entropy
@@ -80,7 +80,6 @@ class TrainConfig:
     attr_weight: float = 0.0  # ours, off by default: per-cell colour/shape/size head on the image tokens (cells.py)
     pointer_weight: float = 0.0  # ours, off by default: which cells hold the target, on the encoder's image tokens
     smooth_bins: bool = False  # ours: fresh bin embeddings start smooth in the bin index (presets only)
-    position_std: float | None = None  # ours: fresh image position embeddings start smooth, at this scale
     clip_norm: float = 1.0
     drop_path: float | None = None  # encoder/decoder drop-path rate (None: keep the checkpoint's)
     dropout: float | None = None
@@ -193,8 +192,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     fresh = not cfg.resume and cfg.model in list_presets() and not Path(cfg.model).exists()
     if cfg.smooth_bins and fresh:
         smooth_bin_embeddings(model, tokenizer.bin_offset, generation.num_bins, seed=cfg.seed)
-    if cfg.position_std is not None and fresh:
-        smooth_image_positions(model, preprocess.patch_image_size // 16, seed=cfg.seed, std=cfg.position_std)
     if cfg.bf16 and device.type == "cpu" and not cpu_bf16_supported():
         log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
                     "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
