@@ -3,7 +3,7 @@
 # command, samples seen and wall time to $OUT/stages.tsv; a stage's weights (fp16, weights only) can be
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
-# Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS (stage 1 updates, default 18000),
+# Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS (stage 1 updates, default 15000),
 # MINUTES (stage 1 wall-time cap), DEVICE (cpu, cuda), THREADS (CPU threads, default: the free cores).
 # Measured (docs/experiments/2026-12-04-demo-model.md): stage 1 on 2 CPU cores (AMD EPYC with AVX-512 BF16).
 # --bf16 only where the CPU has bfloat16 units (AVX-512 BF16 / AMX) or on a GPU: elsewhere it is ~7x slower.
@@ -11,7 +11,7 @@ set -euo pipefail
 OUT=${1:-runs/demo}
 BENCH=${BENCH:-data/synthetic-40k}
 TRAIN=${TRAIN:-data/synthetic-train-150k}
-STEPS=${STEPS:-18000}
+STEPS=${STEPS:-15000}
 DEVICE=${DEVICE:-cpu}
 OFA=${OFA:-ofa-ground}
 mkdir -p "$OUT"

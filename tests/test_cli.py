@@ -215,3 +215,21 @@ def test_missing_extras_name_the_install_command(monkeypatch: pytest.MonkeyPatch
         capsys.readouterr().err
     assert main(["export-onnx", "x", str(tmp_path / "o")]) == 2
     assert "pip install 'ofa-grounding[onnx]'" in capsys.readouterr().err
+
+
+def test_min_confidence_not_found_in_table_and_json(tiny_model_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (20, 30, 200)).save(image)
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "the blue square", "--min-confidence", "1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["found"] is False
+    base = ["predict", "--model", str(tiny_model_dir), str(image), "the blue square"]
+    assert main([*base, "--min-confidence", "1"]) == 0
+    assert "not found" in capsys.readouterr().out
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "the blue square", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["found"] is True
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "x", "--min-confidence", "1.5"]) == 2
+    assert "--min-confidence must be in [0, 1]" in capsys.readouterr().err

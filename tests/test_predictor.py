@@ -225,3 +225,35 @@ def test_bad_dtype_and_batch_size(reference_model_dir: Path) -> None:
         Grounder.from_pretrained(reference_model_dir, dtype="int8")
     with pytest.raises(ValueError, match="batch_size"):
         Grounder.from_pretrained(reference_model_dir, batch_size=0)
+
+
+def test_min_confidence_marks_unsure_answers_not_found(tiny_model_dir: Path, tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    plain = Grounder.from_pretrained(tiny_model_dir).predict(image, "the red square")
+    assert plain.found and plain.to_dict()["found"] is True
+    strict = Grounder.from_pretrained(tiny_model_dir, min_confidence=min(1.0, plain.confidence * 1.01 + 1e-6))
+    r = strict.predict(image, "the red square")
+    assert not r.found and r.to_dict()["found"] is False
+    assert r.box == plain.box and r.confidence == plain.confidence  # the same best guess, only marked
+    lax = Grounder.from_pretrained(tiny_model_dir, min_confidence=plain.confidence * 0.99)
+    assert lax.predict(image, "the red square").found
+    with pytest.raises(ValueError, match="min_confidence"):
+        Grounder.from_pretrained(tiny_model_dir, min_confidence=1.5)
+
+
+def test_model_folder_carries_its_calibrated_threshold(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from ofa_grounding.checkpoint import CheckpointError
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "grounding.json").write_text(json.dumps({"min_confidence": 0.25}))
+    assert Grounder.from_pretrained(model).min_confidence == 0.25
+    assert Grounder.from_pretrained(model, min_confidence=0).min_confidence is None  # 0 turns it off
+    assert Grounder.from_pretrained(model, min_confidence=0.5).min_confidence == 0.5
+    assert Grounder.from_pretrained(tiny_model_dir).min_confidence is None
+    (model / "grounding.json").write_text(json.dumps({"min_confidence": "high"}))
+    with pytest.raises(CheckpointError, match="min_confidence must be a number"):
+        Grounder.from_pretrained(model)

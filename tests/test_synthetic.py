@@ -97,3 +97,24 @@ def test_simple_training_expressions_leave_the_benchmark_unchanged(tmp_path: Pat
         assert row["box"] == row["objects"][row["target"]]["box"]
         per_scene[row["image"]] = per_scene.get(row["image"], 0) + 1
     assert max(per_scene.values()) <= 3
+
+
+def test_absent_expressions_name_no_object_of_the_scene(bench: Path) -> None:
+    import random
+
+    from ofa_grounding.synthetic import absent_expressions
+
+    rows = _rows(bench)[:50]
+    rng = random.Random(0)
+    hard = 0
+    for row in rows:
+        texts = absent_expressions(row["objects"], rng, 4)
+        assert len(texts) == len(set(texts)) >= 2
+        colors, shapes = {o["color"] for o in row["objects"]}, {o["shape"] for o in row["objects"]}
+        for text in texts:
+            _, color, shape = text.split()
+            expr = {"kind": "attribute", "desc": {"color": color, "shape": shape}}
+            objects = [SceneObject(**{**o, "box": tuple(o["box"])}) for o in row["objects"]]
+            assert resolve(expr, objects) == [], text
+            hard += color in colors and shape in shapes
+    assert hard >= 50  # about half name a colour and a shape the scene has, never together

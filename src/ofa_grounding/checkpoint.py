@@ -75,6 +75,7 @@ class LoadedCheckpoint:
     tokenizer_dir: Path  # where its vocab.json / merges.txt are (the package's own for fairseq files)
     layout: str = "ours"  # ours | modelscope | hf | fairseq
     stored_dtype: str = "float32"  # the weights' precision in the file (loading upcasts to float32)
+    min_confidence: float | None = None  # ours: a calibrated "not found" threshold (grounding.json), if any
 
 
 def _read_json(path: Path) -> dict:
@@ -262,7 +263,22 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     stored = _stored_dtype(state)
     model = _build(config, state)
     log.info("loaded %s (%d parameters)", weights, model.num_parameters())
-    return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored)
+    return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored,
+                            read_min_confidence(directory))
+
+
+GROUNDING_FILE = "grounding.json"  # ours, beside the model's files; ModelScope ignores it
+
+
+def read_min_confidence(directory: Path) -> float | None:
+    """The calibrated "not found" threshold a model directory carries (see scripts/calibrate_confidence.py)."""
+    path = Path(directory) / GROUNDING_FILE
+    if not path.is_file():
+        return None
+    value = _read_json(path).get("min_confidence")
+    if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise CheckpointError(f"{path}: min_confidence must be a number in [0, 1], got {value!r}")
+    return None if value is None else float(value)
 
 
 def _load_fairseq(path: Path) -> LoadedCheckpoint:

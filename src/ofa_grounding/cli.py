@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--batch-size", type=int, default=8, help="descriptions decoded together (default 8)")
+    _min_confidence_argument(p)
     _precision_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     p.set_defaults(func=_predict)
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server processes, each with its own model copy and cores/N torch threads (default 1)")
     v.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     v.add_argument("--batch-size", type=int, default=8, help="descriptions encoded and decoded together (default 8)")
+    _min_confidence_argument(v)
     _precision_arguments(v)
     from .serve.config import ServeConfig  # stdlib-only: keeps --help working without the serve extra
 
@@ -200,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(b)
     b.set_defaults(func=bench.run)
     return parser
+
+
+def _min_confidence_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-confidence", type=float, metavar="C",
+                   help="answer 'not found' (found: false) below this confidence (default: the model's calibrated "
+                        "value, if its folder has one, as the bundled demo model does; 0 turns it off)")
 
 
 def _precision_arguments(p: argparse.ArgumentParser) -> None:
@@ -306,10 +314,14 @@ def _load_grounder(args: argparse.Namespace) -> Any:
         raise _UsageError("--batch-size must be at least 1")
     if args.cache_mb < 0:
         raise _UsageError("--cache-mb must not be negative")
+    threshold = getattr(args, "min_confidence", None)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise _UsageError(f"--min-confidence must be in [0, 1], got {threshold}")
     try:
         return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
                                         batch_size=args.batch_size, dtype=args.dtype, cache_mb=args.cache_mb,
-                                        cache_dir=args.cache_dir)
+                                        cache_dir=args.cache_dir,
+                                        **({} if threshold is None else {"min_confidence": threshold}))
     except CheckpointError as exc:
         raise _UsageError(f"--model: {exc}") from None
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
@@ -387,6 +399,7 @@ def _serve(args: argparse.Namespace) -> int:
     _load_grounder(args)  # fail here, once, with a clear message, not in every worker
     os.environ[SERVE_ENV] = json.dumps({
         "model": args.model, "device": args.device, "dtype": args.dtype, "cache_mb": args.cache_mb,
+        "min_confidence": args.min_confidence,
         "batch_size": args.batch_size, "threads": max(1, (os.cpu_count() or 1) // args.workers),
         "config": config.__dict__})
     uvicorn.run("ofa_grounding.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
@@ -463,7 +476,8 @@ def _table(image: str, width: int, height: int, results: list, alternatives: boo
     lines = [f"{image} ({width}x{height})",
              f"{'x0':>9} {'y0':>9} {'x1':>9} {'y1':>9} {'score':>8} {'conf':>7}  text"]
     for r in results:
-        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {r.text}")
+        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {r.text}"
+                     + ("  (not found: confidence below the threshold)" if not r.found else ""))
         if alternatives:
             for a in r.alternatives:
                 lines.append(" ".join(f"{v:9.2f}" for v in a.box) + f" {a.score:8.4f} {a.confidence:7.4f}    (alt)")

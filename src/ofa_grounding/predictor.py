@@ -123,6 +123,9 @@ class GroundingResult:
         probabilities the model gave each coordinate bin, in (0, 1].
     tokens: the 4 generated token ids (bins are ids 58457..59456 for OFA's vocabulary).
     alternatives: the other beams, best first.
+    found: whether `confidence` reaches the Grounder's `min_confidence` (always True without one): False
+        means the model's best guess is too unsure to count as the described object ("not found"); the
+        box is still its best guess.
     """
 
     text: str
@@ -133,10 +136,11 @@ class GroundingResult:
     image_size: tuple[int, int]  # (width, height)
     alternatives: tuple[Alternative, ...] = field(default=())
     truncated: bool = False  # the text was cut to the model's source length
+    found: bool = True
 
     def to_dict(self, alternatives: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"text": self.text, "box": list(self.box), "score": self.score,
-                               "confidence": self.confidence, "tokens": list(self.tokens)}
+                               "confidence": self.confidence, "found": self.found, "tokens": list(self.tokens)}
         if alternatives:
             out["alternatives"] = [{**asdict(a), "box": list(a.box), "tokens": list(a.tokens)}
                                    for a in self.alternatives]
@@ -158,7 +162,10 @@ class Grounder:
     def __init__(self, model: OFAModel, tokenizer: OFATokenizer, preprocess: PreprocessConfig | None = None,
                  generation: GenerationConfig | None = None, device: str | torch.device | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8, fuse: bool = True,
-                 dtype: str = "fp32", cache_mb: float = 64) -> None:
+                 dtype: str = "fp32", cache_mb: float = 64, min_confidence: float | None = None) -> None:
+        if min_confidence is not None and not 0 <= min_confidence <= 1:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        self.min_confidence = min_confidence
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device} requested but CUDA is not available")
@@ -199,9 +206,13 @@ class Grounder:
         (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME` from Hugging Face;
         see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches).
 
-        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`).
+        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` defaults
+        to the model directory's calibrated value (`grounding.json`), if it has one; pass 0 to turn it off.
         """
         ckpt = load_checkpoint(DEFAULT_MODEL if path is None else resolve_model(path, cache_dir))
+        kwargs.setdefault("min_confidence", ckpt.min_confidence)
+        if kwargs["min_confidence"] == 0:
+            kwargs["min_confidence"] = None
         return cls(ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, device=device, **kwargs)
 
     # -- inputs ---------------------------------------------------------------------------------------
@@ -324,8 +335,10 @@ class Grounder:
             alts = tuple(Alternative(tuple(b), h.score, _confidence(h), tuple(h.tokens[:4]))
                          for b, h in zip(boxes[1:], sample[1:]))
             best = sample[0]
-            results.append(GroundingResult(text, tuple(boxes[0]), best.score, _confidence(best),
-                                           tuple(best.tokens[:4]), size_wh, alts, cut))
+            confidence = _confidence(best)
+            found = self.min_confidence is None or confidence >= self.min_confidence
+            results.append(GroundingResult(text, tuple(boxes[0]), best.score, confidence,
+                                           tuple(best.tokens[:4]), size_wh, alts, cut, found))
         return results
 
     def _search(self, enc: EncoderOutput, batch: int, src_len: int) -> list[list[Hypothesis]]:

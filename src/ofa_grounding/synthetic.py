@@ -33,7 +33,8 @@ from PIL import Image, ImageDraw
 
 from .metrics import is_hit
 
-__all__ = ["SceneObject", "make_scene", "resolve", "write_synthetic", "baseline_accuracies", "SHAPES", "COLORS"]
+__all__ = ["COLORS", "SHAPES", "SceneObject", "absent_expressions", "baseline_accuracies", "make_scene", "resolve",
+           "write_synthetic"]
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 COLORS = {"red": (215, 45, 40), "green": (45, 160, 70), "blue": (40, 80, 210), "yellow": (235, 200, 35),
@@ -180,6 +181,26 @@ def _simple_expressions(objects: Sequence[SceneObject], rng: random.Random, coun
                   if resolve({"kind": "attribute", "desc": {k: full[k] for k in keys}}, objects) == [target]]
         if unique:
             out.append((target, {"kind": "attribute", "desc": rng.choice(unique)}))
+    return out
+
+
+def absent_expressions(objects: Sequence[dict[str, Any]] | Sequence[SceneObject], rng: random.Random,
+                       count: int = 1) -> list[str]:
+    """Up to `count` attribute descriptions that match no object of the scene ("the red star" where there
+    is none): the negatives that "not found" is calibrated and scored on. Half name a colour and shape
+    that both occur in the scene, just not together (the hard case), the rest any absent combination."""
+    objs = [o if isinstance(o, dict) else asdict(o) for o in objects]
+    present = {(o["color"], o["shape"]) for o in objs}
+    colors, shapes = sorted({o["color"] for o in objs}), sorted({o["shape"] for o in objs})
+    mixed = [(c, s) for c in colors for s in shapes if (c, s) not in present]
+    anywhere = [(c, s) for c in sorted(COLORS) for s in SHAPES if (c, s) not in present and (c, s) not in mixed]
+    out: list[str] = []
+    for i in range(count):
+        pool = mixed if (i % 2 == 0 and mixed) or not anywhere else anywhere
+        if not pool:
+            break
+        c, s = pool.pop(rng.randrange(len(pool)))
+        out.append(f"the {c} {s}")
     return out
 
 

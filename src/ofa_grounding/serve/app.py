@@ -84,7 +84,7 @@ class BodyLimit:
 
 
 def _result_json(r: GroundingResult) -> dict[str, Any]:
-    return {"text": r.text, "box": list(r.box), "score": r.score, "confidence": r.confidence,
+    return {"text": r.text, "box": list(r.box), "score": r.score, "confidence": r.confidence, "found": r.found,
             "truncated": r.truncated,
             "alternatives": [{"box": list(a.box), "score": a.score, "confidence": a.confidence}
                              for a in r.alternatives]}
@@ -172,7 +172,7 @@ _GROUND_BODY = {
     "responses": {"200": {"description": "one result per description, in order", "content": {
         "application/json": {"example": {"width": 640, "height": 480, "results": [
             {"text": "the red circle", "box": [12.5, 40.0, 98.1, 130.7], "score": -0.21, "confidence": 0.83,
-             "truncated": False, "alternatives": [{"box": [10.0, 38.2, 99.0, 131.0], "score": -0.9,
+             "found": True, "truncated": False, "alternatives": [{"box": [10.0, 38.2, 99.0, 131.0], "score": -0.9,
                                                    "confidence": 0.45}]}]}}}}},
 }
 
@@ -289,5 +289,7 @@ def app_from_env() -> FastAPI:
     torch.set_num_threads(settings["threads"])
     grounder = Grounder.from_pretrained(settings["model"], device=settings["device"], dtype=settings["dtype"],
                                         cache_mb=settings["cache_mb"], batch_size=settings["batch_size"],
-                                        max_pixels=settings["config"]["max_pixels"])
+                                        max_pixels=settings["config"]["max_pixels"],
+                                        **({} if settings.get("min_confidence") is None
+                                           else {"min_confidence": settings["min_confidence"]}))
     return create_app(grounder, ServeConfig(**settings["config"]), model_name=str(settings["model"] or "bundled demo"))

@@ -47,7 +47,8 @@ function drawResults(response) {
     const label = document.createElement("span");
     label.className = "label";
     label.style.background = colour;
-    label.textContent = `${r.text} (${r.confidence.toFixed(2)})`;
+    label.textContent = `${r.text} (${r.confidence.toFixed(2)}${r.found === false ? ", not found" : ""})`;
+    if (r.found === false) box.classList.add("not-found");
     box.append(label);
     boxes.append(box);
 
@@ -56,7 +57,8 @@ function drawResults(response) {
     swatch.className = "swatch";
     swatch.style.background = colour;
     row.insertCell().append(swatch);
-    row.insertCell().textContent = r.text + (r.truncated ? " (truncated)" : "");
+    row.insertCell().textContent = r.text + (r.truncated ? " (truncated)" : "") +
+      (r.found === false ? " (not found: the model is unsure)" : "");
     row.insertCell().textContent = r.box.map((v) => v.toFixed(1)).join(", ");
     row.insertCell().textContent = r.confidence.toFixed(3);
     row.insertCell().textContent = r.score.toFixed(3);
