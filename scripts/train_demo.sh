@@ -3,7 +3,7 @@
 # command, samples seen and wall time to $OUT/stages.tsv; a stage's weights (fp16, weights only) can be
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
-# Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS (stage 1 updates, default 15000),
+# Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS (stage 1 updates, default 14000),
 # MINUTES (stage 1 wall-time cap), DEVICE (cpu, cuda), THREADS (CPU threads, default: the free cores).
 # Measured (docs/experiments/2026-12-04-demo-model.md): stage 1 on 2 CPU cores (AMD EPYC with AVX-512 BF16).
 # --bf16 only where the CPU has bfloat16 units (AVX-512 BF16 / AMX) or on a GPU: elsewhere it is ~7x slower.
@@ -11,7 +11,7 @@ set -euo pipefail
 OUT=${1:-runs/demo}
 BENCH=${BENCH:-data/synthetic-40k}
 TRAIN=${TRAIN:-data/synthetic-train-150k}
-STEPS=${STEPS:-15000}
+STEPS=${STEPS:-14000}
 DEVICE=${DEVICE:-cpu}
 OFA=${OFA:-ofa-ground}
 mkdir -p "$OUT"
@@ -38,12 +38,13 @@ stage() {  # stage NAME SAMPLES_PER_STEP STEPS COMMAND...: run it, then log what
 
 # 1. From scratch: the demo preset (positions entangled), OFA's loss with soft coordinate targets, plus two
 #    training-only heads (each image cell's colour/shape/size; the described object's cells on the encoder's
-#    output) and smooth bin embeddings. 32 samples per step.
+#    output) and smooth bin embeddings; 10 % of the samples describe an absent object, answered with the null
+#    box ("not found"). 32 samples per step.
 if [ -z "${STAGE1_FROM:-}" ]; then
   stage stage1 32 "$STEPS" "$OFA" train --model demo --data "$TRAIN" --val "$BENCH" --val-split val --val-limit 1000 \
     --out "$OUT/stage1" --max-steps "$STEPS" --batch-size 32 --lr 1e-3 --warmup-ratio 0.006 $BF16 --augment flip \
-    --cache-images --bin-sigma 12 --attr-weight 1 --pointer-weight 1 --smooth-bins --eval-every 2000 \
-    --save-every 1000 --seed 1 --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} --no-progress
+    --cache-images --bin-sigma 12 --attr-weight 1 --pointer-weight 1 --smooth-bins --absent-rate 0.1 \
+    --eval-every 2000 --save-every 1000 --seed 1 --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} --no-progress
   STAGE1_FROM="$OUT/stage1/best"
 fi
 

@@ -257,6 +257,9 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
                    "tokens; needs data that lists every object (make-synthetic's)")
     t.add_argument("--pointer-weight", type=float, default=0.0, help="ours, off by default (0): weight of a "
                    "training-only head that finds the described object's cells in the encoder's output; same data")
+    t.add_argument("--absent-rate", type=float, default=0.0, metavar="P", help="ours, off by default (0): this "
+                   "share of samples get a description of an object their image lacks and the null box as target, "
+                   "which the model then answers for absent objects ('not found'); needs make-synthetic's data")
     t.add_argument("--smooth-bins", action="store_true", help="ours: a preset's fresh bin embeddings start as a "
                    "smooth function of the bin index")
     t.add_argument("--drop-path", type=float, help="encoder/decoder drop-path rate (default: the model's)")
@@ -615,6 +618,7 @@ def _train(args: argparse.Namespace) -> int:
                       min_lr=args.min_lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, clip_norm=args.clip_norm, bin_sigma=args.bin_sigma,
                       attr_weight=args.attr_weight, pointer_weight=args.pointer_weight, smooth_bins=args.smooth_bins,
+                      absent_rate=args.absent_rate,
                       drop_path=args.drop_path,
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -23,6 +24,8 @@ __all__ = [
     "ImageInput",
     "ImageLoadError",
     "ImageTooLargeError",
+    "NULL_BOX_BINS",
+    "is_null_box",
     "normalize",
     "resize_square",
     "bins_to_box",
@@ -178,6 +181,17 @@ def bins_to_box(bins: torch.Tensor, ratios: torch.Tensor, num_bins: int, max_ima
     box[:, 0::2] /= ratios[:, 0:1]
     box[:, 1::2] /= ratios[:, 1:2]
     return box
+
+
+# "Not found": the box a model trained with absent descriptions (train --absent-rate) answers for an object the
+# image lacks: the four coordinates at the image's top-left corner. No real object is that small there, so any
+# answer whose four bins all lie below NULL_BOX_MAX_BIN is read as "not found" (`is_null_box`).
+NULL_BOX_BINS = (0, 0, 0, 0)
+NULL_BOX_MAX_BIN = 25  # 2.5 % of the image side, for 1000 bins: a tenth of the smallest synthetic object
+
+
+def is_null_box(bins: Sequence[int], num_bins: int = 1000) -> bool:
+    return max(bins) < NULL_BOX_MAX_BIN * num_bins / 1000
 
 
 def box_to_bins(box: torch.Tensor, ratios: torch.Tensor, num_bins: int, max_image_size: int) -> torch.Tensor:

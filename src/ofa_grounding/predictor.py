@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint
 from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
 from .hub import resolve_model
-from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, load_image, resize_ratios
+from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
 from .model import EncoderOutput, OFAModel
 from .tokenizer import OFATokenizer, pad_ids
 
@@ -123,9 +123,10 @@ class GroundingResult:
         probabilities the model gave each coordinate bin, in (0, 1].
     tokens: the 4 generated token ids (bins are ids 58457..59456 for OFA's vocabulary).
     alternatives: the other beams, best first.
-    found: whether `confidence` reaches the Grounder's `min_confidence` (always True without one): False
-        means the model's best guess is too unsure to count as the described object ("not found"); the
-        box is still its best guess.
+    found: False ("not found") when the model answers the null box (a model trained with absent objects
+        does so for a description that matches nothing in the image; `image.is_null_box`), or when
+        `confidence` is below the Grounder's `min_confidence`, if it has one. The box is the model's answer
+        either way.
     """
 
     text: str
@@ -336,7 +337,9 @@ class Grounder:
                          for b, h in zip(boxes[1:], sample[1:]))
             best = sample[0]
             confidence = _confidence(best)
-            found = self.min_confidence is None or confidence >= self.min_confidence
+            bins = [t - self.tokenizer.bin_offset for t in best.tokens[:4]]
+            found = (self.min_confidence is None or confidence >= self.min_confidence) and \
+                not is_null_box(bins, self.generation.num_bins)
             results.append(GroundingResult(text, tuple(boxes[0]), best.score, confidence,
                                            tuple(best.tokens[:4]), size_wh, alts, cut, found))
         return results

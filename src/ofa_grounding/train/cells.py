@@ -37,10 +37,12 @@ def _norm_box(box: Sequence[float], w: float, h: float, flipped: bool) -> tuple[
     return (1 - x1, y0, 1 - x0, y1) if flipped else (x0, y0, x1, y1)
 
 
-def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int) -> dict[str, torch.Tensor]:
+def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int,
+                absent: Sequence[bool] | None = None) -> dict[str, torch.Tensor]:
     """Per-cell targets of a batch on a grid x grid image grid (row-major, as the image tokens):
     colour / shape / size ids (B, P) (the "none" id where no object is), and the pointer distribution
-    (B, P): the share of the target box's area in each cell."""
+    (B, P): the share of the target box's area in each cell (all zeros where the text describes an
+    absent object: no cell holds it)."""
     B, P = len(samples), grid * grid
     color = torch.full((B, P), NONE_COLOR, dtype=torch.long)
     shape = torch.full((B, P), NONE_SHAPE, dtype=torch.long)
@@ -63,6 +65,8 @@ def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int) -
         for (x0, y0, x1, y1), (c, s, z) in zip(boxes, ids):
             cell = min(int((y0 + y1) / 2 * grid), grid - 1) * grid + min(int((x0 + x1) / 2 * grid), grid - 1)
             color[b, cell], shape[b, cell], size[b, cell] = c, s, z
+        if absent is not None and absent[b]:
+            continue
         x0, y0, x1, y1 = _norm_box(sample.box, w, h, flip)
         wx = (torch.minimum(edges[1:], torch.tensor(x1)) - torch.maximum(edges[:-1], torch.tensor(x0))).clamp(min=0)
         wy = (torch.minimum(edges[1:], torch.tensor(y1)) - torch.maximum(edges[:-1], torch.tensor(y0))).clamp(min=0)
@@ -88,12 +92,14 @@ class CellHeads(nn.Module):
         parts = {"color": logits[..., :nc], "shape": logits[..., nc:nc + ns], "size": logits[..., nc + ns:]}
         attr = sum(F.cross_entropy(parts[k].flatten(0, 1), labels[k].flatten()) for k in parts)
         ptr_logits = self.pointer(encoder_image_tokens).squeeze(-1)  # (B, P)
-        pointer = -(labels["pointer"] * F.log_softmax(ptr_logits, -1)).sum(-1).mean()
+        has_target = labels["pointer"].sum(-1) > 0  # not for descriptions of absent objects
+        pointer = -(labels["pointer"] * F.log_softmax(ptr_logits, -1)).sum(-1).sum() / has_target.sum().clamp(min=1)
         with torch.no_grad():
             objects = labels["color"] != NONE_COLOR
-            hit = labels["pointer"].gather(1, ptr_logits.argmax(-1, keepdim=True)) > 0
+            hit = labels["pointer"].gather(1, ptr_logits.argmax(-1, keepdim=True)).squeeze(1) > 0
             stats = {f"{k}_acc": (parts[k].argmax(-1) == labels[k])[objects].float().mean() for k in parts}
-        return {"attr": attr, "pointer": pointer, **stats, "pointer_acc": hit.float().mean()}
+            pointer_acc = hit[has_target].float().mean() if has_target.any() else hit.new_zeros((), dtype=torch.float)
+        return {"attr": attr, "pointer": pointer, **stats, "pointer_acc": pointer_acc}
 
 
 @torch.no_grad()

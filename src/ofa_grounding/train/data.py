@@ -22,7 +22,8 @@ from PIL import Image, ImageEnhance
 
 from ..config import GenerationConfig, PreprocessConfig
 from ..data import Sample
-from ..image import box_to_bins, load_image, resize_ratios, resize_square
+from ..image import NULL_BOX_BINS, box_to_bins, load_image, resize_ratios, resize_square
+from ..synthetic import absent_expressions
 from ..tokenizer import BOS, PAD, OFATokenizer, pad_ids
 
 __all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "AUGMENTATIONS"]
@@ -43,18 +44,25 @@ class Item:
     pixels: torch.Tensor  # (S, S, 3) uint8; normalised on the model's device (image.normalize_batch)
     target: torch.Tensor  # (5,) int64: 4 bin ids + EOS
     flipped: bool = False  # mirrored (the teacher cache keys soft labels by sample and flip)
+    absent: bool = False  # the text was replaced by a description of an object the image lacks
 
 
 class GroundingTrainSet(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[Sample], tokenizer: OFATokenizer, preprocess: PreprocessConfig,
                  generation: GenerationConfig, augment: Sequence[str] = (), seed: int = 0,
-                 cache_images: bool = False, max_pixels: int | None = None, group_by_image: int = 1) -> None:
+                 cache_images: bool = False, max_pixels: int | None = None, group_by_image: int = 1,
+                 absent_rate: float = 0.0) -> None:
         unknown = set(augment) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
         self.samples, self.tokenizer = list(samples), tokenizer
         self.preprocess, self.generation = preprocess, generation
         self.augment, self.seed, self.epoch = tuple(augment), seed, 0
+        if not 0 <= absent_rate < 1:
+            raise ValueError(f"absent_rate must be in [0, 1), got {absent_rate}")
+        if absent_rate and any("objects" not in s.meta for s in self.samples):
+            raise ValueError("absent descriptions need every sample's objects (the synthetic benchmark's 'objects')")
+        self.absent_rate = absent_rate
         self.max_pixels = max_pixels
         # One entry per image, not per sample: datasets have several expressions per image.
         self._cache: dict[str, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
@@ -96,14 +104,19 @@ class GroundingTrainSet(torch.utils.data.Dataset):
 
     def _item(self, index: int, rng: random.Random) -> Item:
         flip = "flip" in self.augment and rng.random() < 0.5
-        return self.item(index, flip, rng if "jitter" in self.augment else None)
+        absent = None
+        if self.absent_rate and rng.random() < self.absent_rate:
+            absent = next(iter(absent_expressions(self.samples[index].meta["objects"], rng, 1)), None)
+        return self.item(index, flip, rng if "jitter" in self.augment else None, absent)
 
-    def item(self, index: int, flip: bool = False, jitter: random.Random | None = None) -> Item:
+    def item(self, index: int, flip: bool = False, jitter: random.Random | None = None,
+             absent: str | None = None) -> Item:
         """Sample `index`, mirrored if `flip` (image, box and left/right words), with random brightness and
-        contrast drawn from `jitter` if given."""
+        contrast drawn from `jitter` if given. With `absent` (a description of an object the image lacks)
+        that text replaces the sample's, and the target is the null box (`image.NULL_BOX_BINS`)."""
         sample = self.samples[index]
         pixels, size_wh = self._resized(index)
-        text, box = sample.text, sample.box
+        text, box = sample.text if absent is None else absent, sample.box
         if flip:
             pixels = pixels[:, ::-1]
             w = size_wh[0]
@@ -115,11 +128,11 @@ class GroundingTrainSet(torch.utils.data.Dataset):
             pixels = np.asarray(ImageEnhance.Contrast(image).enhance(jitter.uniform(0.85, 1.15)))
         ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
         bins = box_to_bins(torch.tensor([box], dtype=torch.float64), ratios, self.generation.num_bins,
-                           self.preprocess.max_image_size)[0]
+                           self.preprocess.max_image_size)[0] if absent is None else torch.tensor(NULL_BOX_BINS)
         target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([self.tokenizer.eos_id])])
         ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
         # np.array copies: cached arrays are read-only and shared by the image's samples
-        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target, flip)
+        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target, flip, absent is not None)
 
 
 def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int = BOS) -> dict[str, torch.Tensor]:
@@ -132,7 +145,8 @@ def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int
     target = torch.stack([it.target for it in items])  # (B, 5)
     prev = torch.cat([torch.full((len(items), 1), bos_id, dtype=torch.long), target[:, :-1]], dim=1)
     batch = {"input_ids": input_ids, "prev_tokens": prev, "target": target,
-             "index": torch.tensor([it.index for it in items]), "flipped": torch.tensor([it.flipped for it in items])}
+             "index": torch.tensor([it.index for it in items]), "flipped": torch.tensor([it.flipped for it in items]),
+             "absent": torch.tensor([it.absent for it in items])}
     if all(isinstance(u, list) for u in units):
         batch["pixels"] = torch.stack([g[0].pixels for g in groups])
         batch["image_index"] = torch.tensor([k for k, g in enumerate(groups) for _ in g])

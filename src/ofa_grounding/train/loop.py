@@ -80,6 +80,7 @@ class TrainConfig:
     attr_weight: float = 0.0  # ours, off by default: per-cell colour/shape/size head on the image tokens (cells.py)
     pointer_weight: float = 0.0  # ours, off by default: which cells hold the target, on the encoder's image tokens
     smooth_bins: bool = False  # ours: fresh bin embeddings start smooth in the bin index (presets only)
+    absent_rate: float = 0.0  # ours: this share of samples describe an absent object, target the null box
     clip_norm: float = 1.0
     drop_path: float | None = None  # encoder/decoder drop-path rate (None: keep the checkpoint's)
     dropout: float | None = None
@@ -197,6 +198,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
     model.to(device).train()
     distiller = None
+    if cfg.distill is not None and cfg.absent_rate:
+        raise ValueError("--absent-rate cannot be used with distillation (the teacher was not taught absent objects)")
     if cfg.distill is not None:
         if not Path(cfg.distill.teacher).exists():
             raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
@@ -223,7 +226,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              f"'objects' and 'image_size'): {unlabelled} of {len(samples)} samples have none")
         cells = _CellSupervision(model, CellHeads(model.config.d_model).to(device))
     train_set = GroundingTrainSet(samples, tokenizer, preprocess, generation, cfg.augment, cfg.seed, cfg.cache_images,
-                                  group_by_image=cfg.group_by_image)
+                                  group_by_image=cfg.group_by_image, absent_rate=cfg.absent_rate)
     if cfg.batch_size % cfg.group_by_image:
         raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-by-image {cfg.group_by_image}")
     units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
@@ -340,7 +343,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cell_sums: dict[str, float] = {}
             for i, batch in enumerate(micro):
                 labels = cell_labels([samples[j] for j in batch["index"].tolist()], batch["flipped"].tolist(),
-                                     cells.grid(preprocess)) if cells else None
+                                     cells.grid(preprocess), batch["absent"].tolist()) if cells else None
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 batch["patch_images"] = normalize_batch(batch.pop("pixels"), preprocess.mean, preprocess.std)
                 # DDP averages gradients over processes, each normalised by its own token count: equal

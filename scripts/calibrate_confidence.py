@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""How well `confidence` separates right from wrong answers, and a calibrated "not found" threshold.
+
+    python scripts/calibrate_confidence.py MODEL_DIR --data BENCH [--n 1000] [--write] [--plot docs/x.png]
+
+On the synthetic benchmark BENCH (make-synthetic's folder): positives are its rows (the described object is
+there), negatives are descriptions of an absent object ("the red star" in a scene without one; half name a
+colour and a shape the scene has, never together), one per positive's image. The threshold is chosen on
+the val split (the one that maximises balanced accuracy: negatives answered "not found", positives
+answered "found") and scored on the test split. `--write` stores it in MODEL_DIR/grounding.json, which
+`Grounder.from_pretrained` (and so the CLI, the server and the web page) then uses by default.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from ofa_grounding import Grounder
+from ofa_grounding.checkpoint import GROUNDING_FILE
+from ofa_grounding.data import open_dataset
+from ofa_grounding.metrics import is_hit
+from ofa_grounding.synthetic import absent_expressions
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    """P(a random positive scores above a random negative), ties counted half (the Mann-Whitney U)."""
+    ranked = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        mean_rank = (i + j + 1) / 2  # 1-based ranks i+1..j share their mean
+        rank_sum += mean_rank * sum(label for _, label in ranked[i:j])
+        i = j
+    n_pos, n_neg = len(pos), len(neg)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def run_split(grounder: Grounder, data: str, split: str, n: int, seed: int) -> dict[str, list]:
+    rows = [s for _, s in zip(range(n), open_dataset(data, split=split))]
+    rng = random.Random(seed)
+    by_image: dict[str, list] = {}
+    for s in rows:
+        by_image.setdefault(s.image_key, []).append(s)
+    pos_conf, pos_hit, neg_conf = [], [], []
+    for samples in by_image.values():
+        negatives = absent_expressions(samples[0].meta["objects"], rng, len(samples))
+        results = grounder.predict(samples[0].image, [s.text for s in samples] + negatives)
+        for s, r in zip(samples, results):
+            pos_conf.append(r.confidence)
+            pos_hit.append(bool(is_hit(r.box, s.box)))
+        neg_conf += [r.confidence for r in results[len(samples):]]
+    return {"pos_conf": pos_conf, "pos_hit": pos_hit, "neg_conf": neg_conf}
+
+
+def decisions(run: dict[str, list], t: float) -> dict[str, float]:
+    pos_found = [c >= t for c in run["pos_conf"]]
+    neg_nf = [c < t for c in run["neg_conf"]]
+    nf_true, nf_false = sum(neg_nf), sum(not f for f in pos_found)
+    hits = [h for h in run["pos_hit"]]
+    return {
+        "not_found_precision": nf_true / max(nf_true + nf_false, 1),  # of "not found" answers, absent objects
+        "not_found_recall": nf_true / max(len(neg_nf), 1),  # of absent objects, answered "not found"
+        "positives_found": sum(pos_found) / max(len(pos_found), 1),
+        "hits_kept": sum(h and f for h, f in zip(hits, pos_found)) / max(sum(hits), 1),
+        "misses_flagged": sum(not h and not f for h, f in zip(hits, pos_found)) / max(len(hits) - sum(hits), 1),
+        "balanced_accuracy": (sum(neg_nf) / max(len(neg_nf), 1) + sum(pos_found) / max(len(pos_found), 1)) / 2,
+    }
+
+
+def reliability(run: dict[str, list], bins: int = 10) -> list[dict]:
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [h for c, h in zip(run["pos_conf"], run["pos_hit"]) if lo <= c < hi or (b == bins - 1 and c == 1)]
+        if sel:
+            out.append({"confidence": f"{lo:.1f}-{hi:.1f}", "count": len(sel), "acc50": sum(sel) / len(sel)})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--data", required=True, help="a make-synthetic folder (its val and test splits)")
+    ap.add_argument("--n", type=int, default=1000, help="positives per split (default 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--write", action="store_true", help=f"store the threshold in MODEL/{GROUNDING_FILE}")
+    ap.add_argument("--plot", type=Path, help="write a reliability plot (needs matplotlib)")
+    args = ap.parse_args()
+    grounder = Grounder.from_pretrained(args.model, min_confidence=0)
+    val = run_split(grounder, args.data, "val", args.n, args.seed)
+    test = run_split(grounder, args.data, "test", args.n, args.seed + 1)
+    candidates = sorted(set(val["pos_conf"]) | set(val["neg_conf"]))
+    threshold = max(candidates, key=lambda t: decisions(val, t)["balanced_accuracy"])
+    report = {"model": str(args.model), "data": args.data, "n_per_split": args.n, "threshold_from": "val",
+              "min_confidence": round(threshold, 4)}
+    for name, run in (("val", val), ("test", test)):
+        misses = [c for c, h in zip(run["pos_conf"], run["pos_hit"]) if not h]
+        report[name] = {
+            "positives": len(run["pos_conf"]), "negatives": len(run["neg_conf"]),
+            "acc50": sum(run["pos_hit"]) / len(run["pos_hit"]),
+            "auroc_hit_vs_miss": auroc([c for c, h in zip(run["pos_conf"], run["pos_hit"]) if h], misses)
+            if misses and len(misses) < len(run["pos_hit"]) else None,
+            "auroc_present_vs_absent": auroc(run["pos_conf"], run["neg_conf"]),
+            **{k: round(v, 4) for k, v in decisions(run, threshold).items()},
+            "reliability": reliability(run)}
+    if args.write:
+        (args.model / GROUNDING_FILE).write_text(json.dumps({
+            "min_confidence": report["min_confidence"],
+            "how": f"scripts/calibrate_confidence.py on {args.data} (val split, {args.n} positives + as many "
+                   "absent-object descriptions; the threshold with the best balanced accuracy)",
+            "test": {k: report["test"][k] for k in ("not_found_precision", "not_found_recall", "hits_kept")}},
+            indent=1) + "\n")
+    if args.plot:
+        _plot(report["test"]["reliability"], test, threshold, args.plot)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _plot(bins: list[dict], run: dict[str, list], threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    centres = [float(x["confidence"].split("-")[0]) + 0.05 for x in bins]
+    a.bar(centres, [x["acc50"] for x in bins], width=0.09, color="tab:blue")
+    a.plot([0, 1], [0, 1], "k--", lw=1)
+    a.set(xlabel="confidence", ylabel="Acc@0.5 (test)", title="reliability", xlim=(0, 1), ylim=(0, 1))
+    for c, x in zip(centres, bins):
+        a.text(c, x["acc50"] + 0.02, str(x["count"]), ha="center", fontsize=7)
+    edges = [i / 40 for i in range(41)]
+    b.hist([c for c, h in zip(run["pos_conf"], run["pos_hit"]) if h], bins=edges, alpha=0.6, label="hit")
+    b.hist([c for c, h in zip(run["pos_conf"], run["pos_hit"]) if not h], bins=edges, alpha=0.6, label="miss")
+    b.hist(run["neg_conf"], bins=edges, alpha=0.6, label="absent object")
+    b.axvline(threshold, color="k", ls="--", lw=1, label=f"min_confidence {threshold:.3f}")
+    b.set(xlabel="confidence", ylabel="count (test)", title="confidence by outcome")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
