@@ -233,3 +233,17 @@ def test_min_confidence_not_found_in_table_and_json(tiny_model_dir: Path, tmp_pa
     assert json.loads(capsys.readouterr().out)["results"][0]["found"] is True
     assert main(["predict", "--model", str(tiny_model_dir), str(image), "x", "--min-confidence", "1.5"]) == 2
     assert "--min-confidence must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_help_and_version_do_not_import_torch() -> None:
+    """`--help`/`--version` took 3.6-5.9 s when the package imported torch at import time."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ofa_grounding, ofa_grounding.cli as c\n"
+            "for argv in (['--help'], ['predict', '--help'], ['--version'], ['train', '--help']):\n"
+            "    try:\n        c.main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert ofa_grounding.Grounder.__name__ == 'Grounder' and 'torch' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

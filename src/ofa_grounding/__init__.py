@@ -6,13 +6,24 @@
     result.box  # (x0, y0, x1, y1) in pixels
 """
 
-from .checkpoint import CheckpointError, load_checkpoint
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
-from .image import ImageLoadError
-from .predictor import DEFAULT_MODEL, Alternative, Grounder, GroundingResult
+from .errors import CheckpointError, ImageLoadError
 from .presets import get_preset, list_presets
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): these need torch, which takes seconds to import; `ofa-ground --help`
+# and the configuration classes do not.
+_LAZY = {"DEFAULT_MODEL": "predictor", "Alternative": "predictor", "Grounder": "predictor",
+         "GroundingResult": "predictor", "load_checkpoint": "checkpoint"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DEFAULT_MODEL", "Alternative", "CheckpointError", "GenerationConfig", "Grounder", "GroundingResult",
            "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "get_preset", "list_presets",

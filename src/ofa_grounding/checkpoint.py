@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
+from .errors import CheckpointError
 from .model import OFAModel
 from .tokenizer import ASSETS_DIR, OFAChineseTokenizer, OFATokenizer, load_tokenizer
 
@@ -50,8 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
-    """A model directory or weights file is unusable; the message says which file or keys and why."""
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

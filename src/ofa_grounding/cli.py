@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import CheckpointError
-from .data import FORMATS, DataError
-from .image import DEFAULT_MAX_PIXELS, ImageLoadError
+from .config import DEFAULT_MAX_PIXELS
+from .data import FORMATS
+from .errors import CheckpointError, DataError, ImageLoadError
 
 __all__ = ["build_parser", "main"]
 

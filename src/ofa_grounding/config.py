@@ -10,6 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# Images with more pixels are refused from their header, before decoding (10k x 10k; decoded RGB would take
+# 300 MB). The server's default is lower (serve/config.py): it decodes several requests at once.
+DEFAULT_MAX_PIXELS = 100_000_000
+
 __all__ = ["RESNET_LAYERS", "GenerationConfig", "OFAConfig", "PreprocessConfig"]
 
 # Bottleneck blocks per stage of the 3-stage ResNet OFA uses (no layer4). "resnet18" still uses

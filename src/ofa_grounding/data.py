@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
+
 __all__ = ["Sample", "DataIssue", "DataError", "Dataset", "open_dataset", "read_jsonl", "read_tsv", "read_refer",
            "load_refer_pickle", "list_splits", "FORMATS"]
 
 FORMATS = ("jsonl", "tsv", "refer")
 
 
-class DataError(ValueError):
-    """A dataset input is unusable (raised for the first problem in strict mode, or for a bad path)."""
 
 
 @dataclass

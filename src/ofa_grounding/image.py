@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_PIXELS
+from .errors import ImageLoadError, ImageTooLargeError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageInput",
@@ -37,15 +40,6 @@ __all__ = [
 ]
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
-DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; decoded RGB would take 300 MB
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read; the message names the input and the reason in one line."""
-
-
-class ImageTooLargeError(ImageLoadError):
-    """The image has more pixels than allowed (checked from its header, before decoding)."""
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
