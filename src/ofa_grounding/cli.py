@@ -556,6 +556,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .data import list_splits, open_dataset
     from .evaluate import distributed_context, evaluate
 
+    if not Path(args.data).exists():
+        raise _UsageError(f"--data {args.data}: no such file or folder")
     ctx = distributed_context(args.device)
     if ctx.world_size > 1 and args.device and args.device.startswith("cuda"):
         args.device = f"cuda:{ctx.local_rank}"
@@ -587,6 +589,11 @@ def _eval(args: argparse.Namespace) -> int:
     issues = [i for r in reports for i in r.issues]
     for issue in issues:
         _error(f"skipped: {issue}")
+    if sum(r.summary["count"] for r in reports) == 0:
+        names = ", ".join(str(r.split) for r in reports)
+        _error(f"--data {args.data}: no usable samples (split {names}"
+               + (f"; {len(issues)} skipped, listed above)" if issues else ")"))
+        return EXIT_FAILED
     if args.json:
         splits = {str(r.split): {**r.summary, "seconds": r.seconds, "skipped": len(r.issues),
                                  "breakdowns": r.breakdowns()} for r in reports}
