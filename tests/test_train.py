@@ -301,3 +301,21 @@ def test_hidden_mse_with_projection_and_mask() -> None:
     # projected student [[1, 1], [2, 2]] vs teacher [[2, 2], [0, 0]]: squared errors 1, 1, 4, 4
     assert hidden_mse(s, t, proj).item() == pytest.approx((1 + 1 + 4 + 4) / 4)
     assert hidden_mse(s, t, proj, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
+
+
+def test_a_run_directory_is_not_overwritten_unasked(tmp_path: Path) -> None:
+    data = tmp_path / "syn"
+    write_synthetic(data, 8, seed=4, size=(64, 64))
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "ofa_grounding.cli", "train", "--model", "demo", "--data", str(data), "--out",
+            str(out), "--max-steps", "1", "--batch-size", "2", "--image-size", "64", "--no-progress"]
+    assert subprocess.run(base, capture_output=True, text=True).returncode == 0
+    (out / "best").mkdir()
+    (out / "best" / "stale.txt").write_text("from the old run")
+    before = (out / "log.csv").read_text()
+    again = subprocess.run(base, capture_output=True, text=True)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    assert (out / "log.csv").read_text() == before
+    fresh = subprocess.run([*base, "--overwrite"], capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    assert not (out / "best").exists() and (out / "last" / "trainer_state.json").is_file()

@@ -163,3 +163,4 @@ def test_absent_descriptions_target_the_null_box(tmp_path: Path) -> None:
     again = [ds[i] for i in range(len(ds))]
     assert [it.absent for it in again] == [it.absent for it in items]
     assert [it.input_ids for it in again] == [it.input_ids for it in items]
+

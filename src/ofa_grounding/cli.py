@@ -274,6 +274,8 @@ def _training_arguments(t: argparse.ArgumentParser, defaults: dict[str, Any]) ->
     t.add_argument("--cache-images", action="store_true", help="keep resized training images in memory")
     t.add_argument("--device", default=None)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an --out that already holds a run "
+                   "(without it, or --resume, such an --out is refused)")
     t.add_argument("--modelscope", action="store_true", help="also write pytorch_model.bin with every OFA key")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL after that step
@@ -630,6 +632,7 @@ def _train(args: argparse.Namespace) -> int:
                       dropout=args.dropout, bf16=args.bf16, augment=[a for a in args.augment.split(",") if a],
                       eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, workers=args.workers,
                       cache_images=args.cache_images, device=args.device, resume=args.resume,
+                      overwrite=args.overwrite,
                       modelscope=args.modelscope, progress=not args.no_progress, kill_at_step=args.kill_at_step,
                       image_size=args.image_size, max_minutes=args.max_minutes,
                       stop_at_step=args.stop_at_step)

@@ -93,6 +93,7 @@ class TrainConfig:
     cache_images: bool = False
     device: str | None = None
     resume: bool = False
+    overwrite: bool = False  # start afresh in an `out` that already holds a run (else refused)
     modelscope: bool = False  # also write pytorch_model.bin with every OFA key
     progress: bool = True
     distill: DistillConfig | None = None  # a teacher's extra loss terms (ofa-ground distill)
@@ -173,8 +174,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         device = torch.device(f"cuda:{ctx.local_rank}")
     out = Path(cfg.out)
     last_dir, best_dir = out / "last", out / "best"
+    if not cfg.resume and not cfg.overwrite and any((out / name).exists() for name in ("last", "best", "log.csv")):
+        raise ValueError(f"--out {out} already holds a run: pass --resume to continue it or --overwrite to start "
+                         "afresh (its last/, best/ and log.csv are replaced)")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite:  # nothing of the old run may pass for the new one's (a stale best/ above all)
+            import shutil
+
+            for name in ("last", "best"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            (out / "log.csv").unlink(missing_ok=True)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
