@@ -262,3 +262,14 @@ def test_eval_without_usable_samples_fails_with_one_line(tiny_model_dir: Path, t
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope.jsonl")]) == 2
     missing = tmp_path / "nope.jsonl"
     assert capsys.readouterr().err.strip() == f"ofa-ground: error: --data {missing}: no such file or folder"
+
+
+def test_empty_description_is_not_found(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+                                        capsys: pytest.CaptureFixture) -> None:
+    case = next(c for c in reference_cases if not c["text"].strip())
+    assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), case["text"],
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["found"] is False and result["tokens"] == case["tokens"]
+    assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), " "]) == 0
+    assert "not found: empty description" in capsys.readouterr().out

@@ -482,7 +482,8 @@ def _table(image: str, width: int, height: int, results: list, alternatives: boo
              f"{'x0':>9} {'y0':>9} {'x1':>9} {'y1':>9} {'score':>8} {'conf':>7}  text"]
     for r in results:
         lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {r.text}"
-                     + ("  (not found: confidence below the threshold)" if not r.found else ""))
+                     + ("" if r.found else "  (not found: empty description)" if not r.text.strip() else
+                        "  (not found)"))
         if alternatives:
             for a in r.alternatives:
                 lines.append(" ".join(f"{v:9.2f}" for v in a.box) + f" {a.score:8.4f} {a.confidence:7.4f}    (alt)")

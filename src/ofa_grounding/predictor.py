@@ -125,8 +125,9 @@ class GroundingResult:
     alternatives: the other beams, best first.
     found: False ("not found") when the model answers the null box (a model trained with absent objects
         does so for a description that matches nothing in the image; `image.is_null_box`), or when
-        `confidence` is below the Grounder's `min_confidence`, if it has one. The box is the model's answer
-        either way.
+        `confidence` is below the Grounder's `min_confidence`, if it has one, or when the description is empty
+        or whitespace (it describes nothing). The box is the model's answer either way (for an empty
+        description the reference's answer to the bare prompt, which we keep for fidelity).
     """
 
     text: str
@@ -339,7 +340,7 @@ class Grounder:
             confidence = _confidence(best)
             bins = [t - self.tokenizer.bin_offset for t in best.tokens[:4]]
             found = (self.min_confidence is None or confidence >= self.min_confidence) and \
-                not is_null_box(bins, self.generation.num_bins)
+                not is_null_box(bins, self.generation.num_bins) and bool(text.strip())
             results.append(GroundingResult(text, tuple(boxes[0]), best.score, confidence,
                                            tuple(best.tokens[:4]), size_wh, alts, cut, found))
         return results

@@ -152,8 +152,6 @@ def _check_texts(texts: Sequence[Any], config: ServeConfig) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise APIError(422, "bad_text", f"description {i} is not a string")
-        if not t.strip():
-            raise APIError(422, "empty_text", f"description {i} is empty")
         if len(t) > config.max_text_chars:
             raise APIError(422, "text_too_long",
                            f"description {i} has {len(t)} characters; the limit is {config.max_text_chars}")
