@@ -199,3 +199,26 @@ def test_describe_counts_every_parameter_once(reference_model_dir: Path) -> None
     assert params["token embeddings"] == 59457 * 256
     assert info["preset"] == "tiny" and info["layout"] == "modelscope" and info["stored_dtype"] == "float16"
     assert info["vocabulary"] == {"size": 59457, "bins": 1000, "first_bin": 58457}
+
+
+def test_legacy_torch_save_loads_and_malicious_pickles_are_refused_in_one_line(tmp_path: Path) -> None:
+    import os
+
+    from ofa_grounding.checkpoint import CheckpointError, load_state_dict
+
+    legacy = tmp_path / "legacy.bin"
+    torch.save({"w": torch.arange(3.0)}, legacy, _use_new_zipfile_serialization=False)  # pre-1.6 format
+    assert torch.equal(load_state_dict(legacy)["w"], torch.arange(3.0))
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("echo should-not-run",)
+
+    for zipped in (True, False):
+        evil = tmp_path / f"evil-{zipped}.bin"
+        torch.save({"w": Payload()}, evil, _use_new_zipfile_serialization=zipped)
+        with pytest.raises(CheckpointError) as info:
+            load_state_dict(evil)
+        message = str(info.value)
+        assert "refused" in message and "system" in message and "\n" not in message
+        assert "weights_only=False" not in message and "weights_only" not in message

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         # mmap: the file's pages are released as a whole once every tensor was copied out (see
-        # convert_state_dict), instead of leaving freed fragments on the heap.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # convert_state_dict), instead of leaving freed fragments on the heap. Legacy (pre-zip) torch.save
+        # files cannot be mapped: they are read whole, through the same restricted unpickler.
+        with path.open("rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: code or an object, not tensors
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({refused.group(1)})" if refused else ""
+        raise CheckpointError(f"{path}: refused: the file holds Python objects besides tensors{what}, which could "
+                              "run code when unpickled; only plain tensor state dicts are loaded") from None
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {reason})") from None
