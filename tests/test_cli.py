@@ -273,3 +273,40 @@ def test_empty_description_is_not_found(reference_model_dir: Path, reference_dir
     assert result["found"] is False and result["tokens"] == case["tokens"]
     assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), " "]) == 0
     assert "not found: empty description" in capsys.readouterr().out
+
+
+def test_table_escapes_control_characters(tiny_model_dir: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "red\x1b[2J circle\x07 à gauche"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "red\\x1b[2J circle\\x07 à gauche" in out  # readable, and non-ASCII letters kept
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "red\x1b[2J", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["text"] == "red\x1b[2J"  # JSON keeps the text
+
+
+def test_draw_target_checked_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    missing_model = str(tmp_path / "no-model")  # the --draw check must fail first, not the model's
+    assert main(["predict", "--model", missing_model, str(image), "x", "--draw", str(tmp_path / "nope" / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ofa-ground: error: --draw {tmp_path / 'nope' / 'o.png'}: cannot write") and "\n" not in err
+    assert main(["predict", "--model", missing_model, str(image), "x", "--draw", str(tmp_path / "o.xyz")]) == 2
+    assert "unknown image type '.xyz'" in capsys.readouterr().err
+    assert not (tmp_path / "o.xyz").exists()
+
+
+def test_empty_jsonl_is_a_note_not_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    batch = tmp_path / "in.jsonl"
+    batch.write_text("\n\n")
+    assert main(["predict", "--model", str(tmp_path / "no-model"), "--jsonl", str(batch)]) == 0  # no model needed
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == f"ofa-ground: warning: --jsonl {batch}: no inputs, nothing to do"

@@ -342,6 +342,8 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_jsonl(args)
     if not args.image or not args.text:
         raise _UsageError("predict needs IMAGE and at least one TEXT (or --jsonl FILE)")
+    if args.draw is not None:
+        _check_writable_image(args.draw)
     grounder = _load_grounder(args)
     try:
         results = grounder.predict(args.image, args.text)
@@ -362,6 +364,30 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         print(_table(args.image, width, height, results, args.alternatives))
     return EXIT_OK  # truncated descriptions: the Grounder's warning, on stderr
+
+
+def _check_writable_image(path: Path) -> None:
+    """--draw's file, checked before the model loads: a known image extension, a folder that takes it."""
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise _UsageError(f"--draw {path}: unknown image type {path.suffix or '(no extension)'!r}; use .png or .jpg")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise _UsageError(f"--draw {path}: cannot write ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink()
+
+
+def _printable(text: str) -> str:
+    """Control characters (a terminal would act on ESC sequences) as escapes, for table output."""
+    import unicodedata
+
+    return "".join(c if unicodedata.category(c)[0] != "C" else repr(c)[1:-1] if ord(c) < 0x10000 else
+                   f"\\U{ord(c):08x}" for c in text)
 
 
 def _require_extra(extra: str, what: str, *modules: str) -> None:
@@ -478,10 +504,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _table(image: str, width: int, height: int, results: list, alternatives: bool) -> str:
-    lines = [f"{image} ({width}x{height})",
+    lines = [f"{_printable(image)} ({width}x{height})",
              f"{'x0':>9} {'y0':>9} {'x1':>9} {'y1':>9} {'score':>8} {'conf':>7}  text"]
     for r in results:
-        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {r.text}"
+        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {_printable(r.text)}"
                      + ("" if r.found else "  (not found: empty description)" if not r.text.strip() else
                         "  (not found)"))
         if alternatives:
@@ -509,6 +535,9 @@ def _predict_jsonl(args: argparse.Namespace) -> int:
             records.append({"image": item["image"], "text": item["text"]})
         except ValueError as exc:
             records.append({"image": None, "text": None, "error": f"{args.jsonl}:{n}: {str(exc).splitlines()[0]}"})
+    if not records:  # an empty batch is not an error (a pipeline's empty day), but say so
+        _warn(f"--jsonl {args.jsonl}: no inputs, nothing to do")
+        return EXIT_OK
     grounder = _load_grounder(args)
     by_image: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
@@ -531,7 +560,7 @@ def _predict_jsonl(args: argparse.Namespace) -> int:
         for (_, indices), results in zip(batch, answers):
             for i, r in zip(indices, results):
                 outputs[i].update(width=r.image_size[0], height=r.image_size[1], box=list(r.box), score=r.score,
-                                  confidence=r.confidence, tokens=list(r.tokens))
+                                  confidence=r.confidence, found=r.found, tokens=list(r.tokens))
                 if args.alternatives:
                     outputs[i]["alternatives"] = r.to_dict(alternatives=True)["alternatives"]
     failed = 0
