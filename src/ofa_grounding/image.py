@@ -66,8 +66,8 @@ def _open_bytes(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image, or a format Pillow cannot read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{name}: refused by Pillow's decompression-bomb check ({exc})") from None
+    except Image.DecompressionBombError as exc:  # so large that Pillow refuses even to open it
+        raise ImageTooLargeError(f"{name}: too many pixels ({exc})") from None
     except Exception as exc:  # Pillow's decoders raise many types for damaged files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageLoadError(f"{name}: image is truncated or corrupt ({reason})") from None

@@ -264,3 +264,33 @@ def test_empty_description_answers_not_found_like_the_api(client: TestClient, re
         assert response.status_code == 200, response.text
         assert response.json()["results"][0]["found"] is False
     assert client.post("/v1/ground", json={"image": b64, "texts": ["x"]}).json()["results"][0]["found"] is True
+
+
+def test_multipart_problems_answer_in_the_error_shape(client: TestClient) -> None:
+    image = EXAMPLE.read_bytes()
+    _error(client.post("/v1/ground", files={"image": ("a.png", image, "image/png")}, data={"text": ["a"] * 50}),
+           422, "too_many_texts")
+    for ctype in ("multipart/form-data; boundary=xyz", "multipart/form-data"):
+        _error(client.post("/v1/ground", content=b"garbage", headers={"content-type": ctype}), 422, "bad_multipart")
+    two = [("image", ("a.png", image, "image/png")), ("image", ("b.png", image, "image/png"))]
+    _error(client.post("/v1/ground", files=two, data={"text": ["a"]}), 422, "too_many_images")
+    part = b'--b\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
+    body = (part % (b"image", b'; filename="a.png"', image) + part % (b"text", b"", b"\xff\xfe red") + b"--b--\r\n")
+    _error(client.post("/v1/ground", content=body, headers={"content-type": "multipart/form-data; boundary=b"}),
+           422, "bad_text")
+    ok = client.post("/v1/ground", files={"image": ("a.png", image, "image/png")}, data={"text": ["à gauche é"]})
+    assert ok.status_code == 200 and ok.json()["results"][0]["text"] == "à gauche é"
+
+
+def test_a_png_bomb_is_413_image_too_large(client: TestClient) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)  # 60000 x 60000 RGB, no pixel data needed
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+            + chunk(b"IEND", b""))
+    _error(client.post("/v1/ground", files={"image": ("bomb.png", bomb, "image/png")}, data={"text": ["a"]}),
+           413, "image_too_large")

@@ -32,6 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..image import ImageLoadError, ImageTooLargeError, load_image
@@ -108,11 +109,24 @@ async def _read_request(request: Request, config: ServeConfig) -> tuple[bytes, l
     """(image bytes, texts) from a multipart form or a JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=2, max_fields=config.max_texts + 8)
+        body = await request.body()  # kept (the form is parsed from it), capped by BodyLimit
+        try:
+            form = await request.form(max_files=2, max_fields=config.max_texts + 8)
+        except HTTPException as exc:  # Starlette's multipart errors: answered in our error shape
+            if "fields" in str(exc.detail):
+                raise APIError(422, "too_many_texts", f"too many form fields; the limit is {config.max_texts} "
+                                                      "descriptions per request") from None
+            raise APIError(422, "bad_multipart", f"malformed multipart body ({exc.detail})") from None
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise APIError(422, "missing_image", "multipart field 'image' must be an image file")
-        return await upload.read(), list(form.getlist("text"))
+        if len(files) > 1:
+            raise APIError(422, "too_many_images", f"{len(files)} files in one form; send one image per request")
+        texts = list(form.getlist("text"))
+        if any(isinstance(t, str) and any("\x80" <= c <= "\xff" for c in t) for t in texts):
+            _check_utf8_fields(body, request.headers.get("content-type", ""))
+        return await upload.read(), texts
     if ctype == "application/json":
         try:
             body = json.loads(await request.body())
@@ -142,6 +156,21 @@ async def _read_request(request: Request, config: ServeConfig) -> tuple[bytes, l
             raise APIError(422, "unreadable_image", "JSON field 'image' is not valid base64") from None
     raise APIError(415, "unsupported_content_type",
                    f"content type {ctype or '(none)'!r}: send multipart/form-data or application/json")
+
+
+def _check_utf8_fields(body: bytes, content_type: str) -> None:
+    """Starlette decodes a form field that is not UTF-8 as Latin-1 (mojibake, silently); look at the raw
+    bytes of the text fields instead (only called when a text has characters that such a decoding makes)."""
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for i, part in enumerate(p for p in message.iter_parts() if p.get_param("name", header="content-disposition")
+                             == "text"):
+        try:
+            (part.get_payload(decode=True) or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise APIError(422, "bad_text", f"description {i} is not valid UTF-8") from None
 
 
 def _check_texts(texts: Sequence[Any], config: ServeConfig) -> list[str]:
