@@ -16,7 +16,7 @@
 #   STOP_AT       optional: stop both arms after this update, on the learning-rate schedule of STEPS (e.g.
 #                 STEPS=16000 STOP_AT=5000: run B's schedule, cut short; results.tsv reports the steps done)
 #   MAX_MINUTES   optional wall-time guard per run (a run stopped by it reports fewer steps in results.tsv)
-# The GPU attempt in the README (one H200) ran: DEVICE=cuda WORKERS=2 PARALLEL=1 STEPS=5000 TEACHER_PRESET=tiny ...
+# The GPU attempt in docs/experiments/2026-11-distillation.md (one H200) ran: DEVICE=cuda WORKERS=2 PARALLEL=1 STEPS=5000 TEACHER_PRESET=tiny ...
 set -euo pipefail
 TEACHER=${1:?usage: distill_experiment.sh TEACHER [OUT]}
 OUT=${2:-runs/distill-experiment}

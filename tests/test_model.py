@@ -119,7 +119,7 @@ def test_cached_steps_equal_full_decoder(model_name: str, request: pytest.Fixtur
 
 def test_entangled_positions_change_the_output(tiny: OFAModel, entangled: OFAModel) -> None:
     """Same weights, entangle on/off: different logits (checked against modelscope 1.40.2 separately, see
-    the README's fidelity section)."""
+    docs/fidelity.md)."""
     entangled.load_state_dict(tiny.state_dict())
     ids, pixels = torch.tensor([[0, 61, 976, 2]]), torch.randn(1, 3, 64, 64)
     prefix = torch.tensor([[0, 58500, 58600]])

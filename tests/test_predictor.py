@@ -181,7 +181,7 @@ def test_feature_cache_reuses_the_backbone_by_content(reference_dir: Path) -> No
 
 def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, reference_cases: list[dict]) -> None:
     """bf16 is not exact. On this random-weight fixture many bins are near-ties, so about half the cases
-    keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; README, Speed); a broken bf16 path
+    keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; docs/speed.md); a broken bf16 path
     agrees ~never. The backbone and encoder run in bf16, the decoder and the shared token table in fp32."""
     from ofa_grounding.backbone import cpu_bf16_supported
     from ofa_grounding.bench import box_overlap

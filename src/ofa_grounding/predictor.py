@@ -32,7 +32,7 @@ from .tokenizer import OFATokenizer, pad_ids
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "Alternative", "FeatureCache", "Grounder", "GroundingResult"]
 
-# Our demo model, trained on the synthetic benchmark and shipped in the package (see the README).
+# Our demo model, trained on the synthetic benchmark and shipped in the package (its README.md there).
 DEFAULT_MODEL = Path(__file__).parent / "models" / "demo"
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 # Precision modes: fp32 is the reference's arithmetic (parity); bf16 converts the backbone and encoder
 # weights to bfloat16 (fast on CPUs with AVX-512 BF16 / AMX and on GPUs) and keeps the decoder in fp32:
 # the decoder is ~10 % of the time but decides between near-tied bins (with it in bf16 too, 88 % of a
-# trained model's boxes kept IoU >= 0.9 with fp32's, 98.7 % without; README, Speed). int8 dynamic
+# trained model's boxes kept IoU >= 0.9 with fp32's, 98.7 % without; docs/speed.md). int8 dynamic
 # quantisation of the linear layers was measured and dropped: 6 % faster single queries, slower batches,
-# 12 % token agreement (README, Speed).
+# 12 % token agreement (docs/speed.md, Measured and dropped).
 DTYPES = ("fp32", "bf16")
 
 

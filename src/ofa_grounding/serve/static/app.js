@@ -107,7 +107,10 @@ drop.addEventListener("drop", (e) => {
 $("example").addEventListener("click", async () => {
   const blob = await (await fetch("/static/example.png")).blob();
   useFile(new File([blob], "example.png", { type: blob.type }));
-  if (!$("texts").value.trim()) $("texts").value = "the red circle on the left";
+  // the example's four shapes (examples/README.md), which the bundled demo model was trained to find
+  if (!$("texts").value.trim()) {
+    $("texts").value = "the red circle\nthe blue square\nthe green triangle\nthe small yellow circle";
+  }
 });
 $("ground").addEventListener("click", ground);
 $("texts").addEventListener("keydown", (e) => {
