@@ -11,6 +11,9 @@ connection failure), throughput, latency p50/p95/p99, the server's RSS after war
 the requests are done, at the end, and at its peak, and how many model calls served the requests (mean
 descriptions per call).
 `--compare-unbatched` repeats the run against a server with `--max-batch 1` (micro-batching off).
+`--rss-every N` (a soak): also samples the server's RSS after every N completed requests and prints them,
+with the spread of the samples after the first fifth (warm-up): a leak grows steadily, an allocator
+plateaus.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace, payloads: list[bytes], max_batch: int) -> dict
         errors: list[str] = []
         lock = threading.Lock()
         counter = iter(range(10**9))
+        samples: list[tuple[int, float]] = []  # (requests done, RSS MB) every --rss-every requests
         stop_at = time.perf_counter() + args.duration if args.duration else float("inf")
 
         def client() -> None:
@@ -106,6 +110,8 @@ def run(args: argparse.Namespace, payloads: list[bytes], max_batch: int) -> dict
                     latencies.append(time.perf_counter() - t0)
                     if problem:
                         errors.append(problem)
+                    if args.rss_every and len(latencies) % args.rss_every == 0:
+                        samples.append((len(latencies), _rss_mb(server.pid)))
 
         # the server's RSS as requests complete: growth after the first quarter would be a leak
         profile: list[tuple[int, float]] = []
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace, payloads: list[bytes], max_batch: int) -> dict
                 "rss_start_mb": rss_start, "rss_end_mb": _rss_mb(server.pid),
                 "rss_peak_mb": _rss_mb(server.pid, "VmHWM"), "model_calls": calls,
                 "rss_at_quarter_mb": quarter[0] if quarter else float("nan"),
-                "rss_profile": profile[:: max(1, len(profile) // 20)],
+                "rss_profile": profile[:: max(1, len(profile) // 20)], "rss_samples": samples,
                 "descriptions_per_call": (after["descriptions"] - before["descriptions"]) / max(1, calls)}
     finally:
         server.terminate()
@@ -154,6 +160,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--compare-unbatched", action="store_true", help="also run with --max-batch 1")
     ap.add_argument("--unbatched-requests", type=int, default=0, help="request budget of that run (default: same)")
+    ap.add_argument("--rss-every", type=int, default=0, metavar="N", help="soak: sample RSS every N requests")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.requests and not args.duration:
@@ -185,6 +192,16 @@ def main() -> None:
         print(" | ".join(f"{c!s:>9}" for c in cells))
         for e in r["first_errors"]:
             print("  error:", e)
+    for r in rows:
+        if r["rss_samples"]:
+            print(f"RSS every {args.rss_every} requests (max batch {r['max_batch']}): "
+                  + ", ".join(f"{n}: {v:.0f}" for n, v in r["rss_samples"]))
+            after_warmup = [v for n, v in r["rss_samples"] if n > r["requests"] // 5]
+            if after_warmup:
+                lo, hi = min(after_warmup), max(after_warmup)
+                print(f"after warm-up (requests > {r['requests'] // 5}): {lo:.0f}-{hi:.0f} MB, spread "
+                      f"{100 * (hi - lo) / lo:.1f} % of the lowest; first {after_warmup[0]:.0f}, "
+                      f"last {after_warmup[-1]:.0f} MB")
     if len(rows) == 2:
         print(f"micro-batching: {rows[0]['throughput'] / rows[1]['throughput']:.2f}x the throughput of "
               "one request per model call")
