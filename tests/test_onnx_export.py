@@ -65,3 +65,35 @@ def test_cli_export_and_predict(tiny_model_dir: Path, tmp_path: Path, capsys: py
     assert json.loads(capsys.readouterr().out)["results"][0]["box"] == pytest.approx(onnx_box, abs=1e-3)
     assert main(["predict", "--onnx", str(tmp_path), str(EXAMPLE), "x"]) == 2
     assert "not an export-onnx folder" in capsys.readouterr().err
+
+
+def test_a_model_with_entangled_positions_exports_and_matches_torch(tmp_path: Path) -> None:
+    """The demo preset entangles positions in the decoder too: each step's position embedding is an input of
+    the step graph (zeros for OFA's published models)."""
+    import torch
+
+    from ofa_grounding.checkpoint import init_weights, save_checkpoint
+    from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
+    from ofa_grounding.model import OFAModel
+    from ofa_grounding.tokenizer import ASSETS_DIR
+
+    torch.manual_seed(3)
+    cfg = OFAConfig(d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                    decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, resnet_type="resnet18",
+                    resnet_width=16, entangle_position_embedding=True)
+    model = init_weights(OFAModel(cfg), std=0.3).eval()
+    with torch.no_grad():  # positions strong enough to decide the answer
+        model.decoder.embed_positions.weight.mul_(20)
+    directory = save_checkpoint(tmp_path / "m", model, ASSETS_DIR, PreprocessConfig(patch_image_size=64,
+                                                                                   max_image_size=64),
+                                GenerationConfig())
+    out = export_onnx(load_checkpoint(directory), tmp_path / "onnx")
+    texts = ["the red circle", "the blue square on the right", "a"]
+    ours = onnx_grounder(out).predict(EXAMPLE, texts)
+    torch_results = Grounder.from_pretrained(directory).predict(EXAMPLE, texts)
+    assert [r.tokens for r in ours] == [r.tokens for r in torch_results]
+    for a, b in zip(ours, torch_results):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    disentangled = Grounder.from_pretrained(directory)
+    disentangled.model.config.entangle_position_embedding = False
+    assert [r.tokens for r in disentangled.predict(EXAMPLE, texts)] != [r.tokens for r in ours]  # positions matter

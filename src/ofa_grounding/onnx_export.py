@@ -5,11 +5,12 @@ Four graphs, exported from the same torch modules (`ofa-ground export-onnx MODEL
 - `encoder.onnx`: image embeddings (B, P, d), input ids (B, L) -> hidden (B, P+L, d), positions
   (B, P+L, d), padding mask (B, P+L)
 - `decoder_start.onnx`: hidden, positions, padding mask -> per layer the cross-attention keys and
-  values (B, H, P+L, dh), the cross-attention bias (B, H, T, P+L) and the self-attention biases
-  (layers, H, T, T) for the T decoding steps  [once per query]
-- `decoder_step.onnx`: the newest tokens (N, 1), that step's bias rows, the cross keys/values and the
-  self-attention KV cache (N, H, t, dh) per layer -> logits over the open ids (N, V') and the cache
-  grown by one position  [once per step]
+  values (B, H, P+L, dh), the cross-attention bias (B, H, T, P+L), the self-attention biases
+  (layers, H, T, T) and the position embeddings added to the token embeddings (T, d; zeros unless the
+  model entangles positions in the decoder) for the T decoding steps  [once per query]
+- `decoder_step.onnx`: the newest tokens (N, 1), that step's bias rows and position embedding (1, d), the
+  cross keys/values and the self-attention KV cache (N, H, t, dh) per layer -> logits over the open ids
+  (N, V') and the cache grown by one position  [once per step]
 `OnnxModel` wraps the four sessions behind the attributes `Grounder` calls (`encoder.embed_image`,
 `encoder(...)`, `decoder.start/step/reorder`), so preprocessing, batching, the constrained beam search
 and box decoding are the torch path's own code. Needs the `onnx` extra (onnx, onnxruntime, onnxscript).
@@ -64,7 +65,10 @@ class _DecoderStart(nn.Module):
         state = self.decoder.start(EncoderOutput(hidden, pad_mask, position), self.steps)
         keys = [k for k, _ in state.cross_kv]
         values = [v for _, v in state.cross_kv]
-        return (*keys, *values, state.cross_bias, torch.stack(state.self_bias))
+        cfg = self.decoder.cfg
+        table = self.decoder.embed_positions.weight[:self.steps]
+        step_positions = table if cfg.entangle_position_embedding and not cfg.disable_entangle else table * 0
+        return (*keys, *values, state.cross_bias, torch.stack(state.self_bias), step_positions)
 
 
 class _DecoderStep(nn.Module):
@@ -75,10 +79,11 @@ class _DecoderStep(nn.Module):
         self.layers = len(model.decoder.layers)
 
     def forward(self, tokens: torch.Tensor, self_bias: torch.Tensor, cross_bias: torch.Tensor,
-                *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                step_position: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = self.layers
         cross_k, cross_v, past_k, past_v = kv[:n], kv[n:2 * n], kv[2 * n:3 * n], kv[3 * n:]
-        y = self.decoder._embed(tokens)
+        d = self.decoder  # Decoder._embed, with the step's position as an input (zeros unless entangled)
+        y = d.layernorm_embedding(d.embed_tokens(tokens) * d.embed_scale + step_position)
         new_k, new_v = [], []
         for i, layer in enumerate(self.decoder.layers):
             cache = {"k": past_k[i], "v": past_v[i]}
@@ -95,8 +100,6 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
 
     model = ckpt.model.eval()
     cfg = model.config
-    if cfg.entangle_position_embedding and not cfg.disable_entangle:
-        raise ValueError("ONNX export of a decoder with entangled position embeddings is not supported")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = ckpt.preprocess.patch_image_size
@@ -122,8 +125,9 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
     start_out = [t.detach() for t in _DecoderStart(model, steps)(hidden, position, pad_mask)]
     N, t = 2 * gen.beam_size, 2
     tokens = torch.zeros(N, 1, dtype=torch.long)
-    self_bias = start_out[-1][:, :, t:t + 1, :t + 1].contiguous()
-    cross_bias = start_out[-2][:, :, t:t + 1].contiguous()
+    self_bias = start_out[-2][:, :, t:t + 1, :t + 1].contiguous()
+    cross_bias = start_out[-3][:, :, t:t + 1].contiguous()
+    step_position = start_out[-1][t:t + 1].contiguous()
     past = [torch.randn(N, H, t, dh) for _ in range(2 * n)]
     layer_names = [f"{kind}_{i}" for kind in ("cross_k", "cross_v") for i in range(n)]
     past_names = [f"past_{kind}_{i}" for kind in ("k", "v") for i in range(n)]
@@ -137,13 +141,13 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
                     {"image_embeds": {0: batch}, "input_ids": {0: batch, 1: length}, "hidden": {0: batch, 1: "seq"},
                      "position": {0: batch, 1: "seq"}, "pad_mask": {0: batch, 1: "seq"}}),
         "decoder_start": (_DecoderStart(model, steps), (hidden, position, pad_mask), ["hidden", "position", "pad_mask"],
-                          [*layer_names, "cross_bias", "self_bias"],
+                          [*layer_names, "cross_bias", "self_bias", "step_positions"],
                           {"hidden": {0: batch, 1: "seq"}, "position": {0: batch, 1: "seq"},
                            "pad_mask": {0: batch, 1: "seq"}, "cross_bias": {0: batch, 3: "seq"},
                            **{name: {0: batch, 2: "seq"} for name in layer_names}}),
         "decoder_step": (_DecoderStep(model, output_ids),
-                         (tokens, self_bias, cross_bias, *start_out[:2 * n], *past),
-                         ["tokens", "self_bias", "cross_bias", *layer_names, *past_names],
+                         (tokens, self_bias, cross_bias, step_position, *start_out[:2 * n], *past),
+                         ["tokens", "self_bias", "cross_bias", "step_position", *layer_names, *past_names],
                          ["logits", *present_names],
                          {"tokens": {0: rows}, "self_bias": {3: "keys"}, "cross_bias": {0: batch, 3: "seq"},
                           **{name: {0: batch, 2: "seq"} for name in layer_names},
@@ -171,6 +175,7 @@ class _OnnxState:
     cross: list[np.ndarray]
     cross_bias: np.ndarray
     self_bias: np.ndarray
+    step_positions: np.ndarray | None  # None: an export from before positions were an input (not entangled)
     batch: int
     past: list[np.ndarray] = field(default_factory=list)
     step: int = 0
@@ -200,8 +205,9 @@ class _OnnxDecoder:
             raise ValueError(f"the exported decoder was prepared for {o.steps} steps, not {max_steps}")
         outs = o.run("decoder_start", hidden=enc.hidden.numpy(), position=enc.position.numpy(),
                      pad_mask=enc.pad_mask.numpy())
-        return _OnnxState(cross=outs[:2 * o.layers], cross_bias=outs[-2], self_bias=outs[-1],
-                          batch=enc.hidden.shape[0])
+        positions = outs[2 * o.layers + 2] if len(outs) > 2 * o.layers + 2 else None
+        return _OnnxState(cross=outs[:2 * o.layers], cross_bias=outs[2 * o.layers], self_bias=outs[2 * o.layers + 1],
+                          step_positions=positions, batch=enc.hidden.shape[0])
 
     def step(self, tokens: torch.Tensor, state: _OnnxState) -> torch.Tensor:
         o, t = self.owner, state.step
@@ -211,6 +217,8 @@ class _OnnxDecoder:
             state.past = [np.zeros(shape, np.float32) for _ in range(2 * o.layers)]
         feeds = {"tokens": tokens.reshape(-1, 1).numpy(), "self_bias": state.self_bias[:, :, t:t + 1, :t + 1].copy(),
                  "cross_bias": state.cross_bias[:, :, t:t + 1].copy()}
+        if state.step_positions is not None:
+            feeds["step_position"] = state.step_positions[t:t + 1].copy()
         feeds.update({f"{kind}_{i}": state.cross[j * o.layers + i] for j, kind in enumerate(("cross_k", "cross_v"))
                       for i in range(o.layers)})
         feeds.update({f"past_{kind}_{i}": state.past[j * o.layers + i] for j, kind in enumerate("kv")
