@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--unseen", type=Path, nargs="*", default=[], help="benchmarks of seeds never trained on")
     ap.add_argument("--out", type=Path, default=ROOT / "src" / "ofa_grounding" / "models" / "demo")
     ap.add_argument("--machine", default="", help="where the run trained (for the card)")
+    ap.add_argument("--wall-minutes", type=float, help="the run's wall time (train_demo.sh's stages.tsv has it)")
     args = ap.parse_args()
     from ofa_grounding.checkpoint import load_checkpoint, save_checkpoint
 
@@ -77,8 +78,12 @@ def main() -> int:
     cfg = state["config"]
     log_rows = list(csv.DictReader((run / "log.csv").open()))
     val = [(r["step"], r["val_acc50"]) for r in log_rows if r["val_acc50"]]
-    wall = sum(32 * 1.0 / float(r["samples_per_s"]) for r in log_rows if r["samples_per_s"])  # seconds of updates
     size = (args.out / "model.safetensors").stat().st_size
+    from safetensors import safe_open
+
+    weights = next(args.run_model.glob("*.safetensors"))
+    with safe_open(str(weights), "pt") as f:
+        shipped_step = (f.metadata() or {}).get("step", "?")
 
     calib = subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate_confidence.py"), str(args.out),
                             "--data", str(args.data), "--n", "1000"], capture_output=True, text=True, check=True)
@@ -126,8 +131,10 @@ def main() -> int:
         f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}` (`scripts/train_demo.sh` stage 1, data:",
         "`make-synthetic --n 150000 --seed 0 --per-scene 4 --simple 3`, its train split only; a scene's split",
         "depends only on its seed and index, so the benchmark's val and test scenes are never trained on).",
-        f"{state['step']} updates x {cfg['batch_size']} = {state['step'] * cfg['batch_size']:,} samples seen, "
-        f"{wall / 60:.0f} minutes of updates{' on ' + args.machine if args.machine else ''}. Validation Acc@0.5 "
+        f"The shipped weights are step {shipped_step}'s of a run of {state['step']} updates x {cfg['batch_size']} = "
+        f"{state['step'] * cfg['batch_size']:,} samples seen, "
+        + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
+        + f"{' on ' + args.machine if args.machine else ''}. Validation Acc@0.5 "
         f"(first {cfg['val_limit']} val samples) by step: "
         + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + ".",
         "",

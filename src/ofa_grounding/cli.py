@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="ground descriptions in an image",
                        description="Ground one or more descriptions in an image, or a batch from --jsonl.")
     p.add_argument("--model", help="model directory, ModelScope OFA layout or ours "
-                   "(default: the bundled demo model, once one ships)")
+                   "(default: the bundled demo model, trained on synthetic shapes)")
     p.add_argument("image", nargs="?", help="image file")
     p.add_argument("text", nargs="*", help="one or more descriptions")
     p.add_argument("--jsonl", type=Path, help='file with one {"image": path, "text": str} per line '
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
                        description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns. Runs sharded "
                                    "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
-    e.add_argument("--model", help="model directory (default: the bundled demo model, once one ships)")
+    e.add_argument("--model", help="model directory (default: the bundled demo model)")
     e.add_argument("--data", required=True, type=Path,
                    help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
     e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="FastAPI service on uvicorn: POST /v1/ground, GET /v1/model, GET /healthz, "
                                    "the web page at /, API docs at /docs. Binds 127.0.0.1 unless --host says "
                                    "otherwise. Needs: pip install 'ofa-grounding[serve]'.")
-    v.add_argument("--model", help="model directory (default: the bundled demo model, once one ships)")
+    v.add_argument("--model", help="model directory (default: the bundled demo model)")
     v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--workers", type=int, default=1,
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _min_confidence_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-confidence", type=float, metavar="C",
                    help="answer 'not found' (found: false) below this confidence (default: the model's calibrated "
-                        "value, if its folder has one, as the bundled demo model does; 0 turns it off)")
+                        "value, if its folder has one (grounding.json); 0 turns it off)")
 
 
 def _precision_arguments(p: argparse.ArgumentParser) -> None:
