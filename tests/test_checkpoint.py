@@ -122,7 +122,7 @@ class Evil:
 def test_pickles_are_never_unrestricted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "pytorch_model.bin"
     torch.save({"weight": Evil()}, path)
-    with pytest.raises(CheckpointError, match="cannot read weights"):
+    with pytest.raises(CheckpointError, match="refused: the file holds Python objects besides tensors"):
         load_state_dict(path)
     assert "pwned" not in capsys.readouterr().out
 

@@ -23,7 +23,7 @@ def test_predict_json(reference_model_dir: Path, reference_dir: Path, reference_
     assert list(out) == ["image", "width", "height", "results"]
     assert (out["image"], out["width"], out["height"]) == (image, 640, 480)
     for r, c in zip(out["results"], cases):
-        assert list(r) == ["text", "box", "score", "confidence", "tokens"]
+        assert list(r) == ["text", "box", "score", "confidence", "found", "tokens"]
         assert r["text"] == c["text"] and r["tokens"] == c["tokens"]
         assert all(abs(a - b) < 1e-3 for a, b in zip(r["box"], c["box"]))
 
@@ -48,7 +48,7 @@ def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert len(rows) == 5
     for row, i in zip((rows[0], rows[3], rows[4]), (0, 6, 1)):
-        assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "tokens"]
+        assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "found", "tokens"]
         assert row["tokens"] == reference_cases[i]["tokens"] and row["text"] == reference_cases[i]["text"]
     assert rows[1]["image"] == "images/missing.png" and "not found" in rows[1]["error"]
     assert "in.jsonl:3" in rows[2]["error"]

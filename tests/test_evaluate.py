@@ -115,9 +115,9 @@ def test_cli_eval_table_and_bad_data(tiny_model_dir: Path, synthetic: Path, tmp_
     assert "by expression kind" in out and "samples in" in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "nope.png", "text": "x", "box": [0, 0, 5, 5]}\n{oops\n')
-    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(bad), "--no-progress"]) == 0
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(bad), "--no-progress"]) == 1  # none usable
     err = capsys.readouterr().err
-    assert "bad.jsonl:2" in err and "bad.jsonl:1" in err and "not found" in err
+    assert "bad.jsonl:2" in err and "bad.jsonl:1" in err and "not found" in err and "no usable samples" in err
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(bad), "--strict", "--no-progress"]) == 1
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "none"), "--no-progress"]) == 2
 

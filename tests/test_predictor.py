@@ -85,7 +85,7 @@ def test_result_fields(reference_grounder: Grounder, reference_dir: Path) -> Non
     assert [a.score for a in r.alternatives] == sorted((a.score for a in r.alternatives), reverse=True)
     assert all(a.score <= r.score for a in r.alternatives)
     d = r.to_dict()
-    assert list(d) == ["text", "box", "score", "confidence", "tokens"]
+    assert list(d) == ["text", "box", "score", "confidence", "found", "tokens"]
     assert len(r.to_dict(alternatives=True)["alternatives"]) == 4
 
 
