@@ -19,6 +19,7 @@ def _randomised_resnet() -> ResNet:
     return net
 
 
+@pytest.mark.slow
 def test_folding_batchnorm_keeps_the_output() -> None:
     net, images = _randomised_resnet(), torch.randn(2, 3, 64, 48)
     with torch.inference_mode():

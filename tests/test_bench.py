@@ -49,6 +49,7 @@ def test_box_overlap_orders_corners() -> None:
     assert bench.box_overlap([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_agreement_of_fp32_with_the_reference_is_total(reference_dir: Path, reference_grounder: Grounder) -> None:
     a = bench.agreement(reference_grounder, str(reference_dir / "cases.json"))
     assert a["cases"] > 50 and a["same_tokens"] == 1.0 and a["iou90"] == 1.0
@@ -56,6 +57,7 @@ def test_agreement_of_fp32_with_the_reference_is_total(reference_dir: Path, refe
     assert bench._cases_for(str(reference_dir), str(reference_dir / "cases.json")) == ""
 
 
+@pytest.mark.slow
 def test_bench_runs_end_to_end_on_a_small_model(tiny_model_dir: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     images = tmp_path / "images"

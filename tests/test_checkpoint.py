@@ -33,6 +33,7 @@ def test_modelscope_directory_loads_fp16_upcast(reference_model_dir: Path) -> No
     assert ckpt.preprocess.patch_image_size == 512 and ckpt.preprocess.mean == (0.5, 0.5, 0.5)
 
 
+@pytest.mark.slow
 def test_safetensors_round_trip_gives_identical_answers(reference_model_dir: Path, reference_dir: Path,
                                                         tmp_path: Path) -> None:
     ckpt = load_checkpoint(reference_model_dir)
@@ -75,6 +76,7 @@ def _write_state(d: Path, state: dict) -> None:
     torch.save(state, d / "pytorch_model.bin")
 
 
+@pytest.mark.slow
 def test_missing_unexpected_and_misshaped_keys(reference_model_dir: Path, tmp_path: Path) -> None:
     state = torch.load(reference_model_dir / "pytorch_model.bin", weights_only=True)
     d = _copy_without_weights(reference_model_dir, tmp_path / "m")

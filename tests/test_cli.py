@@ -35,6 +35,7 @@ def test_predict_table(reference_model_dir: Path, reference_dir: Path, capsys: p
     assert "(640x480)" in out and "616.94" in out and "the red circle on the left" in out
 
 
+@pytest.mark.slow
 def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     shutil.copytree(reference_dir / "images", tmp_path / "images")
@@ -55,6 +56,7 @@ def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference
     assert len(captured.err.strip().splitlines()) == 2  # one line per failed input
 
 
+@pytest.mark.slow
 def test_predict_precision_modes(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
                                  capsys: pytest.CaptureFixture) -> None:
     from ofa_grounding.bench import box_overlap
@@ -117,6 +119,7 @@ def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir
     assert info.value.code == 2
 
 
+@pytest.mark.slow
 def test_console_script_runs(reference_model_dir: Path, reference_dir: Path) -> None:
     image = str(reference_dir / "images/tiny_97x61.png")
     proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", "predict", "--model", str(reference_model_dir),
@@ -125,6 +128,7 @@ def test_console_script_runs(reference_model_dir: Path, reference_dir: Path) -> 
     assert json.loads(proc.stdout)["width"] == 97
 
 
+@pytest.mark.slow
 def test_predict_draw_writes_the_boxes(reference_model_dir: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
@@ -159,6 +163,7 @@ def test_serve_refuses_bad_settings(capsys: pytest.CaptureFixture) -> None:
     assert main(["serve", "--max-request-mb", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_convert_round_trips_every_layout(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """fairseq .pt -> safetensors -> modelscope -> hf -> safetensors: identical tensors, identical answers."""
     import torch
@@ -235,6 +240,7 @@ def test_min_confidence_not_found_in_table_and_json(tiny_model_dir: Path, tmp_pa
     assert "--min-confidence must be in [0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_and_version_do_not_import_torch() -> None:
     """`--help`/`--version` took 3.6-5.9 s when the package imported torch at import time."""
     import subprocess
@@ -264,6 +270,7 @@ def test_eval_without_usable_samples_fails_with_one_line(tiny_model_dir: Path, t
     assert capsys.readouterr().err.strip() == f"ofa-ground: error: --data {missing}: no such file or folder"
 
 
+@pytest.mark.slow
 def test_empty_description_is_not_found(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
                                         capsys: pytest.CaptureFixture) -> None:
     case = next(c for c in reference_cases if not c["text"].strip())

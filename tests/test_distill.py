@@ -119,6 +119,7 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            GenerationConfig())
 
 
+@pytest.mark.slow
 def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "syn"
     write_synthetic(data, 24, seed=4, size=(96, 96))
@@ -147,6 +148,7 @@ def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, 
     assert student.config.d_model == 16  # the student's architecture, not the teacher's
 
 
+@pytest.mark.slow
 def test_distill_refuses_bad_teachers(student_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "syn"
     write_synthetic(data, 8, seed=4, size=(96, 96))
@@ -158,6 +160,7 @@ def test_distill_refuses_bad_teachers(student_dir: Path, tiny_model_dir: Path, t
     assert proc.returncode != 0 and "more layers" in proc.stderr
 
 
+@pytest.mark.slow
 def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir: Path, tmp_path: Path) -> None:
     """--teacher-cache: the teacher's soft labels for every sample and its mirror, computed once; training
     reads them (same kd term as the live teacher up to float16 rounding); a cache of another teacher is refused."""

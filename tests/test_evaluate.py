@@ -87,6 +87,7 @@ def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+@pytest.mark.slow
 def test_cli_eval_single_and_two_processes_agree(tiny_model_dir: Path, synthetic: Path, tmp_path: Path) -> None:
     common = ["eval", "--model", str(tiny_model_dir), "--data", str(synthetic), "--split", "train", "--split",
               "test", "--json", "--no-progress"]

@@ -20,6 +20,7 @@ def exported(reference_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return export_onnx(load_checkpoint(reference_model_dir), tmp_path_factory.mktemp("onnx"))
 
 
+@pytest.mark.slow
 def test_export_writes_the_graphs(exported: Path) -> None:
     for name in GRAPHS:
         assert (exported / f"{name}.onnx").stat().st_size > 0
@@ -34,6 +35,7 @@ def test_export_writes_the_graphs(exported: Path) -> None:
     assert "past_k_0" in inputs and "past_v_3" in inputs and "present_k_0" in outputs and "logits" in outputs
 
 
+@pytest.mark.slow
 def test_onnxruntime_gives_the_reference_tokens(exported: Path, reference_dir: Path,
                                                 reference_cases: list[dict]) -> None:
     """The reference's own tokens (../shared/reference) for a spread of cases, one by one and batched."""
@@ -47,6 +49,7 @@ def test_onnxruntime_gives_the_reference_tokens(exported: Path, reference_dir: P
     assert [list(r.tokens) for r in batch] == [c["tokens"] for c in cases]
 
 
+@pytest.mark.slow
 def test_onnx_matches_torch_on_several_descriptions(exported: Path, reference_grounder: Grounder) -> None:
     texts = ["the red circle on the left", "the blue square", "a small yellow circle at the bottom of the picture"]
     ours = reference_grounder.predict(EXAMPLE, texts)
@@ -67,6 +70,7 @@ def test_cli_export_and_predict(tiny_model_dir: Path, tmp_path: Path, capsys: py
     assert "not an export-onnx folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_model_with_entangled_positions_exports_and_matches_torch(tmp_path: Path) -> None:
     """The demo preset entangles positions in the decoder too: each step's position embedding is an input of
     the step graph (zeros for OFA's published models)."""

@@ -26,6 +26,7 @@ def _load(ref: Path) -> tuple[Grounder, list[dict]]:
     return Grounder.from_pretrained(ref / doc["model_dir"], device=DEVICE), doc["cases"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ref", reference_dirs(), ids=lambda p: p.name)
 def test_every_reference_case(ref: Path) -> None:
     grounder, cases = _load(ref)
@@ -50,6 +51,7 @@ def test_every_reference_case(ref: Path) -> None:
         np.testing.assert_allclose(np.log(r.confidence) * 4, sum(case["positional_scores"][:4]), atol=4 * SCORE_TOL)
 
 
+@pytest.mark.slow
 def test_image_inputs_agree(reference_grounder: Grounder, reference_dir: Path) -> None:
     path = reference_dir / "images/scene_640x480.png"
     text = "the red circle on the left"
@@ -131,6 +133,7 @@ def _mixed_cases(cases: list[dict]) -> list[dict]:
     return [*seen.values(), *extra]
 
 
+@pytest.mark.slow
 def test_batch_of_mixed_images_matches_reference_and_single_calls(reference_dir: Path,
                                                                   reference_cases: list[dict]) -> None:
     """Images of different sizes, texts of different token lengths, in one batch: every answer is the
@@ -159,6 +162,7 @@ def test_predict_batch_keeps_the_shape_of_each_item(reference_grounder: Grounder
     assert reference_grounder.predict_batch([]) == []
 
 
+@pytest.mark.slow
 def test_feature_cache_reuses_the_backbone_by_content(reference_dir: Path) -> None:
     path = reference_dir / "images/scene_640x480.png"
     g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", cache_mb=8)
@@ -179,6 +183,7 @@ def test_feature_cache_reuses_the_backbone_by_content(reference_dir: Path) -> No
     assert len(off.cache) == 0
 
 
+@pytest.mark.slow
 def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, reference_cases: list[dict]) -> None:
     """bf16 is not exact. On this random-weight fixture many bins are near-ties, so about half the cases
     keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; docs/speed.md); a broken bf16 path

@@ -25,6 +25,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(tmp_path: Path, bench: Path) -> None:
     write_synthetic(tmp_path / "again", 300, seed=5)
     assert _digest(tmp_path / "again") == _digest(bench)
@@ -32,6 +33,7 @@ def test_same_seed_same_bytes(tmp_path: Path, bench: Path) -> None:
     assert _digest(tmp_path / "other") != _digest(bench)
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_bytes(tmp_path: Path, bench: Path) -> None:
     write_synthetic(tmp_path / "parallel", 300, seed=5, workers=2)
     assert _digest(tmp_path / "parallel") == _digest(bench)

@@ -62,6 +62,7 @@ def test_sampler_gives_disjoint_deterministic_shares() -> None:
     assert list(a) == a.indices()[2:] and len(a) == 3
 
 
+@pytest.mark.slow
 def test_targets_and_flip(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -148,6 +149,7 @@ def _common(model: Path, data: Path, out: Path) -> list[str]:
             "--drop-path", "0.1", "--dropout", "0.1", "--augment", "flip,jitter", "--seed", "5"]
 
 
+@pytest.mark.slow
 def test_short_run_validates_saves_and_loads(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _train([*_common(tiny_model_dir, data, out), "--max-steps", "4", "--accum", "2", "--val", str(data),
@@ -180,6 +182,7 @@ def six_step_run(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.Temp
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, six_step_run: Path,
                                            tmp_path: Path) -> None:
     args, whole = SIX_STEPS, six_step_run
@@ -203,6 +206,7 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, six
     assert losses(tmp_path / "cut") == losses(whole)
 
 
+@pytest.mark.slow
 def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "short"
     proc = _train([*_common(tiny_model_dir, data, out), "--max-steps", "50", "--max-minutes", "0.0001",
@@ -215,6 +219,7 @@ def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path,
     assert ckpt.preprocess.patch_image_size == ckpt.preprocess.max_image_size == 64  # the model's was 128
 
 
+@pytest.mark.slow
 def test_stop_at_step_keeps_the_schedule_and_resumes_to_the_end(tiny_model_dir: Path, data: Path,
                                                                  six_step_run: Path, tmp_path: Path) -> None:
     args = SIX_STEPS
@@ -239,6 +244,7 @@ def test_stop_at_step_keeps_the_schedule_and_resumes_to_the_end(tiny_model_dir: 
     assert [r[3] for r in rows(tmp_path / "cut")] == [r[3] for r in rows(six_step_run)]
 
 
+@pytest.mark.slow
 def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--lr", "1e-4", "--seed", "5", "--max-steps", "2"]
     double = _train([*common, "--out", str(tmp_path / "ddp"), "--batch-size", "4"], nproc=2)
@@ -303,6 +309,7 @@ def test_hidden_mse_with_projection_and_mask() -> None:
     assert hidden_mse(s, t, proj, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_a_run_directory_is_not_overwritten_unasked(tmp_path: Path) -> None:
     data = tmp_path / "syn"
     write_synthetic(data, 8, seed=4, size=(64, 64))

@@ -115,6 +115,7 @@ def test_train_with_cell_heads_saves_and_resumes_them(tmp_path: Path) -> None:
     assert not any(k.startswith("cells") for k in load_checkpoint(out / "last").model.state_dict())
 
 
+@pytest.mark.slow
 def test_cell_heads_refuse_data_without_objects(tmp_path: Path) -> None:
     from PIL import Image
 

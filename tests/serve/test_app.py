@@ -59,6 +59,7 @@ def test_ground_multipart_gives_the_reference_box(client: TestClient, reference_
     assert set(result["alternatives"][0]) == {"box", "score", "confidence"}
 
 
+@pytest.mark.slow
 def test_ground_json_several_texts_in_order(client: TestClient, reference_grounder, reference_dir: Path,
                                             reference_cases: list[dict]) -> None:
     image = reference_dir / reference_cases[0]["image"]
@@ -171,6 +172,7 @@ def test_image_url_only_when_enabled(reference_grounder, tmp_path: Path) -> None
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_model_calls_and_get_their_own_answers(reference_grounder) -> None:
     """While the model is busy, waiting requests pile up and run as one batch; each gets its own results."""
     texts = [["the red circle"], ["the blue square", "the green triangle"], ["the small yellow circle"],

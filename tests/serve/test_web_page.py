@@ -51,6 +51,7 @@ def server_url(reference_grounder) -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.mark.slow
 def test_page_draws_the_box_the_api_returns(server_url: str) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (part of the dev extra)")
     executable = _chromium()
