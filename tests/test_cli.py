@@ -317,3 +317,15 @@ def test_empty_jsonl_is_a_note_not_an_error(tmp_path: Path, capsys: pytest.Captu
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip() == f"ofa-ground: warning: --jsonl {batch}: no inputs, nothing to do"
+
+
+def test_a_long_description_warns_as_a_warning(tiny_model_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["predict", "--model", str(tiny_model_dir), str(image), "a red circle " * 800]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ofa-ground: warning: description truncated to 256 tokens")
+    assert "error" not in err[0]
