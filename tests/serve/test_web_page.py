@@ -94,3 +94,57 @@ def test_page_draws_the_box_the_api_returns(server_url: str) -> None:
     assert drawn["width"] == pytest.approx((x1 - x0) * scale_x, abs=1.5)
     assert drawn["height"] == pytest.approx((y1 - y0) * scale_y, abs=1.5)
     assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
+
+
+def test_the_example_answers_correctly_with_the_bundled_model() -> None:
+    """What a new user sees: open the page, press "Use the example image", press Ground. Each of the four
+    shapes (examples/README.md) must be boxed (IoU >= 0.5). Re-shoots docs/web-page.png when
+    OFA_SHOOT_DOCS=1."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (part of the dev extra)")
+    executable = _chromium()
+    from ofa_grounding import Grounder
+    from ofa_grounding.metrics import box_iou
+
+    shapes = [(60, 180, 200, 320), (420, 200, 560, 340), (230, 60, 370, 180), (280, 360, 360, 440)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Grounder.from_pretrained(), model_name="bundled demo"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.getElementById('model-info').textContent.includes('demo')")
+                page.click("#example")
+                page.wait_for_function("document.getElementById('texts').value.includes('yellow')")
+                page.click("#ground")
+                page.wait_for_function("document.querySelectorAll('.box').length == 4", timeout=60_000)
+                picture = page.locator("#picture").bounding_box()
+                natural = page.evaluate("[document.getElementById('picture').naturalWidth, "
+                                        "document.getElementById('picture').naturalHeight]")
+                drawn = [page.locator(".box").nth(i).bounding_box() for i in range(4)]
+                dashed = page.locator(".box.not-found").count()
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "web-page-demo.png"), full_page=True)
+                if os.environ.get("OFA_SHOOT_DOCS") == "1":
+                    page.screenshot(path=str(ROOT / "docs" / "web-page.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    sx, sy = picture["width"] / natural[0], picture["height"] / natural[1]
+    for d, truth in zip(drawn, shapes):
+        box = ((d["x"] - picture["x"]) / sx, (d["y"] - picture["y"]) / sy,
+               (d["x"] + d["width"] - picture["x"]) / sx, (d["y"] + d["height"] - picture["y"]) / sy)
+        assert box_iou(box, truth) >= 0.5, (box, truth)
+    assert dashed == 0
