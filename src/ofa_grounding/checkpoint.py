@@ -31,6 +31,7 @@ from torch import nn
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .errors import CheckpointError
+from .fairseq import config_from_fairseq, read_fairseq
 from .model import OFAModel
 from .tokenizer import ASSETS_DIR, OFAChineseTokenizer, OFATokenizer, load_tokenizer
 
@@ -290,7 +291,6 @@ def read_min_confidence(directory: Path) -> float | None:
 
 
 def _load_fairseq(path: Path) -> LoadedCheckpoint:
-    from .fairseq import config_from_fairseq, read_fairseq
 
     state, model_args, task_args = read_fairseq(path)
     embed = state.get("encoder.embed_tokens.weight", state.get("decoder.embed_tokens.weight"))

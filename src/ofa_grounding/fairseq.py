@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
+from .errors import CheckpointError
 
 __all__ = ["FAIRSEQ_LAYER_NAMES", "config_from_fairseq", "from_fairseq_key", "read_fairseq", "to_fairseq_key",
            "write_fairseq"]
