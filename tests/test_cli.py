@@ -329,3 +329,14 @@ def test_a_long_description_warns_as_a_warning(tiny_model_dir: Path, tmp_path: P
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ofa-ground: warning: description truncated to 256 tokens")
     assert "error" not in err[0]
+
+
+def test_serve_caps_malloc_arenas_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from ofa_grounding.cli import _cap_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert _cap_malloc_arenas() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert _cap_malloc_arenas() is (sys.platform == "linux")
