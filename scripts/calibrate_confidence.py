@@ -70,7 +70,7 @@ def decisions(run: dict[str, list], t: float) -> dict[str, float]:
     pos_found = [f and c >= t for c, f in zip(run["pos_conf"], run["pos_found"])]
     neg_nf = [not (f and c >= t) for c, f in zip(run["neg_conf"], run["neg_found"])]
     nf_true, nf_false = sum(neg_nf), sum(not f for f in pos_found)
-    hits = [h for h in run["pos_hit"]]
+    hits = run["pos_hit"]
     return {
         "not_found_precision": nf_true / max(nf_true + nf_false, 1),  # of "not found" answers, absent objects
         "not_found_recall": nf_true / max(len(neg_nf), 1),  # of absent objects, answered "not found"

@@ -314,15 +314,15 @@ def test_a_run_directory_is_not_overwritten_unasked(tmp_path: Path) -> None:
     data = tmp_path / "syn"
     write_synthetic(data, 8, seed=4, size=(64, 64))
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "ofa_grounding.cli", "train", "--model", "demo", "--data", str(data), "--out",
-            str(out), "--max-steps", "1", "--batch-size", "2", "--image-size", "64", "--no-progress"]
-    assert subprocess.run(base, capture_output=True, text=True).returncode == 0
+    args = ["--model", "demo", "--data", str(data), "--out", str(out), "--max-steps", "1", "--batch-size", "2",
+            "--image-size", "64"]
+    assert _train(args).returncode == 0
     (out / "best").mkdir()
     (out / "best" / "stale.txt").write_text("from the old run")
     before = (out / "log.csv").read_text()
-    again = subprocess.run(base, capture_output=True, text=True)
+    again = _train(args)
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
     assert (out / "log.csv").read_text() == before
-    fresh = subprocess.run([*base, "--overwrite"], capture_output=True, text=True)
+    fresh = _train([*args, "--overwrite"])
     assert fresh.returncode == 0, fresh.stderr
     assert not (out / "best").exists() and (out / "last" / "trainer_state.json").is_file()

@@ -6,6 +6,7 @@ A screenshot is saved as a test artifact (test-artifacts/web-page.png).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -33,12 +34,13 @@ def _chromium() -> str:
                 ".ci/run installs it")
 
 
-@pytest.fixture(scope="module")
-def server_url(reference_grounder) -> Iterator[str]:
+@contextlib.contextmanager
+def _serving(grounder, model_name: str) -> Iterator[str]:
+    """The app on a free loopback port in a thread; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(reference_grounder, model_name="fixture"), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(grounder, model_name=model_name), host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -46,9 +48,17 @@ def server_url(reference_grounder) -> Iterator[str]:
     while not server.started:
         assert time.time() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server_url(reference_grounder) -> Iterator[str]:
+    with _serving(reference_grounder, "fixture") as url:
+        yield url
 
 
 @pytest.mark.slow
@@ -106,42 +116,27 @@ def test_the_example_answers_correctly_with_the_bundled_model() -> None:
     from ofa_grounding.metrics import box_iou
 
     shapes = [(60, 180, 200, 320), (420, 200, 560, 340), (230, 60, 370, 180), (280, 360, 360, 440)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Grounder.from_pretrained(), model_name="bundled demo"),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-            try:
-                page = browser.new_page(viewport={"width": 1200, "height": 900})
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function("document.getElementById('model-info').textContent.includes('demo')")
-                page.click("#example")
-                page.wait_for_function("document.getElementById('texts').value.includes('yellow')")
-                page.click("#ground")
-                page.wait_for_function("document.querySelectorAll('.box').length == 4", timeout=60_000)
-                picture = page.locator("#picture").bounding_box()
-                natural = page.evaluate("[document.getElementById('picture').naturalWidth, "
-                                        "document.getElementById('picture').naturalHeight]")
-                drawn = [page.locator(".box").nth(i).bounding_box() for i in range(4)]
-                dashed = page.locator(".box.not-found").count()
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "web-page-demo.png"), full_page=True)
-                if os.environ.get("OFA_SHOOT_DOCS") == "1":
-                    page.screenshot(path=str(ROOT / "docs" / "web-page.png"), full_page=True)
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with _serving(Grounder.from_pretrained(), "bundled demo") as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('demo')")
+            page.click("#example")
+            page.wait_for_function("document.getElementById('texts').value.includes('yellow')")
+            page.click("#ground")
+            page.wait_for_function("document.querySelectorAll('.box').length == 4", timeout=60_000)
+            picture = page.locator("#picture").bounding_box()
+            natural = page.evaluate("[document.getElementById('picture').naturalWidth, "
+                                    "document.getElementById('picture').naturalHeight]")
+            drawn = [page.locator(".box").nth(i).bounding_box() for i in range(4)]
+            dashed = page.locator(".box.not-found").count()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "web-page-demo.png"), full_page=True)
+            if os.environ.get("OFA_SHOOT_DOCS") == "1":
+                page.screenshot(path=str(ROOT / "docs" / "web-page.png"), full_page=True)
+        finally:
+            browser.close()
     sx, sy = picture["width"] / natural[0], picture["height"] / natural[1]
     for d, truth in zip(drawn, shapes):
         box = ((d["x"] - picture["x"]) / sx, (d["y"] - picture["y"]) / sy,

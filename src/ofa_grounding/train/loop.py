@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ..backbone import cpu_bf16_supported
 from ..checkpoint import CheckpointError, init_weights, load_checkpoint, save_checkpoint
 from ..config import GenerationConfig, PreprocessConfig
-from ..data import open_dataset
+from ..data import Sample, open_dataset
 from ..evaluate import distributed_context, evaluate
 from ..generation import open_vocab_ids
 from ..hub import resolve_model
@@ -354,8 +354,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             position_nll = torch.zeros(5, device=device)
             cell_sums: dict[str, float] = {}
             for i, batch in enumerate(micro):
-                labels = cell_labels([samples[j] for j in batch["index"].tolist()], batch["flipped"].tolist(),
-                                     cells.grid(preprocess), batch["absent"].tolist()) if cells else None
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 batch["patch_images"] = normalize_batch(batch.pop("pixels"), preprocess.mean, preprocess.std)
                 # DDP averages gradients over processes, each normalised by its own token count: equal
@@ -386,7 +384,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         attn_sum += attn.item() / len(micro)
                         hidden_sum += hidden.item() / len(micro)
                     if cells:  # per-cell terms are means over cells and samples, like the attention MSE
-                        terms = cells.losses({k: v.to(device) for k, v in labels.items()}, batch.get("image_index"))
+                        terms = cells.losses([samples[j] for j in batch["index"].tolist()], batch)
                         total_loss = total_loss + (cfg.attr_weight * terms["attr"]
                                                    + cfg.pointer_weight * terms["pointer"]) / len(micro)
                         for k, v in terms.items():
@@ -477,10 +475,6 @@ class _CellSupervision:
         self.model, self.heads = model, heads
         self.seen: dict[str, Any] = {}
 
-    @staticmethod
-    def grid(preprocess: PreprocessConfig) -> int:
-        return preprocess.patch_image_size // 16  # the backbone's stride: 3 stages of ResNet
-
     @contextlib.contextmanager
     def observing(self):
         hooks = [self.model.encoder.image_proj.register_forward_hook(
@@ -492,13 +486,17 @@ class _CellSupervision:
             for h in hooks:
                 h.remove()
 
-    def losses(self, labels: dict[str, torch.Tensor], image_index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def losses(self, samples: list[Sample], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The heads' terms for the batch just forwarded; its grid is the one the image tokens came in."""
         image = self.seen.pop("image").float()
-        if image_index is not None:  # one backbone pass per image, labels per sample
-            image = image.index_select(0, image_index)
+        if "image_index" in batch:  # one backbone pass per image, labels per sample
+            image = image.index_select(0, batch["image_index"])
         P = image.shape[1]
-        if P != labels["pointer"].shape[1]:
-            raise ValueError(f"cell labels for {labels['pointer'].shape[1]} cells, but the image has {P} tokens")
+        grid = math.isqrt(P)  # training images are square (resize_square)
+        if grid * grid != P:
+            raise ValueError(f"cell labels need a square image grid, got {P} image tokens")
+        labels = cell_labels(samples, batch["flipped"].tolist(), grid, batch["absent"].tolist())
+        labels = {k: v.to(image.device) for k, v in labels.items()}
         return self.heads.losses(image, self.seen.pop("encoder").hidden[:, :P].float(), labels)
 
 
