@@ -57,7 +57,8 @@ def worker_ours(model: str, image: str, text: str, iters: int) -> dict:
         pixels = g.image_tensor(rgb)
         ids, cut = g.encode_text(text)
         t1 = time.perf_counter()
-        enc, src_len = g.encode(pixels, [ids])
+        features, grid = g.model.image_features(pixels.unsqueeze(0))  # the backbone, no feature cache
+        enc, src_len = g.encode_texts(features, grid, [ids])
         t2 = time.perf_counter()
         result = g.decode(enc, src_len, [rgb.size], [text], [cut])[0]
         t3 = time.perf_counter()

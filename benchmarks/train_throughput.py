@@ -41,12 +41,13 @@ def main() -> int:
     from ofa_grounding.data import open_dataset
     from ofa_grounding.generation import open_vocab_ids
     from ofa_grounding.image import normalize_batch
+    from ofa_grounding.loader import load_model
     from ofa_grounding.train.data import GroundingTrainSet, collate
-    from ofa_grounding.train.loop import load_initial_model
     from ofa_grounding.train.losses import soft_bin_cross_entropy
 
     device = torch.device(args.device)
-    model, tokenizer, pre, gen, _ = load_initial_model(args.model)
+    initial = load_model(args.model, allow_preset=True)
+    model, tokenizer, pre, gen = initial.model, initial.tokenizer, initial.preprocess, initial.generation
     model.to(device).train()
     samples = list(open_dataset(args.data, split=args.split))[: args.batch_size * args.steps]
     if len(samples) < args.batch_size * args.steps:
@@ -71,7 +72,7 @@ def main() -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
     teacher = None
     if args.teacher:
-        teacher = load_initial_model(args.teacher)[0].to(device).eval().requires_grad_(False)
+        teacher = load_model(args.teacher, device=device).model.eval().requires_grad_(False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     def update_pass(sync: bool, with_teacher: bool = False) -> float:

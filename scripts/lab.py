@@ -72,7 +72,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    model, tok, pre, gen, tok_dir = load_initial_model(args.model)
+    initial = load_initial_model(args.model)
+    model, tok, pre, gen, tok_dir = (initial.model, initial.tokenizer, initial.preprocess, initial.generation,
+                                     initial.tokenizer_dir)
     if args.positions != "preset":  # configuration flags: the same weights either way
         model.config.entangle_position_embedding = args.positions != "bias"
         model.config.disable_entangle = args.positions == "encoder"

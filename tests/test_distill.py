@@ -54,14 +54,15 @@ def test_gradients_reach_the_student_only(tiny_model_dir: Path) -> None:
     assert len(t_attn) == 2 and t_attn[0].shape == (2, 2, 20, 20) and t_attn[1].shape == (2, 2, 5, 5)
     assert out.recording.hidden == [] and list(distiller.parameters()) == []  # hidden states: off by default
     with distiller.recording(student, 0) as rec:
-        logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab)
+        logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab,
+                         record=rec.attention_record)
         kd, att, hid = distiller.losses(logits, rec, out, batch["input_ids"])
     assert kd.item() > 0 and att.item() > 0 and hid.item() == 0
     (kd + att).backward()
     assert all(p.grad is None for p in teacher.parameters())
     grads = [p.grad for p in student.parameters() if p.requires_grad]
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
-    assert all(layer.self_attn.record is None for layer in student.encoder.layers)  # recording stops with the context
+    assert all(not layer._forward_hooks for layer in student.encoder.layers)  # no hook outlives the context
 
 
 def test_hidden_states_are_matched_through_learned_projections(tiny_model_dir: Path) -> None:
@@ -77,7 +78,8 @@ def test_hidden_states_are_matched_through_learned_projections(tiny_model_dir: P
     out = distiller.teacher_forward(batch, vocab)
     assert out.recording.attention == [] and [h.shape for h in out.recording.hidden] == [(2, 20, 32), (2, 5, 32)]
     with distiller.recording(student, 0) as rec:
-        logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab)
+        logits = student(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab,
+                         record=rec.attention_record)
         _, att, hid = distiller.losses(logits, rec, out, batch["input_ids"])
     assert att.item() == 0 and hid.item() > 0
     # by hand: encoder pair with the pad of sample 1 (its last text token) left out, plus the decoder pair
@@ -104,7 +106,7 @@ def test_kd_term_vanishes_against_itself(tiny_model_dir: Path) -> None:
     b["patch_images"] = torch.zeros_like(b["patch_images"])
     out = distiller.teacher_forward(b, vocab)
     with torch.no_grad(), distiller.recording(student, 0) as rec:
-        logits = student(b["input_ids"], b["patch_images"], b["prev_tokens"], vocab)
+        logits = student(b["input_ids"], b["patch_images"], b["prev_tokens"], vocab, record=rec.attention_record)
         kd, att, _ = distiller.losses(logits, rec, out, b["input_ids"])
     p = torch.softmax(out.logits.reshape(-1, 1000), -1)
     entropy = -(p * p.log()).sum()

@@ -10,6 +10,9 @@ from conftest import TINY_CONFIG
 from ofa_grounding.config import OFAConfig
 from ofa_grounding.generation import beam_search
 from ofa_grounding.model import (
+    AttentionRecord,
+    GroundingModel,
+    OFAForInference,
     OFAModel,
     _add_image_rel,
     _gather_heads,
@@ -36,16 +39,15 @@ def test_golden_intermediates(case: str, reference_grounder, golden: dict) -> No
     pixels = torch.from_numpy(golden[f"{case}/patch_image"])[None].to(g.device)
     steps: list[torch.Tensor] = []
     with torch.inference_mode(), _ieee_fp32():  # no TF32 on GPUs (OFA_TEST_DEVICE=cuda)
-        features = g.model.encoder.embed_images(pixels)
-        embeds, grid = g.model.encoder.embed_image(pixels)
-        enc = g.model.encoder(ids, embeds, grid)
-        decoder = g.model.decoder
-        state = decoder.start(enc, 5)  # full vocabulary, to compare raw logits
+        features = g.model.ofa.encoder.embed_images(pixels)  # the backbone alone
+        embeds, grid = g.model.image_features(pixels)  # from here on the interface the Grounder uses
+        enc = g.model.encode(ids, embeds, grid)
+        state = g.model.decoder_start(enc, 5, None)  # full vocabulary, to compare raw logits
 
         def step(tokens: torch.Tensor, reorder: torch.Tensor | None) -> torch.Tensor:
             if reorder is not None:
-                decoder.reorder(state, reorder)
-            logits = decoder.step(tokens, state)
+                g.model.decoder_reorder(state, reorder)
+            logits = g.model.decoder_step(tokens, state)
             steps.append(logits)
             return logits[:, g._vocab_ids]
 
@@ -163,16 +165,15 @@ def test_recorded_attention_matches_the_fused_path(tiny_model_dir) -> None:
     prev = torch.tensor([[0, 58500, 58600, 58700, 58800]] * 2)
     with torch.no_grad():
         fused = model(ids, images, prev)
-        attns = [layer.self_attn for layer in [*model.encoder.layers, *model.decoder.layers]]
-        for a in attns:
-            a.record = []
-        recorded = model(ids, images, prev)
+        record = AttentionRecord(frozenset({0}), frozenset({len(model.decoder.layers) - 1}))
+        recorded = model(ids, images, prev, record=record)
     torch.testing.assert_close(recorded, fused, rtol=1e-4, atol=1e-4)
-    enc = attns[0].record[0]
+    assert len(record.maps) == 2  # the two layers asked for, encoder first
+    enc = record.maps[0]
     assert enc.shape == (2, model.config.encoder_attention_heads, 16 + 4, 16 + 4)
     torch.testing.assert_close(enc.sum(-1), torch.ones(enc.shape[:-1]), rtol=0, atol=1e-5)
     assert enc[1, :, :, -1].abs().max() == 0  # the padded text position gets no attention
-    dec = attns[-1].record[0]
+    dec = record.maps[1]
     assert dec.shape == (2, model.config.decoder_attention_heads, 5, 5) and dec[0, 0, 0, 1:].abs().max() == 0
 
 
@@ -192,21 +193,25 @@ def test_strided_image_bias_equals_the_gather(bucket_size: int, grid: tuple[int,
 
 
 def test_inference_and_training_encoders_agree(tiny: OFAModel) -> None:
-    """Without autograd the encoder takes the strided bias, one shared buffer and per-length rows instead of
-    a padding mask; with it, the gather and the mask. Real (unpadded) positions must agree."""
+    """`Encoder.infer` takes the strided bias, one shared buffer and per-length rows instead of a padding
+    mask; `forward`, the gather and the mask, whether autograd is on or not. Real (unpadded) positions agree."""
     torch.manual_seed(4)
     ids = torch.tensor([[0, 61, 976, 2, 1, 1], [0, 61, 976, 5, 7, 2], [0, 9, 2, 1, 1, 1], [0, 8, 976, 4, 2, 1]])
     pixels = torch.randn(2, 3, 64, 64)
     image_index = torch.tensor([0, 1, 0, 1])
     with torch.no_grad():
-        fast = tiny.encode(ids, pixels, image_index)
-    with torch.enable_grad():
-        slow = tiny.encode(ids, pixels, image_index)
+        embeds, grid = tiny.encoder.embed_image(pixels)
+        fast = tiny.encoder.infer(ids, embeds[image_index], grid)
+        slow_no_grad = tiny.encode(ids, pixels, image_index)
+    slow = tiny.encode(ids, pixels, image_index)
+    assert slow.hidden.requires_grad
     real = ~fast.pad_mask
     assert torch.equal(real, ~slow.pad_mask) and real.sum() == 4 * 16 + 4 + 6 + 3 + 5
     torch.testing.assert_close(slow.hidden.detach()[real], fast.hidden[real], rtol=0, atol=1e-5)
+    # the same path with or without autograd (the attention kernel may differ: float rounding only)
+    torch.testing.assert_close(slow_no_grad.hidden, slow.hidden.detach(), rtol=0, atol=1e-5)
     with torch.no_grad():  # a padded sample gives what it gives alone
-        alone = tiny.encode(ids[2:3, :3], pixels[:1]).hidden
+        alone = tiny.encoder.infer(ids[2:3, :3], embeds[:1], grid).hidden
     torch.testing.assert_close(fast.hidden[2, :16 + 3], alone[0], rtol=0, atol=1e-5)
 
 
@@ -239,3 +244,39 @@ def test_compact_token_table_is_exact(tiny: OFAModel) -> None:
         assert torch.equal(model(ids, pixels, prev, vocab), before)
         enc = model.encode(ids, pixels)
         assert torch.equal(model.decoder.step(prev[:, 0], model.decoder.start(enc, 3, vocab)), step_before)
+
+
+def test_prepared_for_inference_leaves_the_model_alone(tiny: OFAModel) -> None:
+    """The inference copy folds BatchNorm and compacts the token table; the model it came from keeps its
+    weights, its BatchNorm layers and its training mode, so it can still be trained or saved."""
+    tiny.train()
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    prepared = tiny.prepared_for_inference("fp32")
+    assert isinstance(prepared, GroundingModel) and isinstance(prepared, OFAForInference)
+    assert prepared.ofa is not tiny and prepared.ofa.encoder.embed_images.fused
+    assert not tiny.encoder.embed_images.fused and tiny.training
+    after = tiny.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert prepared.num_parameters() == tiny.num_parameters()  # as stored, before folding
+    assert all(not p.requires_grad for p in prepared.ofa.parameters())
+
+
+def test_inference_interface_gives_the_teacher_forced_logits(tiny: OFAModel) -> None:
+    """Through the interface (image features once, encoder, cached decoder steps) the logits are those of
+    the plain teacher-forced forward pass of the unprepared model."""
+    torch.manual_seed(7)
+    ids = torch.tensor([[0, 61, 976, 473, 5, 2], [0, 61, 976, 2, 1, 1]])
+    pixels = torch.randn(2, 3, 64, 64)
+    prefix = torch.tensor([[0, 58500, 58600, 58700], [0, 59000, 3, 58457]])
+    with torch.no_grad():
+        full = tiny.eval()(ids, pixels, prefix)
+    m = tiny.prepared_for_inference("fp32")
+    features, grid = m.image_features(pixels)
+    state = m.decoder_start(m.encode(ids, features, grid), 4, None)
+    steps = torch.stack([m.decoder_step(prefix[:, t], state) for t in range(4)], dim=1)
+    torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inference_arguments(tiny: OFAModel) -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        tiny.prepared_for_inference("int8")

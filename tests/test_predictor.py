@@ -195,10 +195,10 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
         pytest.skip("this CPU has no bfloat16 units: bf16 runs as fp32 here (tested below)")
     cases = _mixed_cases(reference_cases)
     g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16", device=DEVICE)
-    assert g.model.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
-    assert g.model.encoder.embed_images.conv1.weight.dtype == torch.bfloat16
-    assert g.model.decoder.layers[0].fc1.weight.dtype == torch.float32
-    assert g.model.encoder.embed_tokens.weight.dtype == torch.float16  # compact (exact), not bfloat16
+    assert g.model.ofa.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert g.model.ofa.encoder.embed_images.conv1.weight.dtype == torch.bfloat16
+    assert g.model.ofa.decoder.layers[0].fc1.weight.dtype == torch.float32
+    assert g.model.ofa.encoder.embed_tokens.weight.dtype == torch.float16  # compact (exact), not bfloat16
     results = g.predict_batch([(reference_dir / c["image"], c["text"]) for c in cases])
     close = [box_overlap(r.box, c["box"]) >= 0.9 for r, c in zip(results, cases)]
     assert sum(close) >= 0.3 * len(cases), (sum(close), len(cases))
@@ -219,7 +219,7 @@ def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(reference_dir: Path, referen
     with caplog.at_level(logging.WARNING, logger="ofa_grounding"):
         g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16")
     assert g.dtype == "fp32" and "no bfloat16 units" in caplog.text and "running fp32" in caplog.text
-    assert g.model.encoder.layers[0].fc1.weight.dtype == torch.float32
+    assert g.model.ofa.encoder.layers[0].fc1.weight.dtype == torch.float32
     case = reference_cases[0]
     r = g.predict(reference_dir / case["image"], case["text"])
     assert box_overlap(r.box, case["box"]) > 0.999 and r.tokens == tuple(case["tokens"])

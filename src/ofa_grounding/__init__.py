@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): these need torch, which takes seconds to import; `ofa-ground --help`
 # and the configuration classes do not.
-_LAZY = {"DEFAULT_MODEL": "predictor", "Alternative": "predictor", "Grounder": "predictor",
-         "GroundingResult": "predictor", "load_checkpoint": "checkpoint"}
+_LAZY = {"DEFAULT_MODEL": "loader", "Alternative": "predictor", "Grounder": "predictor",
+         "GroundingResult": "predictor", "load_checkpoint": "checkpoint", "load_model": "loader"}
 
 
 def __getattr__(name: str):
@@ -27,4 +27,4 @@ def __getattr__(name: str):
 
 __all__ = ["DEFAULT_MODEL", "Alternative", "CheckpointError", "GenerationConfig", "Grounder", "GroundingResult",
            "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "get_preset", "list_presets",
-           "load_checkpoint"]
+           "load_checkpoint", "load_model"]

@@ -89,8 +89,8 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn2(self.conv2(y)))
         y = drop_path(self.bn3(self.conv3(y)), self.drop_path_rate, self.training)
         identity = x if self.downsample is None else self.downsample(x)
-        # In place without autograd: one full-resolution tensor less at the peak.
-        return self.relu(y.add_(identity) if not torch.is_grad_enabled() else identity + y)
+        # In place when nothing differentiates through it: one full-resolution tensor less at the peak.
+        return self.relu(identity + y if y.requires_grad or identity.requires_grad else y.add_(identity))
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """Inference after `ResNet.fuse_for_inference_` on CPU: each convolution with its ReLU (and the
@@ -129,7 +129,7 @@ class ResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.fused:
             images = images.contiguous(memory_format=torch.channels_last)
-            if images.device.type == "cpu" and _onednn_post_ops() and not torch.is_grad_enabled() and \
+            if images.device.type == "cpu" and _onednn_post_ops() and not images.requires_grad and \
                     (images.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
                 x = self.maxpool(_conv_relu(self.conv1, images))
                 for block in (*self.layer1, *self.layer2, *self.layer3):
@@ -162,4 +162,4 @@ class ResNet(nn.Module):
             setattr(parent, bn_name, nn.Identity())
         self.to(memory_format=torch.channels_last)
         self.fused = True
-        return self.eval()
+        return self.eval().requires_grad_(False)

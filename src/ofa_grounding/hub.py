@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 __all__ = ["is_offline", "resolve_model"]
 

@@ -1,6 +1,7 @@
 """OFA encoder-decoder for visual grounding, read top to bottom.
 
-Order: position buckets -> attention -> encoder layer -> decoder layer -> encoder -> decoder -> OFAModel.
+Order: position buckets -> attention -> encoder layer -> decoder layer -> encoder -> decoder -> OFAModel ->
+the inference interface (`GroundingModel`, which the predictor calls; `OFAModel.prepared_for_inference`).
 Module and parameter names follow OFA's checkpoints (`encoder.layers.0.self_attn.q_proj.weight` ...),
 so loading a ModelScope state dict is a strict copy (see checkpoint.py for the few keys it drops).
 
@@ -14,18 +15,24 @@ among text tokens, 2-D buckets among image tokens). Layers are pre-norm NormForm
 
 from __future__ import annotations
 
+import copy as _copy
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import ResNet, drop_path, linear_rates
+from .backbone import ResNet, cpu_bf16_supported, drop_path, linear_rates
 from .config import OFAConfig
 
-__all__ = ["DecoderState", "EncoderOutput", "OFAModel"]
+__all__ = ["DTYPES", "AttentionRecord", "DecoderState", "EncoderOutput", "GroundingModel", "OFAForInference",
+           "OFAModel"]
+
+log = logging.getLogger(__name__)
 
 # OFA builds its 1-D bucket tables for this many positions; the log-bucket formula uses it as a
 # constant regardless of `max_position_embeddings`.
@@ -106,9 +113,6 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.c_attn = nn.Parameter(torch.ones(heads))
         self.dropout = dropout
-        # Distillation sets a list here: each forward then appends its attention probabilities
-        # (B, H, T, Tk), computed explicitly instead of by the fused kernel.
-        self.record: list[torch.Tensor] | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -117,13 +121,17 @@ class Attention(nn.Module):
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d) queries; k, v (B, H, Tk, dh); bias broadcastable to (B, H, T, Tk) -> (B, T, d)."""
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                probs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, d) queries; k, v (B, H, Tk, dh); bias broadcastable to (B, H, T, Tk) -> (B, T, d).
+
+        With `probs_out` (distillation) the attention probabilities (B, H, T, Tk) are computed explicitly
+        instead of by the fused kernel, and appended to it."""
         B, T, d = x.shape
         q = self._split(self.q_proj(x) * self.scaling)  # scale after the bias, before the product
-        if self.record is not None:
+        if probs_out is not None:
             probs = torch.softmax((torch.matmul(q, k.transpose(2, 3)) + bias).float(), dim=-1).to(q.dtype)
-            self.record.append(probs)  # before dropout, as OFA-Compress takes them
+            probs_out.append(probs)  # before dropout, as OFA-Compress takes them
             out = torch.matmul(F.dropout(probs, self.dropout, self.training), v)
         else:  # softmax(q.k + bias) v, fused: no (T, Tk) logits or probabilities kept in memory
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0,
@@ -167,9 +175,10 @@ class EncoderLayer(_Layer):
         self.self_attn_mid_layer_norm = nn.LayerNorm(d)
         self._init_common(cfg, cfg.encoder_ffn_dim, drop_path_rate)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, probs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         h = self.self_attn_layer_norm(x)
-        x = x + self._residual(self.self_attn_mid_layer_norm(self.self_attn(h, *self.self_attn.project_kv(h), bias)))
+        attn = self.self_attn(h, *self.self_attn.project_kv(h), bias, probs_out)
+        x = x + self._residual(self.self_attn_mid_layer_norm(attn))
         return x + self._residual(self._ffn(x))
 
 
@@ -188,11 +197,12 @@ class DecoderLayer(_Layer):
         self._init_common(cfg, cfg.decoder_ffn_dim, drop_path_rate)
 
     def forward(self, y: torch.Tensor, self_bias: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
-                cross_bias: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                cross_bias: torch.Tensor, cache: dict[str, torch.Tensor] | None = None,
+                probs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """y (N, t, d) with N = B*K rows; cross_kv (B, H, S, dh) shared by the K beams of a sample.
 
         With `cache`, y holds only the newest position and earlier self-attention keys/values come
-        from (and are appended to) the cache.
+        from (and are appended to) the cache. `probs_out` receives the self-attention probabilities.
         """
         h = self.self_attn_layer_norm(y)
         k, v = self.self_attn.project_kv(h)
@@ -200,7 +210,7 @@ class DecoderLayer(_Layer):
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        y = y + self._residual(self.self_attn_mid_layer_norm(self.self_attn(h, k, v, self_bias)))
+        y = y + self._residual(self.self_attn_mid_layer_norm(self.self_attn(h, k, v, self_bias, probs_out)))
         N, t, d = y.shape
         B = cross_kv[0].shape[0]
         # The K beams of a sample attend to the same encoder keys: treat them as K*t queries of one row.
@@ -219,6 +229,22 @@ class EncoderOutput:
     hidden: torch.Tensor  # (B, S, d) after the final LayerNorm; image tokens first, then text
     pad_mask: torch.Tensor  # (B, S) bool, True at padding
     position: torch.Tensor  # (B, S, d) normalised position embeddings (the decoder's cross bias uses them)
+
+
+@dataclass
+class AttentionRecord:
+    """Asks a forward pass for the self-attention probabilities (B, H, T, Tk) of some layers (distillation
+    matches them): they are appended to `maps` in execution order, encoder layers before decoder layers."""
+
+    encoder_layers: frozenset[int] = frozenset()
+    decoder_layers: frozenset[int] = frozenset()
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+    def encoder_out(self, i: int) -> list[torch.Tensor] | None:
+        return self.maps if i in self.encoder_layers else None
+
+    def decoder_out(self, i: int) -> list[torch.Tensor] | None:
+        return self.maps if i in self.decoder_layers else None
 
 
 def _gather_heads(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
@@ -282,9 +308,6 @@ class Encoder(nn.Module):
             nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(tables))
         self.image_rel_pos_table_list = nn.ModuleList(
             nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(tables))
-        # Set while hooks observe the layers' (B, S, d) outputs (distillation's teacher): inference then
-        # runs padded batches whole through each layer, with a padding mask, as training does.
-        self.whole_batches = False
 
     def embed_image(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) pixels -> image token embeddings (B, P, d) before their LayerNorm, and the grid (h, w).
@@ -308,8 +331,8 @@ class Encoder(nn.Module):
         k = self.pos_k_linear(positions).view(B, S, H, -1).transpose(1, 2)
         return torch.matmul(q, k.transpose(2, 3))
 
-    def forward(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
-        """input_ids (B, L) right-padded with pad_token_id; image_embeds (B, P, d) from `embed_image`."""
+    def _inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int]) -> _EncoderInputs:
+        """What both encoder paths start from: embedded tokens, padding and the position terms."""
         B, L = input_ids.shape
         P = image_embeds.shape[1]
         if L > self.cfg.max_position_embeddings:
@@ -332,45 +355,73 @@ class Encoder(nn.Module):
         text_pos = self.pos_ln(self.embed_positions.weight[:L])
         image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))
         positions = torch.cat([image_pos, text_pos], dim=0).unsqueeze(0)  # (1, S, d)
-        abs_bias = self._head_bias(positions)  # (1, H, S, S)
         text_buckets = token_rel_bucket(self.cfg.token_bucket_size, *(torch.arange(L, device=x.device),) * 2)
+        return _EncoderInputs(x, text_pad, pad_mask, has_pads, positions, self._head_bias(positions), text_buckets)
 
+    def forward(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int],
+                record: AttentionRecord | None = None) -> EncoderOutput:
+        """input_ids (B, L) right-padded with pad_token_id; image_embeds (B, P, d) from `embed_image`.
+
+        The functional path (training, ONNX export, distillation's teacher): (B, H, S, S) bias maps, padded
+        batches whole through each layer. `infer` computes the same faster, without autograd."""
+        B, L = input_ids.shape
+        P = image_embeds.shape[1]
+        inp = self._inputs(input_ids, image_embeds, grid)
+        x = inp.x
         # bias = absolute + relative, summed before it meets the logits (as the reference does); relative
         # terms only within the image block and within the text block.
-        observed = self.whole_batches or any(layer.self_attn.record is not None for layer in self.layers)
-        if torch.is_grad_enabled() or observed:  # functional (autograd, ONNX export), (B, H, S, S) maps
-            _, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
-            key_mask = _key_mask(pad_mask, x.dtype) if has_pads else None
-            for i, layer in enumerate(self.layers):
-                t = 0 if self.cfg.share_attn_bias else i
-                text_rel = _gather_heads(self.token_rel_pos_table_list[t], text_buckets)
-                image_rel = _gather_heads(self.image_rel_pos_table_list[t], image_buckets)
-                rel = torch.cat([F.pad(image_rel, (0, L)), F.pad(text_rel, (P, 0))], dim=-2)  # (H, S, S)
-                bias = abs_bias + rel
-                x = layer(x, bias if key_mask is None else bias + key_mask)  # (B, H, S, S) with padding
-            return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
+        _, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
+        key_mask = _key_mask(inp.pad_mask, x.dtype) if inp.has_pads else None
+        for i, layer in enumerate(self.layers):
+            t = 0 if self.cfg.share_attn_bias else i
+            text_rel = _gather_heads(self.token_rel_pos_table_list[t], inp.text_buckets)
+            image_rel = _gather_heads(self.image_rel_pos_table_list[t], image_buckets)
+            rel = torch.cat([F.pad(image_rel, (0, L)), F.pad(text_rel, (P, 0))], dim=-2)  # (H, S, S)
+            bias = inp.abs_bias + rel
+            x = layer(x, bias if key_mask is None else bias + key_mask,  # (B, H, S, S) with padding
+                      record.encoder_out(i) if record is not None else None)
+        return EncoderOutput(self.layer_norm(x), inp.pad_mask, inp.positions.expand(B, -1, -1))
 
-        # Inference: one bias buffer serves every layer (only its two diagonal blocks change), and samples
-        # with padding run on their own rows and the top-left block of the bias instead of through a
-        # (B, H, S, S) padding mask: that mask would cost B x 17 MB and a memory pass per layer at 512 px.
-        # A sample's block is exactly its unpadded bias: positions do not depend on the batch.
-        if has_pads:  # (length of the text + image tokens, the rows of that length), shortest first
-            lengths = (~text_pad).sum(1).tolist()
+    @torch.inference_mode()
+    def infer(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
+        """`forward`'s answer for inference (equal within float rounding, tested), without autograd.
+
+        One bias buffer serves every layer (only its two diagonal blocks change), and samples with padding
+        run on their own rows and the top-left block of the bias instead of through a (B, H, S, S) padding
+        mask: that mask would cost B x 17 MB and a memory pass per layer at 512 px. A sample's block is
+        exactly its unpadded bias: positions do not depend on the batch."""
+        B = input_ids.shape[0]
+        P = image_embeds.shape[1]
+        inp = self._inputs(input_ids, image_embeds, grid)
+        x, abs_bias = inp.x, inp.abs_bias
+        if inp.has_pads:  # (length of the text + image tokens, the rows of that length), shortest first
+            lengths = (~inp.text_pad).sum(1).tolist()
             groups = [(P + n, torch.tensor([i for i in range(B) if lengths[i] == n], device=x.device))
                       for n in sorted(set(lengths))]
         bias = abs_bias.clone()
         for i, layer in enumerate(self.layers):
             t = 0 if self.cfg.share_attn_bias else i
-            text_rel = _gather_heads(self.token_rel_pos_table_list[t], text_buckets)
+            text_rel = _gather_heads(self.token_rel_pos_table_list[t], inp.text_buckets)
             torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
             _add_image_rel(abs_bias[0, :, :P, :P], self.image_rel_pos_table_list[t].weight,
                            self.cfg.image_bucket_size, grid, bias[0, :, :P, :P])
-            if not has_pads:
+            if not inp.has_pads:
                 x = layer(x, bias)
                 continue
             for n, index in groups:  # padded positions keep their zeros; the decoder masks them out
                 x[index, :n] = layer(x[index, :n], bias[:, :, :n, :n])
-        return EncoderOutput(self.layer_norm(x), pad_mask, positions.expand(B, -1, -1))
+        return EncoderOutput(self.layer_norm(x), inp.pad_mask, inp.positions.expand(B, -1, -1))
+
+
+@dataclass
+class _EncoderInputs:
+    x: torch.Tensor  # (B, S, d) embedded image and text tokens, zeros at padding
+    text_pad: torch.Tensor  # (B, L) bool
+    pad_mask: torch.Tensor  # (B, S) bool
+    has_pads: bool
+    positions: torch.Tensor  # (1, S, d)
+    abs_bias: torch.Tensor  # (1, H, S, S)
+    text_buckets: torch.Tensor  # (L, L)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,8 +488,8 @@ class Decoder(nn.Module):
             x = x + self.embed_positions.weight[start:start + tokens.shape[1]]
         return self.layernorm_embedding(x)
 
-    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOutput,
-                output_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, prev_tokens: torch.Tensor, enc: EncoderOutput, output_ids: torch.Tensor | None = None,
+                record: AttentionRecord | None = None) -> torch.Tensor:
         """Teacher-forced pass over whole prefixes (B, T), starting with BOS -> logits (B, T, V).
 
         With `output_ids` (V',) only those ids' logits are computed: (B, T, V').
@@ -447,9 +498,9 @@ class Decoder(nn.Module):
         self_bias, cross_bias = self._biases(T, enc)
         causal = torch.full((T, T), float("-inf"), device=prev_tokens.device).triu(1)
         y = self._embed(prev_tokens)
-        for layer, bias in zip(self.layers, self_bias):
+        for i, (layer, bias) in enumerate(zip(self.layers, self_bias)):
             kv = layer.cross_attn.project_kv(enc.hidden)
-            y = layer(y, bias + causal, kv, cross_bias)
+            y = layer(y, bias + causal, kv, cross_bias, probs_out=record.decoder_out(i) if record is not None else None)
         weight = self.embed_tokens.weight if output_ids is None else self.embed_tokens.weight[output_ids]
         return F.linear(self.layer_norm(y), weight.to(y.dtype))
 
@@ -517,18 +568,21 @@ class OFAModel(nn.Module):
         self.encoder = Encoder(cfg, embed_tokens)
         self.decoder = Decoder(cfg, embed_tokens)
 
-    def encode(self, input_ids: torch.Tensor, patch_images: torch.Tensor,
-               image_index: torch.Tensor | None = None) -> EncoderOutput:
+    def encode(self, input_ids: torch.Tensor, patch_images: torch.Tensor, image_index: torch.Tensor | None = None,
+               record: AttentionRecord | None = None) -> EncoderOutput:
         """`image_index` (B,): row i uses image image_index[i] of `patch_images` (one backbone pass each)."""
         image_embeds, grid = self.encoder.embed_image(patch_images)
         if image_index is not None:
             image_embeds = image_embeds.index_select(0, image_index)
-        return self.encoder(input_ids, image_embeds, grid)
+        return self.encoder(input_ids, image_embeds, grid, record)
 
     def forward(self, input_ids: torch.Tensor, patch_images: torch.Tensor, prev_tokens: torch.Tensor,
-                output_ids: torch.Tensor | None = None, image_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) (or (B, T, V') for `output_ids`); prev_tokens starts with BOS."""
-        return self.decoder(prev_tokens, self.encode(input_ids, patch_images, image_index), output_ids)
+                output_ids: torch.Tensor | None = None, image_index: torch.Tensor | None = None,
+                record: AttentionRecord | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) (or (B, T, V') for `output_ids`); prev_tokens starts with BOS.
+
+        `record` asks for chosen layers' attention probabilities (distillation)."""
+        return self.decoder(prev_tokens, self.encode(input_ids, patch_images, image_index, record), output_ids, record)
 
     def compact_token_table_(self) -> bool:
         """Store the token table (shared by encoder, decoder and output layer) in float16 when that loses
@@ -549,3 +603,120 @@ class OFAModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def prepared_for_inference(self, dtype: str = "fp32", device: str | torch.device | None = None,
+                               fuse: bool = True, copy: bool = True) -> OFAForInference:
+        """This model made ready for inference, behind the `GroundingModel` interface the predictor uses.
+
+        dtype: "fp32" (the reference's arithmetic) or "bf16" (backbone, encoder and the decoder's cross-attention
+            key/value projections in bfloat16, the rest of the decoder in float32; on a CPU without bfloat16 units
+            this falls back to fp32 with a warning, as emulated bf16 is several times slower there).
+        fuse: fold BatchNorm into the convolutions and store the token table in float16 where exact.
+        copy: work on a copy and leave this model as it is (False: convert this model itself, which is then
+            inference-only; for a caller that owns a freshly loaded model and wants no second copy in memory).
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        device = torch.device(device or "cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but CUDA is not available")
+        if dtype == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+            log.warning("bf16 requested, but this CPU has no bfloat16 units (AVX-512 BF16 or AMX): running fp32, "
+                        "which is faster here and exact")
+            dtype = "fp32"
+        stored_parameters = self.num_parameters()
+        model = _copy.deepcopy(self) if copy else self
+        model.eval().requires_grad_(False).to(device)
+        if fuse:  # BatchNorm folded into the convolutions, channels_last
+            model.encoder.embed_images.fuse_for_inference_()
+            model.compact_token_table_()  # float16 when exact: 31 MB less for OFA-tiny
+        if dtype == "bf16":
+            for child in model.encoder.children():
+                if child is not model.encoder.embed_tokens:  # shared with the decoder: stays as it is
+                    child.to(torch.bfloat16)
+            for layer in model.decoder.layers:  # projections over all encoder tokens, once per query
+                layer.cross_attn.k_proj.to(torch.bfloat16)
+                layer.cross_attn.v_proj.to(torch.bfloat16)
+        return OFAForInference(model, dtype, device, stored_parameters)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference interface
+
+# Precision modes: fp32 is the reference's arithmetic (parity); bf16 converts the backbone and encoder
+# weights to bfloat16 (fast on CPUs with AVX-512 BF16 / AMX and on GPUs) and keeps the decoder in fp32:
+# the decoder is ~10 % of the time but decides between near-tied bins (with it in bf16 too, 88 % of a
+# trained model's boxes kept IoU >= 0.9 with fp32's, 98.7 % without; docs/speed.md). int8 dynamic
+# quantisation of the linear layers was measured and dropped: 6 % faster single queries, slower batches,
+# 12 % token agreement (docs/speed.md, Measured and dropped).
+DTYPES = ("fp32", "bf16")
+
+
+@runtime_checkable
+class GroundingModel(Protocol):
+    """What `Grounder` and its beam search call on a model: implemented by `OFAForInference` (torch) and
+    `onnx_export.OnnxModel` (onnxruntime). Tensors come back on `device`; no method needs autograd."""
+
+    config: OFAConfig
+    device: torch.device
+    dtype: str  # a precision mode of DTYPES
+
+    def num_parameters(self) -> int:
+        """Parameters as stored in the checkpoint (before any folding)."""
+        ...
+
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, S, S) float32 normalised pixels -> image token embeddings (B, P, d) and their grid (h, w)."""
+        ...
+
+    def encode(self, input_ids: torch.Tensor, image_features: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
+        """input_ids (B, L) right-padded; image_features (B, P, d) -> the encoder's output (positions in float32)."""
+        ...
+
+    def decoder_start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None) -> Any:
+        """A decoding state for up to `max_steps` positions, with logits for `output_ids` only (None: all)."""
+        ...
+
+    def decoder_step(self, tokens: torch.Tensor, state: Any) -> torch.Tensor:
+        """The newest token of each of the N = B*K rows (N,) -> logits (N, V') of its successor."""
+        ...
+
+    def decoder_reorder(self, state: Any, order: torch.Tensor) -> None:
+        """Follow the beam search's choice of parent rows (N,)."""
+        ...
+
+
+class OFAForInference:
+    """An OFAModel prepared by `OFAModel.prepared_for_inference`: the `GroundingModel` interface over it."""
+
+    def __init__(self, model: OFAModel, dtype: str, device: torch.device, stored_parameters: int) -> None:
+        self.ofa, self.dtype, self.device = model, dtype, device
+        self.config = model.config
+        self._stored_parameters = stored_parameters
+        self._float = torch.bfloat16 if dtype == "bf16" else torch.float32
+
+    def num_parameters(self) -> int:
+        return self._stored_parameters
+
+    @torch.inference_mode()
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        return self.ofa.encoder.embed_image(pixels.to(self.device, self._float))
+
+    @torch.inference_mode()
+    def encode(self, input_ids: torch.Tensor, image_features: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
+        enc = self.ofa.encoder.infer(input_ids.to(self.device), image_features, grid)
+        if enc.position.dtype != torch.float32:  # bf16 mode: the decoder runs in fp32
+            enc = EncoderOutput(enc.hidden, enc.pad_mask, enc.position.float())
+        return enc
+
+    @torch.inference_mode()
+    def decoder_start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None) -> DecoderState:
+        return self.ofa.decoder.start(enc, max_steps, output_ids)
+
+    @torch.inference_mode()
+    def decoder_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        return self.ofa.decoder.step(tokens, state)
+
+    @torch.inference_mode()
+    def decoder_reorder(self, state: DecoderState, order: torch.Tensor) -> None:
+        self.ofa.decoder.reorder(state, order)

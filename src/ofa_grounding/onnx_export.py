@@ -11,9 +11,9 @@ Four graphs, exported from the same torch modules (`ofa-ground export-onnx MODEL
 - `decoder_step.onnx`: the newest tokens (N, 1), that step's bias rows and position embedding (1, d), the
   cross keys/values and the self-attention KV cache (N, H, t, dh) per layer -> logits over the open ids
   (N, V') and the cache grown by one position  [once per step]
-`OnnxModel` wraps the four sessions behind the attributes `Grounder` calls (`encoder.embed_image`,
-`encoder(...)`, `decoder.start/step/reorder`), so preprocessing, batching, the constrained beam search
-and box decoding are the torch path's own code. Needs the `onnx` extra (onnx, onnxruntime, onnxscript).
+`OnnxModel` runs the four sessions behind the inference interface `Grounder` calls
+(`model.GroundingModel`), so preprocessing, batching, the constrained beam search and box decoding are the
+torch path's own code. Needs the `onnx` extra (onnx, onnxruntime, onnxscript).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class _Image(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encoder.embed_image(pixels)[0]
+
 
 
 class _Encoder(nn.Module):
@@ -114,9 +115,8 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
 
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, size, size)
-    image_embeds = _Image(model)(pixels).detach()
-    side = -(-size // 16)  # the 3-stage ResNet: 4 stride-2 steps, each ceil(n/2)
-    grid = (side, side)
+    with torch.no_grad():
+        image_embeds, grid = model.encoder.embed_image(pixels)
     # Example inputs with padding, so that the masked paths are the ones traced (they equal the unmasked
     # computation when a batch has no padding: the mask adds zeros).
     input_ids = torch.tensor([[0, 100, 200, 300, 2], [0, 100, 2, 1, 1]])
@@ -154,11 +154,10 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
                           **{name: {0: rows, 2: "past"} for name in past_names},
                           **{name: {0: rows, 2: "keys"} for name in present_names}, "logits": {0: rows}}),
     }
-    # Traced with autograd on, so that the encoder takes its gather path for the image bias (no strided views)
-    with torch.enable_grad():
-        for name, (module, args, inputs, outputs, axes) in specs.items():
-            torch.onnx.export(module.eval(), args, str(out / f"{name}.onnx"), input_names=inputs,
-                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+    # The encoder's functional `forward` is traced (a gather for the image bias, not `infer`'s strided views)
+    for name, (module, args, inputs, outputs, axes) in specs.items():
+        torch.onnx.export(module.eval(), args, str(out / f"{name}.onnx"), input_names=inputs,
+                          output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
     save_settings(out / "settings", cfg, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation)  # no weights
     meta = {"graphs": list(GRAPHS), "steps": steps, "grid": list(grid), "layers": n, "heads": H, "head_dim": dh,
             "output_ids": output_ids.tolist(), "opset": opset, "parameters": model.num_parameters()}
@@ -181,60 +180,11 @@ class _OnnxState:
     step: int = 0
 
 
-class _OnnxEncoder:
-    def __init__(self, owner: OnnxModel) -> None:
-        self.owner = owner
-
-    def embed_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        (embeds,) = self.owner.run("image", pixels=pixels.numpy())
-        return torch.from_numpy(embeds), self.owner.grid
-
-    def __call__(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
-        hidden, position, pad_mask = self.owner.run("encoder", image_embeds=image_embeds.contiguous().numpy(),
-                                                    input_ids=input_ids.numpy())
-        return EncoderOutput(torch.from_numpy(hidden), torch.from_numpy(pad_mask), torch.from_numpy(position))
-
-
-class _OnnxDecoder:
-    def __init__(self, owner: OnnxModel) -> None:
-        self.owner = owner
-
-    def start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None = None) -> Any:
-        o = self.owner
-        if max_steps > o.steps:
-            raise ValueError(f"the exported decoder was prepared for {o.steps} steps, not {max_steps}")
-        outs = o.run("decoder_start", hidden=enc.hidden.numpy(), position=enc.position.numpy(),
-                     pad_mask=enc.pad_mask.numpy())
-        positions = outs[2 * o.layers + 2] if len(outs) > 2 * o.layers + 2 else None
-        return _OnnxState(cross=outs[:2 * o.layers], cross_bias=outs[2 * o.layers], self_bias=outs[2 * o.layers + 1],
-                          step_positions=positions, batch=enc.hidden.shape[0])
-
-    def step(self, tokens: torch.Tensor, state: _OnnxState) -> torch.Tensor:
-        o, t = self.owner, state.step
-        rows = tokens.shape[0]
-        if not state.past:
-            shape = (rows, o.heads, 0, o.head_dim)
-            state.past = [np.zeros(shape, np.float32) for _ in range(2 * o.layers)]
-        feeds = {"tokens": tokens.reshape(-1, 1).numpy(), "self_bias": state.self_bias[:, :, t:t + 1, :t + 1].copy(),
-                 "cross_bias": state.cross_bias[:, :, t:t + 1].copy()}
-        if state.step_positions is not None:
-            feeds["step_position"] = state.step_positions[t:t + 1].copy()
-        feeds.update({f"{kind}_{i}": state.cross[j * o.layers + i] for j, kind in enumerate(("cross_k", "cross_v"))
-                      for i in range(o.layers)})
-        feeds.update({f"past_{kind}_{i}": state.past[j * o.layers + i] for j, kind in enumerate("kv")
-                      for i in range(o.layers)})
-        logits, *present = o.run("decoder_step", **feeds)
-        state.past, state.step = present, t + 1
-        return torch.from_numpy(logits)
-
-    @staticmethod
-    def reorder(state: _OnnxState, order: torch.Tensor) -> None:
-        idx = order.numpy()
-        state.past = [p[idx] for p in state.past]
-
-
 class OnnxModel:
-    """The exported graphs behind the interface `Grounder` uses (see the module docstring)."""
+    """The exported graphs behind the `GroundingModel` interface `Grounder` uses (onnxruntime on CPU, fp32)."""
+
+    dtype = "fp32"
+    device = torch.device("cpu")
 
     def __init__(self, directory: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -250,20 +200,52 @@ class OnnxModel:
         self.layers, self.heads, self.head_dim = meta["layers"], meta["heads"], meta["head_dim"]
         self._parameters = meta["parameters"]
         self.config, self.tokenizer, self.preprocess, self.generation, _ = load_settings(directory / "settings")
-        self.encoder, self.decoder = _OnnxEncoder(self), _OnnxDecoder(self)
 
     def run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
         return self.sessions[graph].run(None, feeds)
 
-    # what Grounder calls on a torch model
-    def eval(self) -> OnnxModel:
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
-        return self
-
     def num_parameters(self) -> int:
         return self._parameters
+
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        (embeds,) = self.run("image", pixels=pixels.float().numpy())
+        return torch.from_numpy(embeds), self.grid
+
+    def encode(self, input_ids: torch.Tensor, image_features: torch.Tensor, grid: tuple[int, int]) -> EncoderOutput:
+        hidden, position, pad_mask = self.run("encoder", image_embeds=image_features.contiguous().numpy(),
+                                              input_ids=input_ids.numpy())
+        return EncoderOutput(torch.from_numpy(hidden), torch.from_numpy(pad_mask), torch.from_numpy(position))
+
+    def decoder_start(self, enc: EncoderOutput, max_steps: int, output_ids: torch.Tensor | None) -> _OnnxState:
+        if max_steps > self.steps:
+            raise ValueError(f"the exported decoder was prepared for {self.steps} steps, not {max_steps}")
+        outs = self.run("decoder_start", hidden=enc.hidden.numpy(), position=enc.position.numpy(),
+                        pad_mask=enc.pad_mask.numpy())
+        n = self.layers
+        positions = outs[2 * n + 2] if len(outs) > 2 * n + 2 else None
+        return _OnnxState(cross=outs[:2 * n], cross_bias=outs[2 * n], self_bias=outs[2 * n + 1],
+                          step_positions=positions, batch=enc.hidden.shape[0])
+
+    def decoder_step(self, tokens: torch.Tensor, state: _OnnxState) -> torch.Tensor:
+        t, n = state.step, self.layers
+        rows = tokens.shape[0]
+        if not state.past:
+            shape = (rows, self.heads, 0, self.head_dim)
+            state.past = [np.zeros(shape, np.float32) for _ in range(2 * n)]
+        feeds = {"tokens": tokens.reshape(-1, 1).numpy(), "self_bias": state.self_bias[:, :, t:t + 1, :t + 1].copy(),
+                 "cross_bias": state.cross_bias[:, :, t:t + 1].copy()}
+        if state.step_positions is not None:
+            feeds["step_position"] = state.step_positions[t:t + 1].copy()
+        feeds.update({f"{kind}_{i}": state.cross[j * n + i] for j, kind in enumerate(("cross_k", "cross_v"))
+                      for i in range(n)})
+        feeds.update({f"past_{kind}_{i}": state.past[j * n + i] for j, kind in enumerate("kv") for i in range(n)})
+        logits, *present = self.run("decoder_step", **feeds)
+        state.past, state.step = present, t + 1
+        return torch.from_numpy(logits)
+
+    def decoder_reorder(self, state: _OnnxState, order: torch.Tensor) -> None:
+        idx = order.numpy()
+        state.past = [p[idx] for p in state.past]
 
 
 def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: Any) -> Any:
@@ -271,5 +253,4 @@ def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: A
     from .predictor import Grounder
 
     model = OnnxModel(directory, threads)
-    return Grounder(model, model.tokenizer, model.preprocess, model.generation, fuse=False,  # type: ignore[arg-type]
-                    **kwargs)
+    return Grounder(model, model.tokenizer, model.preprocess, model.generation, **kwargs)

@@ -3,7 +3,8 @@
 Data flows one way: load image -> preprocess (image.py, tokenizer.py) -> backbone once per image (kept
 in a small content-keyed cache) -> encoder per description -> beam search with a cached decoder
 (generation.py) -> bins -> pixel boxes (image.py). Descriptions of one or many images are batched
-together; a batch gives the same tokens and boxes as one-by-one calls.
+together; a batch gives the same tokens and boxes as one-by-one calls. The model is reached only through
+its inference interface (`model.GroundingModel`); the Grounder never changes a model it is given.
 """
 
 from __future__ import annotations
@@ -21,29 +22,18 @@ from typing import Any, overload
 import torch
 from PIL import Image
 
-from .backbone import cpu_bf16_supported
-from .checkpoint import load_checkpoint
 from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
-from .hub import resolve_model
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
-from .model import EncoderOutput, OFAModel
+from .loader import DEFAULT_MODEL, load_model
+from .model import DTYPES, EncoderOutput, GroundingModel, OFAModel
 from .tokenizer import OFATokenizer, pad_ids
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "Alternative", "FeatureCache", "Grounder", "GroundingResult"]
 
-# Our demo model, trained on the synthetic benchmark and shipped in the package (its README.md there).
-DEFAULT_MODEL = Path(__file__).parent / "models" / "demo"
-
 log = logging.getLogger(__name__)
 
-# Precision modes: fp32 is the reference's arithmetic (parity); bf16 converts the backbone and encoder
-# weights to bfloat16 (fast on CPUs with AVX-512 BF16 / AMX and on GPUs) and keeps the decoder in fp32:
-# the decoder is ~10 % of the time but decides between near-tied bins (with it in bf16 too, 88 % of a
-# trained model's boxes kept IoU >= 0.9 with fp32's, 98.7 % without; docs/speed.md). int8 dynamic
-# quantisation of the linear layers was measured and dropped: 6 % faster single queries, slower batches,
-# 12 % token agreement (docs/speed.md, Measured and dropped).
-DTYPES = ("fp32", "bf16")
+Features = tuple[torch.Tensor, tuple[int, int]]  # an image's tokens (P, d) and their grid (h, w)
 
 
 @contextlib.contextmanager
@@ -60,13 +50,13 @@ def _ieee_fp32() -> Any:
 
 
 class FeatureCache:
-    """LRU cache of backbone outputs keyed by image content, bounded in bytes (0 disables it)."""
+    """LRU cache of backbone outputs (tokens and grid) keyed by image content, bounded in bytes (0 disables it)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = self.misses = 0
-        self._items: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[bytes, Features] = OrderedDict()
 
     @staticmethod
     def key(rgb: Image.Image) -> bytes:
@@ -74,7 +64,7 @@ class FeatureCache:
         digest.update(f"{rgb.mode}{rgb.size}".encode())
         return digest.digest()
 
-    def get(self, key: bytes) -> torch.Tensor | None:
+    def get(self, key: bytes) -> Features | None:
         value = self._items.get(key)
         if value is None:
             self.misses += 1
@@ -83,14 +73,14 @@ class FeatureCache:
         self._items.move_to_end(key)
         return value
 
-    def put(self, key: bytes, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+    def put(self, key: bytes, value: Features) -> None:
+        size = value[0].numel() * value[0].element_size()
         if size > self.max_bytes or key in self._items:
             return
         self._items[key] = value
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
+            _, (old, _) = self._items.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
 
     def clear(self) -> None:
@@ -161,38 +151,24 @@ class Grounder:
     >>> r.box, r.confidence
     """
 
-    def __init__(self, model: OFAModel, tokenizer: OFATokenizer, preprocess: PreprocessConfig | None = None,
-                 generation: GenerationConfig | None = None, device: str | torch.device | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 8, fuse: bool = True,
-                 dtype: str = "fp32", cache_mb: float = 64, min_confidence: float | None = None) -> None:
+    def __init__(self, model: OFAModel | GroundingModel, tokenizer: OFATokenizer,
+                 preprocess: PreprocessConfig | None = None, generation: GenerationConfig | None = None,
+                 device: str | torch.device | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 batch_size: int = 8, fuse: bool = True, dtype: str = "fp32", cache_mb: float = 64,
+                 min_confidence: float | None = None) -> None:
+        """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `dtype` on `device`,
+        with BatchNorm folded unless `fuse` is False, is what runs), or a model already behind the
+        `GroundingModel` interface (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is."""
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
-        self.min_confidence = min_confidence
-        self.device = torch.device(device or "cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device} requested but CUDA is not available")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if dtype == "bf16" and self.device.type == "cpu" and not cpu_bf16_supported():
-            log.warning("bf16 requested, but this CPU has no bfloat16 units (AVX-512 BF16 or AMX): running fp32, "
-                        "which is faster here and exact")
-            dtype = "fp32"
-        self.model = model.eval().to(self.device)
+        self.min_confidence = min_confidence
+        if isinstance(model, OFAModel):
+            model = model.prepared_for_inference(dtype, device, fuse=fuse)
+        self.model: GroundingModel = model
+        self.device, self.dtype = model.device, model.dtype
         self.num_parameters = model.num_parameters()  # as stored (before BatchNorm folding)
-        if fuse:  # BatchNorm folded into the convolutions, channels_last: the model becomes inference-only
-            self.model.encoder.embed_images.fuse_for_inference_()
-            self.model.compact_token_table_()  # float16 when exact: 31 MB less for OFA-tiny
-        self.dtype = dtype
-        if dtype == "bf16":
-            encoder = self.model.encoder
-            for child in encoder.children():
-                if child is not encoder.embed_tokens:  # shared with the decoder: stays fp32
-                    child.to(torch.bfloat16)
-            for layer in self.model.decoder.layers:  # projections over all encoder tokens, once per query
-                layer.cross_attn.k_proj.to(torch.bfloat16)
-                layer.cross_attn.v_proj.to(torch.bfloat16)
         self.cache = FeatureCache(int(cache_mb * 2**20))
         self.tokenizer = tokenizer
         self.preprocess = preprocess or PreprocessConfig()
@@ -203,19 +179,23 @@ class Grounder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device | None = None,
-                        cache_dir: str | Path | None = None, **kwargs: Any) -> Grounder:
-        """Load a model: a directory or file in any layout `checkpoint.load_checkpoint` reads, or a hub id
-        (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME` from Hugging Face;
-        see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches).
+                        cache_dir: str | Path | None = None, dtype: str = "fp32", fuse: bool = True,
+                        **kwargs: Any) -> Grounder:
+        """Load a model (`loader.load_model`): a directory or file in any layout `checkpoint.load_checkpoint`
+        reads, or a hub id (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME`
+        from Hugging Face; see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches).
 
         Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` defaults
         to the model directory's calibrated value (`grounding.json`), if it has one; pass 0 to turn it off.
         """
-        ckpt = load_checkpoint(DEFAULT_MODEL if path is None else resolve_model(path, cache_dir))
+        if dtype not in DTYPES:  # before the load: a bad argument should not cost a model load
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        ckpt = load_model(path, cache_dir=cache_dir)
         kwargs.setdefault("min_confidence", ckpt.min_confidence)
         if kwargs["min_confidence"] == 0:
             kwargs["min_confidence"] = None
-        return cls(ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, device=device, **kwargs)
+        model = ckpt.model.prepared_for_inference(dtype, device, fuse=fuse, copy=False)  # ours: no second copy
+        return cls(model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, **kwargs)
 
     # -- inputs ---------------------------------------------------------------------------------------
 
@@ -272,7 +252,7 @@ class Grounder:
         flat: list[GroundingResult] = []
         for start in range(0, len(queries), self.batch_size):
             chunk = queries[start:start + self.batch_size]
-            enc, src_len = self._encode_texts(features[[q[0] for q in chunk]], grid, [q[2] for q in chunk])
+            enc, src_len = self.encode_texts(features[[q[0] for q in chunk]], grid, [q[2] for q in chunk])
             flat += self.decode(enc, src_len, [rgbs[q[0]].size for q in chunk], [q[1] for q in chunk],
                                 [q[3] for q in chunk])
         out: list[GroundingResult | list[GroundingResult]] = []
@@ -285,43 +265,26 @@ class Grounder:
         """(3, S, S) normalised pixels of an RGB image, as the model expects them."""
         return image_to_tensor(rgb, self.preprocess.patch_image_size, self.preprocess.mean, self.preprocess.std)
 
-    @torch.inference_mode()
     def image_features(self, rgbs: Sequence[Image.Image]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Backbone output (n, P, d) for each image, and the feature grid; each distinct image once."""
         keys = [FeatureCache.key(rgb) for rgb in rgbs]
-        found: dict[bytes, torch.Tensor] = {}
+        found: dict[bytes, Features] = {}
         for key in keys:
             if key not in found and (hit := self.cache.get(key)) is not None:
                 found[key] = hit
         for key, rgb in zip(keys, rgbs):
             if key not in found:  # one image per backbone pass: peak memory stays one image's activations
-                pixels = self.image_tensor(rgb).unsqueeze(0).to(self.device, self._float_dtype)
-                found[key] = self.model.encoder.embed_image(pixels)[0][0]
+                tokens, grid = self.model.image_features(self.image_tensor(rgb).unsqueeze(0))
+                found[key] = (tokens[0], grid)
                 self.cache.put(key, found[key])
-        return torch.stack([found[k] for k in keys]), self._grid()
+        return torch.stack([found[k][0] for k in keys]), found[keys[0]][1]
 
-    @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor, token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
-        """Backbone once for one image's pixels (3, S, S), then the encoder over each description."""
-        image_embeds, grid = self.model.encoder.embed_image(pixels.unsqueeze(0).to(self.device, self._float_dtype))
-        return self._encode_texts(image_embeds.expand(len(token_ids), -1, -1), grid, token_ids)
-
-    def _encode_texts(self, image_embeds: torch.Tensor, grid: tuple[int, int],
-                      token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
-        input_ids = pad_ids(token_ids, self.model.config.pad_token_id).to(self.device)
-        with torch.inference_mode():
-            enc = self.model.encoder(input_ids, image_embeds, grid)
-            if enc.position.dtype != torch.float32:  # bf16 mode: the decoder runs in fp32
-                enc = EncoderOutput(enc.hidden, enc.pad_mask, enc.position.float())
-            return enc, input_ids.shape[1]
-
-    def _grid(self) -> tuple[int, int]:
-        side = -(-self.preprocess.patch_image_size // 16)  # the 3-stage ResNet: 4 stride-2 steps, each ceil(n/2)
-        return side, side
-
-    @property
-    def _float_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.dtype == "bf16" else torch.float32
+    def encode_texts(self, image_features: torch.Tensor, grid: tuple[int, int],
+                     token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
+        """The encoder over descriptions (their ids from `encode_text`), row i with image_features[i];
+        returns the encoder's output and the padded source length."""
+        input_ids = pad_ids(token_ids, self.model.config.pad_token_id)
+        return self.model.encode(input_ids, image_features, grid), input_ids.shape[1]
 
     @torch.inference_mode()
     def decode(self, enc: EncoderOutput, src_len: int, sizes_wh: Sequence[tuple[int, int]], texts: list[str],
@@ -348,13 +311,13 @@ class Grounder:
     def _search(self, enc: EncoderOutput, batch: int, src_len: int) -> list[list[Hypothesis]]:
         gen = self.generation
         max_steps = int(gen.max_len_a * src_len + gen.max_len_b) + 1
-        decoder = self.model.decoder
-        state = decoder.start(enc, max_steps, self._vocab_ids)
+        model = self.model
+        state = model.decoder_start(enc, max_steps, self._vocab_ids)
 
         def step(tokens: torch.Tensor, reorder: torch.Tensor | None) -> torch.Tensor:
             if reorder is not None:
-                decoder.reorder(state, reorder)
-            return decoder.step(tokens, state)
+                model.decoder_reorder(state, reorder)
+            return model.decoder_step(tokens, state)
 
         return beam_search(step, batch, gen, src_len, self.model.config.vocab_size, self._vocab_ids,
                            device=self.device, max_positions=self.model.config.max_position_embeddings)

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..image import normalize_batch
-from ..model import OFAModel
+from ..model import AttentionRecord, OFAModel
 from .data import GroundingTrainSet, collate
 from .losses import OFA_COMPRESS_KD_WEIGHT, attention_mse_sum, hidden_mse, kd_cross_entropy
 
@@ -55,6 +55,7 @@ class Recording:
     order (encoder pairs, then decoder pairs)."""
     attention: list[torch.Tensor] = field(default_factory=list)
     hidden: list[torch.Tensor] = field(default_factory=list)
+    attention_record: AttentionRecord | None = None  # pass it to the model's forward to fill `attention`
 
 
 @dataclass
@@ -106,26 +107,31 @@ class Distiller:
         return ([model.encoder.layers[pair[which]] for pair in self.enc_pairs]
                 + [model.decoder.layers[pair[which]] for pair in self.dec_pairs])
 
+    def attention_record(self, which: int) -> AttentionRecord | None:
+        """What to pass as the model's `record` so that it returns the mapped layers' attention maps
+        (which=0: the student's side of the pairs, 1: the teacher's), or None when attention is not matched.
+        Pairs are monotonic, so execution order (encoder, then decoder layers) is pair order."""
+        if self.cfg.attn_weight <= 0:
+            return None
+        return AttentionRecord(frozenset(pair[which] for pair in self.enc_pairs),
+                               frozenset(pair[which] for pair in self.dec_pairs))
+
     @contextlib.contextmanager
     def recording(self, model: OFAModel, which: int) -> Iterator[Recording]:
-        """Record the mapped layers' attention maps and outputs (which=0: student side, 1: teacher side).
+        """Record the mapped layers' outputs (which=0: student side, 1: teacher side) with forward hooks,
+        and give the `AttentionRecord` to pass to the model's forward (`Recording.attention_record`).
 
         The recording's lists fill during the forward pass inside the context."""
         layers = self._layers(model, which)
-        attns = [layer.self_attn for layer in layers] if self.cfg.attn_weight > 0 else []
-        rec = Recording(hidden=[None] * len(layers) if self.cfg.hidden_weight > 0 else [])
+        record = self.attention_record(which)
+        rec = Recording(hidden=[None] * len(layers) if self.cfg.hidden_weight > 0 else [],
+                        attention=record.maps if record is not None else [], attention_record=record)
         hooks = []
         for k, layer in enumerate(layers if rec.hidden else []):
             hooks.append(layer.register_forward_hook(lambda _m, _i, out, k=k: rec.hidden.__setitem__(k, out)))
-        for a in attns:  # one shared list: the layers append in execution order, which is pair order
-            a.record = rec.attention
-        model.encoder.whole_batches = bool(hooks)  # (B, S, d) outputs, not per-length groups of rows
         try:
             yield rec
         finally:
-            model.encoder.whole_batches = False
-            for a in attns:
-                a.record = None
             for h in hooks:
                 h.remove()
 
@@ -140,7 +146,7 @@ class Distiller:
                                   enabled=self.cfg.teacher_bf16)
         with self.recording(self.teacher, 1) as rec, autocast:
             logits = self.teacher(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
-                                  batch.get("image_index"))
+                                  batch.get("image_index"), record=rec.attention_record)
         rec = Recording([a.float() for a in rec.attention], [h.float() for h in rec.hidden])
         return TeacherOutput(logits.float(), rec)
 

@@ -36,17 +36,16 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..backbone import cpu_bf16_supported
-from ..checkpoint import CheckpointError, init_weights, load_checkpoint, save_checkpoint
-from ..config import GenerationConfig, PreprocessConfig
+from ..checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
 from ..data import Sample, open_dataset
 from ..evaluate import distributed_context, evaluate
 from ..generation import open_vocab_ids
-from ..hub import resolve_model
 from ..image import normalize_batch
+from ..loader import load_model
 from ..model import OFAModel
 from ..predictor import Grounder
-from ..presets import get_preset, list_presets
-from ..tokenizer import ASSETS_DIR, OFATokenizer
+from ..presets import list_presets
+from ..tokenizer import OFATokenizer
 from .cells import CellHeads, cell_labels, has_cell_labels, smooth_bin_embeddings
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
 from .distill import DistillConfig, Distiller, build_teacher_cache
@@ -103,18 +102,13 @@ class TrainConfig:
     kill_at_step: int | None = None  # testing only: SIGKILL this process right after that step
 
 
-def load_initial_model(name: str) -> tuple[OFAModel, OFATokenizer, PreprocessConfig, GenerationConfig, Path]:
-    """A preset with fresh weights (OFA's initialisation), or a checkpoint's weights: a directory or file in
-    any layout `load_checkpoint` reads, or a hub id (`hub.resolve_model`)."""
-    if name in list_presets() and not Path(name).exists():
-        preset = get_preset(name)
-        return (init_weights(OFAModel(preset.model)), OFATokenizer.default(), preset.preprocess, preset.generation,
-                ASSETS_DIR)
+def load_initial_model(name: str, device: str | torch.device | None = None) -> LoadedCheckpoint:
+    """What training starts from (`loader.load_model`): a preset with fresh weights (OFA's initialisation), or a
+    checkpoint's weights (a directory or file in any layout `load_checkpoint` reads, or a hub id)."""
     try:
-        ckpt = load_checkpoint(resolve_model(name))
+        return load_model(name, device=device, allow_preset=True)
     except CheckpointError as exc:
         raise CheckpointError(f"--model {name}: {exc} (presets: {', '.join(list_presets())})") from None
-    return ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, ckpt.tokenizer_dir
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -190,8 +184,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model, tokenizer, preprocess, generation, tokenizer_dir = load_initial_model(
-        str(last_dir) if cfg.resume else cfg.model)
+    initial = load_initial_model(str(last_dir) if cfg.resume else cfg.model)
+    model, tokenizer, preprocess, generation = initial.model, initial.tokenizer, initial.preprocess, initial.generation
+    tokenizer_dir = initial.tokenizer_dir
     if cfg.image_size is not None:
         preprocess = dataclasses.replace(preprocess, patch_image_size=cfg.image_size, max_image_size=cfg.image_size)
     if cfg.drop_path is not None:
@@ -202,8 +197,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = model.state_dict()
         model = OFAModel(model.config)
         model.load_state_dict(state)
-    fresh = not cfg.resume and cfg.model in list_presets() and not Path(cfg.model).exists()
-    if cfg.smooth_bins and fresh:
+    if cfg.smooth_bins and initial.layout == "preset":
         smooth_bin_embeddings(model, tokenizer.bin_offset, generation.num_bins, seed=cfg.seed)
     if cfg.bf16 and device.type == "cpu" and not cpu_bf16_supported():
         log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
@@ -215,7 +209,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.distill is not None:
         if not Path(cfg.distill.teacher).exists():
             raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
-        teacher, _, teacher_pre, _, _ = load_initial_model(cfg.distill.teacher)
+        loaded_teacher = load_model(cfg.distill.teacher)
+        teacher, teacher_pre = loaded_teacher.model, loaded_teacher.preprocess
         matched = cfg.distill.attn_weight > 0 or cfg.distill.hidden_weight > 0
         if matched and teacher_pre.patch_image_size != preprocess.patch_image_size:
             raise ValueError(f"teacher and student image sizes differ ({teacher_pre.patch_image_size} vs "
@@ -366,7 +361,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as rec, \
                         observing:
                     logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
-                                 batch.get("image_index"))
+                                 batch.get("image_index"), record=rec.attention_record if distiller else None)
                     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
                     target = column[batch["target"].view(-1)]
                     if cfg.bin_sigma > 0:
