@@ -28,9 +28,16 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 # The helpers of `ofa-ground bench`: that module imports only the standard library at load time, so the
-# peer venv (which does not have this package) can import it by path too.
-sys.path.insert(0, str(ROOT / "src" / "ofa_grounding"))
-from bench import _cpu_name, _peak_rss_mb, _stats, drop_package_dir_from_path  # noqa: E402
+# peer venv (which does not have this package) can import it from the repository's src/ too.
+try:
+    from ofa_grounding.bench import cpu_name as _cpu_name
+    from ofa_grounding.bench import peak_rss_mb as _peak_rss_mb
+    from ofa_grounding.bench import stats as _stats
+except ImportError:
+    sys.path.insert(0, str(ROOT / "src"))
+    from ofa_grounding.bench import cpu_name as _cpu_name
+    from ofa_grounding.bench import peak_rss_mb as _peak_rss_mb
+    from ofa_grounding.bench import stats as _stats
 
 DEFAULT_MODEL = SHARED / "reference" / "ofa-tiny-random"
 DEFAULT_IMAGE = SHARED / "reference" / "images" / "scene_640x480.png"
@@ -75,7 +82,6 @@ def worker_ours(model: str, image: str, text: str, iters: int) -> dict:
 
 def worker_reference(model: str, image: str, text: str, iters: int) -> dict:
     peer = SHARED / "peer"
-    drop_package_dir_from_path()
     sys.path.insert(0, str(peer))
     sys.argv = sys.argv[:1]
     import run_modelscope_vg as rmv  # the peer harness: offline settings, shims, modelscope imports

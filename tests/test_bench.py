@@ -1,8 +1,11 @@
-"""`ofa-ground bench`: the table, the image set, the agreement check, and one real (small) run."""
+"""`ofa-ground bench` (this package alone) and benchmarks/bench.py (beside the reference): the table, the
+image sets, the agreement check, and one real (small) run of each."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,16 @@ from PIL import Image
 
 from ofa_grounding import Grounder, bench
 from ofa_grounding.cli import main
+from ofa_grounding.metrics import box_overlap
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("bench_harness", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _row(impl: str, scale: float) -> dict:
@@ -43,18 +56,30 @@ def test_mixed_images_are_distinct_files(tmp_path: Path) -> None:
         bench.mixed_images(empty, out)
 
 
+def test_synthetic_images_have_mixed_sizes_and_modes(tmp_path: Path) -> None:
+    paths = bench.synthetic_images(tmp_path, count=8)
+    opened = [Image.open(p) for p in paths]
+    assert len({im.size for im in opened}) == 8 and {im.mode for im in opened} == {"RGB", "L", "RGBA"}
+
+
 def test_box_overlap_orders_corners() -> None:
-    assert bench.box_overlap([10, 10, 0, 0], [0, 0, 10, 10]) == pytest.approx(1.0)
-    assert bench.box_overlap([5, 5, 5, 9], [5, 5, 5, 9]) == 1.0  # identical, zero area
-    assert bench.box_overlap([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150, rel=1e-5)
+    assert box_overlap([10, 10, 0, 0], [0, 0, 10, 10]) == pytest.approx(1.0)
+    assert box_overlap([5, 5, 5, 9], [5, 5, 5, 9]) == 1.0  # identical, zero area
+    assert box_overlap([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150, rel=1e-5)
+
+
+def test_the_package_bench_knows_nothing_of_the_reference() -> None:
+    source = Path(bench.__file__).read_text()
+    assert "shared" not in source and "peer" not in source and "sys.path" not in source
 
 
 @pytest.mark.slow
 def test_agreement_of_fp32_with_the_reference_is_total(reference_dir: Path, reference_grounder: Grounder) -> None:
-    a = bench.agreement(reference_grounder, str(reference_dir / "cases.json"))
+    harness = _harness()
+    a = harness.agreement(reference_grounder, str(reference_dir / "cases.json"))
     assert a["cases"] > 50 and a["same_tokens"] == 1.0 and a["iou90"] == 1.0
-    assert bench._cases_for(str(reference_dir / "ofa-tiny-random"), str(reference_dir / "cases.json"))
-    assert bench._cases_for(str(reference_dir), str(reference_dir / "cases.json")) == ""
+    assert harness.cases_for(str(reference_dir / "ofa-tiny-random"), str(reference_dir / "cases.json"))
+    assert harness.cases_for(str(reference_dir), str(reference_dir / "cases.json")) == ""
 
 
 @pytest.mark.slow
@@ -65,12 +90,12 @@ def test_bench_runs_end_to_end_on_a_small_model(tiny_model_dir: Path, tmp_path: 
     for i, size in enumerate([(64, 48), (40, 90), (128, 128)]):
         Image.new("RGB", size, (40 * i, 120, 200)).save(images / f"{i}.png")
     code = main(["bench", "--model", str(tiny_model_dir), "--images", str(images), "--dtypes", "fp32,bf16",
-                 "--iters", "10", "--no-reference", "--json"])
+                 "--iters", "10", "--json"])
     assert code == 0
     out = capsys.readouterr().out
     assert "16 mixed images, median" in out and "peak RSS" in out
     raw = json.loads(out[out.index("{"):])
-    assert [r["impl"] for r in raw["ours"]] == ["ours fp32", "ours bf16"] and raw["reference"] is None
+    assert [r["impl"] for r in raw["ours"]] == ["ours fp32", "ours bf16"] and "reference" not in raw
     assert raw["ours"][0]["single"]["n"] == 10 and raw["ours"][0]["batch16"]["n"] >= 3
 
 
@@ -80,10 +105,19 @@ def test_bench_bad_arguments(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert main(["bench", "--model", str(tmp_path / "nope")]) == 2
 
 
-def test_reference_worker_does_not_see_our_modules(monkeypatch) -> None:
-    """Run as a script, bench.py has its folder on sys.path, where our `fairseq.py` would shadow the
-    `fairseq` the reference imports; the reference worker drops that folder first."""
-    here = str(Path(bench.__file__).resolve().parent)
-    monkeypatch.setattr(sys, "path", [here, *sys.path])
-    bench.drop_package_dir_from_path()
-    assert here not in sys.path and (Path(here) / "fairseq.py").exists()
+def test_the_reference_side_imports_nothing_heavy() -> None:
+    """The peer venv's Python runs benchmarks/bench.py without this package installed: what it imports from
+    src/ must be stdlib only (no torch, no numpy), or the reference worker could not start."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ofa_grounding.bench; "
+            "heavy = [m for m in ('torch', 'numpy', 'PIL') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code, str(ROOT / "src")], check=True)
+
+
+@pytest.mark.slow
+def test_the_harness_runs_without_the_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--model", str(tiny_model_dir),
+                           "--dtypes", "fp32", "--iters", "10", "--no-reference", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    raw = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert [r["impl"] for r in raw["ours"]] == ["ours fp32"] and raw["reference"] is None

@@ -59,7 +59,7 @@ def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference
 @pytest.mark.slow
 def test_predict_precision_modes(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
                                  capsys: pytest.CaptureFixture) -> None:
-    from ofa_grounding.bench import box_overlap
+    from ofa_grounding.metrics import box_overlap
 
     case = reference_cases[0]
     for dtype in ("fp32", "bf16"):

@@ -189,7 +189,7 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; docs/speed.md); a broken bf16 path
     agrees ~never. The backbone and encoder run in bf16, the decoder and the shared token table in fp32."""
     from ofa_grounding.backbone import cpu_bf16_supported
-    from ofa_grounding.bench import box_overlap
+    from ofa_grounding.metrics import box_overlap
 
     if DEVICE == "cpu" and not cpu_bf16_supported():
         pytest.skip("this CPU has no bfloat16 units: bf16 runs as fp32 here (tested below)")
@@ -212,7 +212,7 @@ def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(reference_dir: Path, referen
     import logging
 
     from ofa_grounding.backbone import NO_CPU_BF16_ENV, cpu_bf16_supported
-    from ofa_grounding.bench import box_overlap
+    from ofa_grounding.metrics import box_overlap
 
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")
     assert not cpu_bf16_supported()

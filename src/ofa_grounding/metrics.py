@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["box_iou", "is_hit", "summarize", "breakdown", "size_bucket", "length_bucket"]
+__all__ = ["box_iou", "box_overlap", "is_hit", "summarize", "breakdown", "size_bucket", "length_bucket"]
 
 Box = Sequence[float]
 
@@ -26,6 +26,19 @@ def box_iou(pred: Box, gt: Box) -> float:
     area_pred = max(pred[2] - pred[0], 0.0) * max(pred[3] - pred[1], 0.0)
     area_gt = (gt[2] - gt[0]) * (gt[3] - gt[1])
     return inter / (area_pred + area_gt - inter + 1e-6)
+
+
+def box_overlap(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two boxes with their corners put in order first, for comparing two answers with each other
+    (random-weight models often emit x1 < x0, which `box_iou` scores as no box at all); identical boxes
+    count 1 even with zero area."""
+    if all(abs(x - y) < 1e-3 for x, y in zip(a, b)):
+        return 1.0
+
+    def ordered(z: Sequence[float]) -> Box:
+        return min(z[0], z[2]), min(z[1], z[3]), max(z[0], z[2]), max(z[1], z[3])
+
+    return box_iou(ordered(a), ordered(b))
 
 
 def is_hit(pred: Box, gt: Box, threshold: float = 0.5) -> bool:
