@@ -168,9 +168,9 @@ def test_convert_round_trips_every_layout(tiny_model_dir: Path, tmp_path: Path, 
     """fairseq .pt -> safetensors -> modelscope -> hf -> safetensors: identical tensors, identical answers."""
     import torch
 
+    from fairseq_writer import write_fairseq
     from ofa_grounding import Grounder
     from ofa_grounding.checkpoint import full_state_dict, load_checkpoint
-    from ofa_grounding.fairseq import write_fairseq
 
     original = load_checkpoint(tiny_model_dir)
     pt = write_fairseq(tmp_path / "model.pt", full_state_dict(original.model), original.model.config,

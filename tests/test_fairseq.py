@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fairseq_writer import write_fairseq
 from ofa_grounding import Grounder
 from ofa_grounding.checkpoint import CheckpointError, full_state_dict, load_checkpoint
-from ofa_grounding.fairseq import from_fairseq_key, read_fairseq, to_fairseq_key, write_fairseq
+from ofa_grounding.fairseq import from_fairseq_key, read_fairseq, to_fairseq_key
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
 

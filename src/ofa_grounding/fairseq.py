@@ -24,8 +24,8 @@ import torch
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .errors import CheckpointError
 
-__all__ = ["FAIRSEQ_LAYER_NAMES", "config_from_fairseq", "from_fairseq_key", "read_fairseq", "to_fairseq_key",
-           "write_fairseq"]
+__all__ = ["FAIRSEQ_CONFIG_NAMES", "FAIRSEQ_LAYER_NAMES", "FAIRSEQ_ONLY_KEYS", "NORMFORMER_FLAGS",
+           "config_from_fairseq", "from_fairseq_key", "read_fairseq", "to_fairseq_key"]
 
 # Per-layer module names that differ: (stack, fairseq name, our name). Every other key is the same in both.
 FAIRSEQ_LAYER_NAMES = (
@@ -39,7 +39,7 @@ FAIRSEQ_LAYER_NAMES = (
 )
 _TO_OURS = {(stack, theirs): ours for stack, theirs, ours in FAIRSEQ_LAYER_NAMES}
 _TO_FAIRSEQ = {(stack, ours): theirs for stack, theirs, ours in FAIRSEQ_LAYER_NAMES}
-_FAIRSEQ_ONLY = ("encoder.version", "decoder.version")  # fairseq's format markers, no weights
+FAIRSEQ_ONLY_KEYS = ("encoder.version", "decoder.version")  # fairseq's format markers, no weights
 
 # Besides tensors and plain containers, the only globals a fairseq checkpoint's pickle may name: its
 # argparse arguments, and numpy scalars (e.g. the best validation score) with their dtypes. numpy 2 moved
@@ -94,7 +94,7 @@ def read_fairseq(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     else:
         raise CheckpointError(f"{path}: fairseq checkpoint without its configuration ('cfg' or 'args')")
     state = {from_fairseq_key(k): v for k, v in ckpt["model"].items()
-             if k not in _FAIRSEQ_ONLY and not k.endswith("_float_tensor")}
+             if k not in FAIRSEQ_ONLY_KEYS and not k.endswith("_float_tensor")}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: the 'model' entry holds non-tensor values")
     return state, model_args, task_args
@@ -104,40 +104,43 @@ def _as_dict(section: Any) -> dict[str, Any]:
     return vars(section) if isinstance(section, argparse.Namespace) else dict(section)
 
 
+# Our configuration fields and the fairseq arguments that hold them, one to one (used in both directions;
+# the tests' fairseq writer uses it too). The rest is special: d_model (encoder_embed_dim = decoder_embed_dim),
+# scale_embedding (stored inverted as no_scale_embedding), normformer (three scale_* flags), activation_dropout
+# (relu_dropout in OFA's files), vocab_size (the embedding's rows).
+FAIRSEQ_CONFIG_NAMES = (
+    ("encoder_layers", "encoder_layers"), ("decoder_layers", "decoder_layers"),
+    ("encoder_attention_heads", "encoder_attention_heads"), ("decoder_attention_heads", "decoder_attention_heads"),
+    ("encoder_ffn_dim", "encoder_ffn_embed_dim"), ("decoder_ffn_dim", "decoder_ffn_embed_dim"),
+    ("resnet_type", "resnet_type"), ("max_position_embeddings", "max_source_positions"),
+    ("token_bucket_size", "token_bucket_size"), ("image_bucket_size", "image_bucket_size"),
+    ("attn_scale_factor", "attn_scale_factor"), ("layernorm_embedding", "layernorm_embedding"),
+    ("patch_layernorm_embedding", "patch_layernorm_embedding"), ("add_type_embedding", "add_type_embedding"),
+    ("encoder_normalize_before", "encoder_normalize_before"), ("decoder_normalize_before", "decoder_normalize_before"),
+    ("share_attn_bias", "share_attn_bias"), ("entangle_position_embedding", "entangle_position_embedding"),
+    ("disable_entangle", "disable_entangle"), ("dropout", "dropout"), ("attention_dropout", "attention_dropout"),
+    ("encoder_drop_path_rate", "encoder_drop_path_rate"), ("decoder_drop_path_rate", "decoder_drop_path_rate"),
+    ("resnet_drop_path_rate", "resnet_drop_path_rate"),
+)
+NORMFORMER_FLAGS = ("scale_attn", "scale_fc", "scale_heads")
+
+
 def config_from_fairseq(model_args: dict[str, Any], task_args: dict[str, Any], vocab_size: int
                         ) -> tuple[OFAConfig, PreprocessConfig, GenerationConfig]:
     """OFA's fairseq arguments as our configuration (design notes c.3); unknown arguments are ignored."""
     m = model_args
     if not m.get("share_decoder_input_output_embed", True) and not m.get("share_all_embeddings", True):
         raise CheckpointError("fairseq checkpoint with untied input/output embeddings; OFA ties them")
-    normformer = [bool(m.get(k, True)) for k in ("scale_attn", "scale_fc", "scale_heads")]
+    normformer = [bool(m.get(k, True)) for k in NORMFORMER_FLAGS]
     if any(normformer) != all(normformer):
         raise CheckpointError("fairseq checkpoint with only some NormFormer scales (scale_attn/scale_fc/scale_heads)")
-    d = int(m.get("encoder_embed_dim", 256))
-    values = {
-        "vocab_size": vocab_size, "d_model": d,
-        "encoder_layers": m.get("encoder_layers"), "decoder_layers": m.get("decoder_layers"),
-        "encoder_attention_heads": m.get("encoder_attention_heads"),
-        "decoder_attention_heads": m.get("decoder_attention_heads"),
-        "encoder_ffn_dim": m.get("encoder_ffn_embed_dim"), "decoder_ffn_dim": m.get("decoder_ffn_embed_dim"),
-        "resnet_type": m.get("resnet_type"), "max_position_embeddings": m.get("max_source_positions"),
-        "token_bucket_size": m.get("token_bucket_size"), "image_bucket_size": m.get("image_bucket_size"),
-        "attn_scale_factor": m.get("attn_scale_factor"), "layernorm_embedding": m.get("layernorm_embedding"),
-        "patch_layernorm_embedding": m.get("patch_layernorm_embedding"),
-        "add_type_embedding": m.get("add_type_embedding"),
+    values = {ours: m.get(theirs) for ours, theirs in FAIRSEQ_CONFIG_NAMES}
+    values.update({
+        "vocab_size": vocab_size, "d_model": int(m.get("encoder_embed_dim", 256)),
         "scale_embedding": None if "no_scale_embedding" not in m else not m["no_scale_embedding"],
         "normformer": all(normformer),
-        "encoder_normalize_before": m.get("encoder_normalize_before"),
-        "decoder_normalize_before": m.get("decoder_normalize_before"),
-        "share_attn_bias": m.get("share_attn_bias"),
-        "entangle_position_embedding": m.get("entangle_position_embedding"),
-        "disable_entangle": m.get("disable_entangle"),
-        "dropout": m.get("dropout"), "attention_dropout": m.get("attention_dropout"),
         "activation_dropout": m.get("relu_dropout", m.get("activation_dropout")),
-        "encoder_drop_path_rate": m.get("encoder_drop_path_rate"),
-        "decoder_drop_path_rate": m.get("decoder_drop_path_rate"),
-        "resnet_drop_path_rate": m.get("resnet_drop_path_rate"),
-    }
+    })
     try:
         config = OFAConfig.from_dict({k: v for k, v in values.items() if v is not None})
     except (TypeError, ValueError) as exc:
@@ -149,43 +152,3 @@ def config_from_fairseq(model_args: dict[str, Any], task_args: dict[str, Any], v
     bins = int(task_args.get("num_bins", 1000))
     generation = GenerationConfig(num_bins=bins, constraint_range=(vocab_size - bins, vocab_size))
     return config, preprocess, generation
-
-
-def write_fairseq(path: str | Path, state: dict[str, torch.Tensor], config: OFAConfig,
-                  preprocess: PreprocessConfig, generation: GenerationConfig) -> Path:
-    """Save a full OFA state dict (our names, e.g. `checkpoint.full_state_dict`) the way OFA's fairseq
-    trainer does: fairseq names, version markers, `cfg` sections. For tests and interchange."""
-    c = config
-    model_args = {
-        "_name": "ofa", "arch": "ofa", "encoder_embed_dim": c.d_model, "decoder_embed_dim": c.d_model,
-        "encoder_layers": c.encoder_layers, "decoder_layers": c.decoder_layers,
-        "encoder_attention_heads": c.encoder_attention_heads, "decoder_attention_heads": c.decoder_attention_heads,
-        "encoder_ffn_embed_dim": c.encoder_ffn_dim, "decoder_ffn_embed_dim": c.decoder_ffn_dim,
-        "resnet_type": c.resnet_type, "max_source_positions": c.max_position_embeddings,
-        "max_target_positions": c.max_position_embeddings, "token_bucket_size": c.token_bucket_size,
-        "image_bucket_size": c.image_bucket_size, "attn_scale_factor": c.attn_scale_factor,
-        "layernorm_embedding": c.layernorm_embedding, "patch_layernorm_embedding": c.patch_layernorm_embedding,
-        "add_type_embedding": c.add_type_embedding, "no_scale_embedding": not c.scale_embedding,
-        "scale_attn": c.normformer, "scale_fc": c.normformer, "scale_heads": c.normformer,
-        "encoder_normalize_before": c.encoder_normalize_before, "decoder_normalize_before": c.decoder_normalize_before,
-        "share_attn_bias": c.share_attn_bias, "entangle_position_embedding": c.entangle_position_embedding,
-        "disable_entangle": c.disable_entangle, "share_decoder_input_output_embed": True,
-        "share_all_embeddings": True, "dropout": c.dropout, "attention_dropout": c.attention_dropout,
-        "relu_dropout": c.activation_dropout, "encoder_drop_path_rate": c.encoder_drop_path_rate,
-        "decoder_drop_path_rate": c.decoder_drop_path_rate, "resnet_drop_path_rate": c.resnet_drop_path_rate,
-    }
-    task_args = {"_name": "refcoco", "patch_image_size": preprocess.patch_image_size,
-                 "max_image_size": preprocess.max_image_size, "num_bins": generation.num_bins,
-                 "imagenet_default_mean_and_std": tuple(preprocess.mean) == PreprocessConfig.IMAGENET_MEAN}
-    model = {to_fairseq_key(k): v for k, v in state.items()}
-    model.update({k: torch.tensor([3.0]) for k in _FAIRSEQ_ONLY})
-    ckpt = {"args": None, "cfg": {"_name": None, "model": model_args, "task": task_args,
-                                  "common": {"fp16": False}, "optimization": {"lr": [3e-5]}},
-            "model": model, "criterion": None,
-            "optimizer_history": [{"criterion_name": "AdjustLabelSmoothedCrossEntropyCriterion",
-                                   "optimizer_name": "FairseqAdam", "lr_scheduler_state": {"best": None},
-                                   "num_updates": 0}],
-            "task_state": {}, "extra_state": {"epoch": 1, "best": np.float64(0.0)}}
-    path = Path(path)
-    torch.save(ckpt, path)
-    return path
