@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import DEFAULT_MAX_PIXELS
-from .data import FORMATS
-from .errors import CheckpointError, DataError, ImageLoadError
+from .. import __version__
+from ..config import DEFAULT_MAX_PIXELS
+from ..data import FORMATS
+from ..errors import CheckpointError, DataError, ImageLoadError
 
 __all__ = ["build_parser", "main"]
 
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=int, default=8, help="descriptions encoded and decoded together (default 8)")
     _min_confidence_argument(v)
     _precision_arguments(v)
-    from .serve.config import ServeConfig  # stdlib-only: keeps --help working without the serve extra
+    from ..serve.config import ServeConfig  # stdlib-only: keeps --help working without the serve extra
 
     defaults = ServeConfig()
     v.add_argument("--max-batch", type=int, default=defaults.max_batch,
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print counts and baselines as JSON")
     s.set_defaults(func=_make_synthetic)
 
-    from . import bench  # stdlib-only at import time
+    from .. import bench  # stdlib-only at import time
 
     b = sub.add_parser("bench", help="latency / throughput / memory, ours beside the reference",
                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,13 +300,13 @@ class _WarningLine(logging.Handler):
 
 
 def _load_grounder(args: argparse.Namespace) -> Any:
-    from .predictor import DEFAULT_MODEL, Grounder  # torch import deferred so that --help is instant
+    from ..predictor import DEFAULT_MODEL, Grounder  # torch import deferred so that --help is instant
 
     if getattr(args, "onnx", None) is not None:
         if args.model is not None:
             raise _UsageError("give either --model or --onnx, not both")
         _require_extra("onnx", "--onnx", "onnxruntime")
-        from .onnx_export import onnx_grounder
+        from ..onnx_export import onnx_grounder
 
         try:
             return onnx_grounder(args.onnx, max_pixels=args.max_pixels, batch_size=args.batch_size)
@@ -352,7 +352,7 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     width, height = results[0].image_size
     if args.draw is not None:
-        from .draw import draw_results
+        from ..draw import draw_results
 
         try:
             draw_results(grounder.load_image(args.image), results).save(args.draw)
@@ -421,9 +421,9 @@ def _serve(args: argparse.Namespace) -> int:
     _cap_malloc_arenas()  # before the server's threads start
     import uvicorn
 
-    from .serve import create_app
-    from .serve.app import SERVE_ENV
-    from .serve.config import ServeConfig
+    from ..serve import create_app
+    from ..serve.app import SERVE_ENV
+    from ..serve.config import ServeConfig
 
     for name in ("workers", "max_batch", "max_queue", "max_texts", "max_text_chars", "max_pixels"):
         if getattr(args, name) < 1:
@@ -455,8 +455,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _load_any(model: str, cache_dir: str | None) -> Any:
-    from .checkpoint import load_checkpoint
-    from .hub import resolve_model
+    from ..checkpoint import load_checkpoint
+    from ..hub import resolve_model
 
     try:
         return load_checkpoint(resolve_model(model, cache_dir))
@@ -467,7 +467,7 @@ def _load_any(model: str, cache_dir: str | None) -> Any:
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import save_checkpoint
+    from ..checkpoint import save_checkpoint
 
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:
         raise _UsageError(f"{args.dst} exists and is not empty (use --overwrite to replace it)")
@@ -482,7 +482,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _export_onnx(args: argparse.Namespace) -> int:
     _require_extra("onnx", "export-onnx", "onnx", "onnxscript")
-    from .onnx_export import export_onnx
+    from ..onnx_export import export_onnx
 
     ckpt = _load_any(args.model, args.cache_dir)
     try:
@@ -495,7 +495,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import describe
+    from ..checkpoint import describe
 
     info = describe(_load_any(args.model, args.cache_dir))
     if args.json:
@@ -601,8 +601,8 @@ def _summary_table(rows: list[tuple[str, dict]], first: str = "split") -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .data import list_splits, open_dataset
-    from .evaluate import distributed_context, evaluate
+    from ..data import list_splits, open_dataset
+    from ..evaluate import distributed_context, evaluate
 
     if not Path(args.data).exists():
         raise _UsageError(f"--data {args.data}: no such file or folder")
@@ -661,8 +661,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train.distill import DistillConfig
-    from .train.loop import TrainConfig, train
+    from ..train.distill import DistillConfig
+    from ..train.loop import TrainConfig, train
 
     if args.resume and not (Path(args.out) / "last" / "trainer_state.json").is_file():
         raise _UsageError(f"--resume: no checkpoint in {args.out}/last")
@@ -697,7 +697,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import baseline_accuracies, write_synthetic
+    from ..synthetic import baseline_accuracies, write_synthetic
 
     if args.n < 1 or args.size < 64 or args.per_scene < 1 or args.simple < 0 or args.workers < 1:
         raise _UsageError("--n, --per-scene and --workers must be positive, --simple not negative and --size "
@@ -744,6 +744,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"unexpected {type(exc).__name__}: {first} (run with -v for details)")
         return EXIT_FAILED
 
-
-if __name__ == "__main__":
-    sys.exit(main())
