@@ -104,10 +104,7 @@ def _predict_jsonl(args: argparse.Namespace) -> int:
         answers = grounder.predict_batch([(rgb, [records[i]["text"] for i in indices]) for rgb, indices in batch])
         for (_, indices), results in zip(batch, answers):
             for i, r in zip(indices, results):
-                outputs[i].update(width=r.image_size[0], height=r.image_size[1], box=list(r.box), score=r.score,
-                                  confidence=r.confidence, found=r.found, tokens=list(r.tokens))
-                if args.alternatives:
-                    outputs[i]["alternatives"] = r.to_dict(alternatives=True)["alternatives"]
+                outputs[i] = _jsonl_row(records[i]["image"], r, args.alternatives)
     failed = 0
     for out in outputs:
         print(json.dumps(out))
@@ -127,6 +124,13 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
         return {"image": item["image"], "text": item["text"]}
     except ValueError as exc:
         return {"image": None, "text": None, "error": f"{where}: {str(exc).splitlines()[0]}"}
+
+
+def _jsonl_row(image: str, result: Any, alternatives: bool) -> dict[str, Any]:
+    """One --jsonl answer: the input's image and text, the image's size, then the rest of `to_dict`."""
+    fields = result.to_dict(alternatives=alternatives)
+    width, height = result.image_size
+    return {"image": image, "text": fields.pop("text"), "width": width, "height": height, **fields}
 
 
 def _table(image: str, width: int, height: int, results: list, alternatives: bool) -> str:
