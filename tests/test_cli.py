@@ -28,6 +28,27 @@ def test_predict_json(reference_model_dir: Path, reference_dir: Path, reference_
         assert all(abs(a - b) < 1e-3 for a, b in zip(r["box"], c["box"]))
 
 
+def test_json_and_jsonl_give_the_api_results_to_dict(reference_grounder, reference_model_dir: Path,
+                                                     reference_dir: Path, reference_cases: list[dict],
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One result-to-JSON for every output: --json's results are `GroundingResult.to_dict`, field for field and
+    in order, and a --jsonl line is the same with the input's image first and the image's size after the text."""
+    image = reference_dir / reference_cases[0]["image"]
+    texts = [reference_cases[0]["text"], "the blue square"]
+    expected = [json.loads(json.dumps(r.to_dict(alternatives=True))) for r in reference_grounder.predict(image, texts)]
+    assert main(["predict", "--model", str(reference_model_dir), str(image), *texts, "--json", "--alternatives"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert results == expected and [list(r) for r in results] == [list(e) for e in expected]
+    batch = tmp_path / "in.jsonl"
+    batch.write_text("".join(json.dumps({"image": str(image), "text": t}) + "\n" for t in texts))
+    assert main(["predict", "--model", str(reference_model_dir), "--jsonl", str(batch), "--alternatives"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    width, height = reference_grounder.load_image(image).size
+    for row, e in zip(rows, expected, strict=True):
+        assert row == {"image": str(image), "width": width, "height": height, **e}
+        assert list(row) == ["image", "text", "width", "height", *list(e)[1:]]
+
+
 def test_predict_table(reference_model_dir: Path, reference_dir: Path, capsys: pytest.CaptureFixture) -> None:
     image = str(reference_dir / "images/scene_640x480.png")
     assert main(["predict", "--model", str(reference_model_dir), image, "the red circle on the left"]) == 0

@@ -130,12 +130,19 @@ class GroundingResult:
     truncated: bool = False  # the text was cut to the model's source length
     found: bool = True
 
-    def to_dict(self, alternatives: bool = False) -> dict[str, Any]:
+    def to_dict(self, alternatives: bool = False, tokens: bool = True, truncated: bool = False) -> dict[str, Any]:
+        """The result as JSON-able data: the one form every output uses. The CLI's --json and --jsonl take the
+        defaults (--alternatives adds `alternatives`); the HTTP service answers with
+        `to_dict(alternatives=True, tokens=False, truncated=True)`. `tokens` also applies to the alternatives."""
         out: dict[str, Any] = {"text": self.text, "box": list(self.box), "score": self.score,
-                               "confidence": self.confidence, "found": self.found, "tokens": list(self.tokens)}
+                               "confidence": self.confidence, "found": self.found}
+        if tokens:
+            out["tokens"] = list(self.tokens)
+        if truncated:
+            out["truncated"] = self.truncated
         if alternatives:
-            out["alternatives"] = [{**asdict(a), "box": list(a.box), "tokens": list(a.tokens)}
-                                   for a in self.alternatives]
+            alts = [{**asdict(a), "box": list(a.box), "tokens": list(a.tokens)} for a in self.alternatives]
+            out["alternatives"] = alts if tokens else [{k: v for k, v in a.items() if k != "tokens"} for a in alts]
         return out
 
 

@@ -59,6 +59,22 @@ def test_ground_multipart_gives_the_reference_box(client: TestClient, reference_
     assert set(result["alternatives"][0]) == {"box", "score", "confidence"}
 
 
+def test_results_are_the_api_results_to_dict(reference_grounder, reference_dir: Path,
+                                             reference_cases: list[dict]) -> None:
+    """One result-to-JSON for every output: the service answers `GroundingResult.to_dict` (no token ids, with
+    `truncated` and the alternatives), field for field and in the same order."""
+    image = reference_dir / reference_cases[0]["image"]
+    texts = [reference_cases[0]["text"], "the red circle " * 200]  # the second one is truncated
+    expected = [r.to_dict(alternatives=True, tokens=False, truncated=True)
+                for r in reference_grounder.predict(image, texts)]
+    assert [e["truncated"] for e in expected] == [False, True]
+    with _client(reference_grounder, max_text_chars=10_000) as c:
+        results = c.post("/v1/ground", **_multipart(image, *texts)).json()["results"]
+    assert results == json.loads(json.dumps(expected))
+    assert [list(r) for r in results] == [list(e) for e in expected]
+    assert [list(a) for a in results[0]["alternatives"]] == [["box", "score", "confidence"]] * 4
+
+
 @pytest.mark.slow
 def test_ground_json_several_texts_in_order(client: TestClient, reference_grounder, reference_dir: Path,
                                             reference_cases: list[dict]) -> None:

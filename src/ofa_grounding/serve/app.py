@@ -85,10 +85,9 @@ class BodyLimit:
 
 
 def _result_json(r: GroundingResult) -> dict[str, Any]:
-    return {"text": r.text, "box": list(r.box), "score": r.score, "confidence": r.confidence, "found": r.found,
-            "truncated": r.truncated,
-            "alternatives": [{"box": list(a.box), "score": a.score, "confidence": a.confidence}
-                             for a in r.alternatives]}
+    """A result as the service answers it: `GroundingResult.to_dict`'s fields without the token ids, with
+    `truncated` and always the alternatives."""
+    return r.to_dict(alternatives=True, tokens=False, truncated=True)
 
 
 def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:

@@ -1,0 +1,105 @@
+"""`ofa-ground eval`: Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns (sharded under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_MAX_PIXELS
+from ..data import FORMATS
+from ..errors import DataError
+from .common import EXIT_FAILED, EXIT_OK, UsageError, error, pct, precision_arguments
+from .loading import load_grounder
+
+
+def add_parser(sub: Any) -> None:
+    e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
+                       description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns. Runs sharded "
+                                   "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
+    e.add_argument("--model", help="model directory (default: the bundled demo model)")
+    e.add_argument("--data", required=True, type=Path,
+                   help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
+    e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
+    e.add_argument("--format", choices=FORMATS, help="dataset format (default: from the path)")
+    e.add_argument("--images", type=Path, help="REFER: the COCO train2014 image folder")
+    e.add_argument("--out", type=Path, help="write predictions as JSONL (id, text, box, gt_box, iou, score, split)")
+    e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    e.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+    e.add_argument("--limit", type=int, help="evaluate only the first N samples of each split")
+    e.add_argument("--batch-size", type=int, default=8, help="descriptions of one image decoded together")
+    e.add_argument("--device", default=None)
+    e.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    precision_arguments(e)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import list_splits, open_dataset
+    from ..evaluate import distributed_context, evaluate
+
+    if not Path(args.data).exists():  # before the distributed setup, in our words
+        raise UsageError(f"--data {args.data}: no such file or folder")
+    ctx = distributed_context(args.device)
+    if ctx.world_size > 1 and args.device and args.device.startswith("cuda"):
+        args.device = f"cuda:{ctx.local_rank}"
+    try:
+        splits = args.split or [s for s in list_splits(args.data, args.format) if s != "train"] or [None]
+        datasets = [(split, open_dataset(args.data, args.format, split, strict=args.strict, images=args.images))
+                    for split in splits]
+    except DataError as exc:
+        raise UsageError(f"--data: {exc}") from None
+    grounder = load_grounder(args)
+    reports = []
+    try:
+        for split, dataset in datasets:
+            report = evaluate(grounder, dataset, split, rank=ctx.rank, world_size=ctx.world_size,
+                              progress=not args.no_progress, limit=args.limit)
+            reports.append(ctx.gather(report))
+    except DataError as exc:  # --strict: a bad sample is a failed input (1), not bad usage
+        error(str(exc))
+        ctx.close()
+        return EXIT_FAILED
+    ctx.close()
+    if not ctx.is_main:
+        return EXIT_OK
+    if args.out:
+        with args.out.open("w", encoding="utf-8") as f:
+            for report in reports:
+                for row in report.predictions():
+                    f.write(json.dumps(row) + "\n")
+    issues = [i for r in reports for i in r.issues]
+    for issue in issues:
+        error(f"skipped: {issue}")
+    if sum(r.summary["count"] for r in reports) == 0:
+        names = ", ".join(str(r.split) for r in reports)
+        error(f"--data {args.data}: no usable samples (split {names}"
+              + (f"; {len(issues)} skipped, listed above)" if issues else ")"))
+        return EXIT_FAILED
+    if args.json:
+        splits = {str(r.split): {**r.summary, "seconds": r.seconds, "skipped": len(r.issues),
+                                 "breakdowns": r.breakdowns()} for r in reports}
+        print(json.dumps({"model": str(args.model or "(bundled demo)"), "data": str(args.data),
+                          "processes": ctx.world_size, "splits": splits}))
+        return EXIT_OK
+    print(_summary_table([(str(r.split), r.summary) for r in reports]))
+    for r in reports:
+        for title, groups in r.breakdowns().items():
+            print(f"\n{r.split}: by {title}")
+            print(_summary_table(list(groups.items()), title))
+    seconds = sum(r.seconds for r in reports)
+    count = sum(r.summary["count"] for r in reports)
+    print(f"\n{count} samples in {seconds:.1f} s on {ctx.world_size} process(es)"
+          + (f"; {len(issues)} skipped (listed on stderr)" if issues else ""))
+    return EXIT_OK
+
+
+def _summary_table(rows: list[tuple[str, dict]], first: str = "split") -> str:
+    width = max([len(first)] + [len(name) for name, _ in rows])
+    lines = [f"{first:<{width}} {'count':>7} {'Acc@0.5':>8} {'Acc@0.75':>8} {'mIoU':>6}"]
+    for name, s in rows:
+        lines.append(f"{name:<{width}} {s['count']:>7} {pct(s['acc50']):>8} {pct(s['acc75']):>8} {s['miou']:6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""`ofa-ground export-onnx`: a model as ONNX graphs, for `predict --onnx` (needs the onnx extra)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import EXIT_OK, UsageError, require_extra
+from .loading import load_any
+
+
+def add_parser(sub: Any) -> None:
+    x = sub.add_parser("export-onnx", help="export a model to ONNX graphs (needs the onnx extra)",
+                       description="Write image.onnx, encoder.onnx, decoder_start.onnx, decoder_step.onnx (KV cache "
+                                   "as inputs/outputs) and onnx_config.json to OUT; `predict --onnx OUT` runs them "
+                                   "with onnxruntime through the same beam search.")
+    x.add_argument("model", help="model directory, weights file, fairseq .pt, or hub id")
+    x.add_argument("out", type=Path, help="output directory")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--cache-dir", help="hub cache for ids")
+    x.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    require_extra("onnx", "export-onnx", "onnx", "onnxscript")
+    from ..onnx_export import export_onnx
+
+    ckpt = load_any(args.model, args.cache_dir)
+    try:
+        out = export_onnx(ckpt, args.out, args.opset)
+    except ValueError as exc:  # a model the export cannot express
+        raise UsageError(str(exc)) from None
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MB" for p in sorted(out.glob("*.onnx")))
+    print(f"{args.model} -> {out}: {sizes}")
+    return EXIT_OK

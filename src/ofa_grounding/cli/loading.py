@@ -1,0 +1,66 @@
+"""The CLI's model-loading call sites, each a small function in this one place (to be switched to a single
+loader). Every heavy import is deferred, so that --help stays instant."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import CheckpointError
+from .common import UsageError, require_extra
+
+
+def load_grounder(args: argparse.Namespace) -> Any:
+    """predict, eval, serve: a Grounder from --model (or --onnx), with the options' checks done before the
+    slow load."""
+    from ..predictor import DEFAULT_MODEL, Grounder  # torch import deferred so that --help is instant
+
+    if getattr(args, "onnx", None) is not None:
+        if args.model is not None:
+            raise UsageError("give either --model or --onnx, not both")
+        require_extra("onnx", "--onnx", "onnxruntime")
+        from ..onnx_export import onnx_grounder
+
+        try:
+            return onnx_grounder(args.onnx, max_pixels=args.max_pixels, batch_size=args.batch_size)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"--onnx {args.onnx}: not an export-onnx folder ({exc})") from None
+    if args.model is None and not DEFAULT_MODEL.is_dir():
+        raise UsageError("no --model given, and this installation has no bundled demo model; "
+                         "pass --model DIR (an OFA model directory)")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.cache_mb < 0:
+        raise UsageError("--cache-mb must not be negative")
+    threshold = getattr(args, "min_confidence", None)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UsageError(f"--min-confidence must be in [0, 1], got {threshold}")
+    try:
+        return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
+                                        batch_size=args.batch_size, dtype=args.dtype, cache_mb=args.cache_mb,
+                                        cache_dir=args.cache_dir,
+                                        **({} if threshold is None else {"min_confidence": threshold}))
+    except CheckpointError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
+        raise UsageError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
+
+
+def load_any(model: str, cache_dir: str | None) -> Any:
+    """convert, info, export-onnx: a checkpoint in any layout, or a hub id (CheckpointError: exit 2)."""
+    from ..checkpoint import load_checkpoint
+    from ..hub import resolve_model
+
+    return load_checkpoint(resolve_model(model, cache_dir))
+
+
+def run_training(cfg: Any) -> dict[str, Any] | None:
+    """train, distill: `train.loop.train` loads the initial model (or a preset's random weights, or the run's
+    last/ for --resume) and the teacher itself; its ValueErrors (bad settings, CheckpointError, DataError, an
+    unreadable image) are bad usage."""
+    from ..train.loop import train
+
+    try:
+        return train(cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,0 +1,101 @@
+"""`ofa-ground serve`: the HTTP service and web page on uvicorn (needs the serve extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..serve.config import ServeConfig  # stdlib-only: keeps --help working without the serve extra
+from .common import EXIT_OK, UsageError, min_confidence_argument, precision_arguments, require_extra, warn
+from .loading import load_grounder
+
+
+def add_parser(sub: Any) -> None:
+    v = sub.add_parser("serve", help="HTTP service and web page (needs the serve extra)",
+                       description="FastAPI service on uvicorn: POST /v1/ground, GET /v1/model, GET /healthz, "
+                                   "the web page at /, API docs at /docs. Binds 127.0.0.1 unless --host says "
+                                   "otherwise. Needs: pip install 'ofa-grounding[serve]'.")
+    v.add_argument("--model", help="model directory (default: the bundled demo model)")
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own model copy and cores/N torch threads (default 1)")
+    v.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    v.add_argument("--batch-size", type=int, default=8, help="descriptions encoded and decoded together (default 8)")
+    min_confidence_argument(v)
+    precision_arguments(v)
+    defaults = ServeConfig()
+    v.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                   help=f"descriptions per model call across concurrent requests (default {defaults.max_batch}; "
+                        "1 turns micro-batching off)")
+    v.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                   help=f"how long an idle model waits to fill a batch (default {defaults.max_wait_ms})")
+    v.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                   help=f"requests allowed to wait; beyond it 503 + Retry-After (default {defaults.max_queue})")
+    v.add_argument("--max-request-mb", type=float, default=defaults.max_request_bytes / 2**20,
+                   help=f"largest request body in MB (default {defaults.max_request_bytes / 2**20:g})")
+    v.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                   help=f"largest image in pixels (default {defaults.max_pixels})")
+    v.add_argument("--max-texts", type=int, default=defaults.max_texts,
+                   help=f"descriptions per request (default {defaults.max_texts})")
+    v.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars,
+                   help=f"characters per description (default {defaults.max_text_chars})")
+    v.add_argument("--allow-urls", action="store_true",
+                   help='let JSON requests give "image_url" for the server to fetch (off by default)')
+    v.add_argument("-v", "--verbose", action="store_true")
+    v.set_defaults(func=run)
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc gives threads that allocate their own heap arenas, and each keeps what was freed in it: with the
+    server's threads (the thread pool that decodes images, the model thread) RSS crept up 508 -> 540 MB over
+    4,000 requests of a soak and had not levelled off; with 2 arenas it stayed at 417-422 MB (docs/
+    serving-load-test.md). Like MALLOC_ARENA_MAX=2, which wins when set. Linux/glibc only."""
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(-8, arenas) == 1  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    require_extra("serve", "serve", "fastapi", "uvicorn", "multipart")
+    cap_malloc_arenas()  # before the server's threads start
+    import uvicorn
+
+    from ..serve import create_app
+    from ..serve.app import SERVE_ENV
+
+    for name in ("workers", "max_batch", "max_queue", "max_texts", "max_text_chars", "max_pixels"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_request_mb <= 0 or args.max_wait_ms < 0:
+        raise UsageError("--max-request-mb must be positive and --max-wait-ms not negative")
+    config = ServeConfig(max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
+                         max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"binding {args.host}: the service is reachable from other machines")
+    log_level = "info" if args.verbose else "warning"
+    print(f"ofa-ground serve: http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}/ "
+          f"(API docs at /docs; Ctrl-C stops)", file=sys.stderr)
+    if args.workers == 1:
+        grounder = load_grounder(args)
+        app = create_app(grounder, config, model_name=str(args.model or "bundled demo"))
+        uvicorn.run(app, host=args.host, port=args.port, log_level=log_level)
+        return EXIT_OK
+    load_grounder(args)  # fail here, once, with a clear message, not in every worker
+    os.environ[SERVE_ENV] = json.dumps({
+        "model": args.model, "device": args.device, "dtype": args.dtype, "cache_mb": args.cache_mb,
+        "min_confidence": args.min_confidence,
+        "batch_size": args.batch_size, "threads": max(1, (os.cpu_count() or 1) // args.workers),
+        "config": config.__dict__})
+    uvicorn.run("ofa_grounding.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=log_level)
+    return EXIT_OK
