@@ -1,5 +1,5 @@
-"""The CLI's model-loading call sites, each a small function in this one place (to be switched to a single
-loader). Every heavy import is deferred, so that --help stays instant."""
+"""The CLI's model-loading call sites, in this one place, all through `loader.load_model` (the Grounder's
+`from_pretrained` and training use it too). Every heavy import is deferred, so that --help stays instant."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from .common import UsageError, require_extra
 def load_grounder(args: argparse.Namespace) -> Any:
     """predict, eval, serve: a Grounder from --model (or --onnx), with the options' checks done before the
     slow load."""
-    from ..predictor import DEFAULT_MODEL, Grounder  # torch import deferred so that --help is instant
+    from ..loader import DEFAULT_MODEL
+    from ..predictor import Grounder  # torch import deferred so that --help is instant
 
     if getattr(args, "onnx", None) is not None:
         if args.model is not None:
@@ -43,15 +44,15 @@ def load_grounder(args: argparse.Namespace) -> Any:
     except CheckpointError as exc:
         raise UsageError(f"--model: {exc}") from None
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
-        raise UsageError(f"--device {args.device}: {str(exc).splitlines()[0]}") from None
+        what = f"--device {args.device}" if args.device is not None else "--model"
+        raise UsageError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
 def load_any(model: str, cache_dir: str | None) -> Any:
     """convert, info, export-onnx: a checkpoint in any layout, or a hub id (CheckpointError: exit 2)."""
-    from ..checkpoint import load_checkpoint
-    from ..hub import resolve_model
+    from ..loader import load_model
 
-    return load_checkpoint(resolve_model(model, cache_dir))
+    return load_model(model, cache_dir=cache_dir)
 
 
 def run_training(cfg: Any) -> dict[str, Any] | None:
