@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE1_NOTE = ("stage 1, data: `make-synthetic --n 150000 --seed 0 --per-scene 4 --simple 3`, its train split only; "
+               "a scene's split depends only on its seed and index, so the benchmark's val and test scenes are never "
+               "trained on")
 TRAIN_KEYS = ("model", "data", "max_steps", "batch_size", "lr", "warmup_ratio", "bf16", "augment", "bin_sigma",
               "attr_weight", "pointer_weight", "smooth_bins", "absent_rate", "seed")
 
@@ -47,8 +50,17 @@ def _train_args(config: dict) -> list[str]:
         if v in (None, False, [], 0, 0.0) and k != "model":
             continue
         flag = "--" + k.replace("_", "-")
+        if k == "model" and str(v).startswith(str(ROOT) + "/"):  # the bundled model: say it as the repo does
+            v = str(v)[len(str(ROOT)) + 1:]
         out += [flag] if v is True else [flag, ",".join(v) if isinstance(v, list) else str(v)]
     return out
+
+
+def _training_history(model_dir: Path) -> str | None:
+    card = model_dir / "README.md"
+    if not card.is_file() or "\n## Training\n" not in (text := card.read_text(encoding="utf-8")):
+        return None
+    return text.split("\n## Training\n", 1)[1].strip()
 
 
 def _kind_table(result: dict) -> list[str]:
@@ -65,17 +77,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "src" / "ofa_grounding" / "models" / "demo")
     ap.add_argument("--machine", default="", help="where the run trained (for the card)")
     ap.add_argument("--wall-minutes", type=float, help="the run's wall time (train_demo.sh's stages.tsv has it)")
+    ap.add_argument("--stage", default=STAGE1_NOTE, help="which stage of scripts/train_demo.sh the run is and its "
+                    "data (for the card)")
     args = ap.parse_args()
     from ofa_grounding.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(args.run_model)
+    run = args.run_model.parent
+    state = json.loads((run / "last" / "trainer_state.json").read_text())
+    cfg = state["config"]
+    # A run started from a trained model (a later stage) keeps that model's training history on the card; read
+    # it before --out (often that very model) is replaced.
+    earlier = _training_history(Path(cfg["model"]))
     if args.out.exists():
         shutil.rmtree(args.out)
     save_checkpoint(args.out, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
                     metadata={"source": "ofa-grounding scripts/train_demo.sh"}, dtype=torch.float16)
-    run = args.run_model.parent
-    state = json.loads((run / "last" / "trainer_state.json").read_text())
-    cfg = state["config"]
     log_rows = list(csv.DictReader((run / "log.csv").open()))
     val = [(r["step"], r["val_acc50"]) for r in log_rows if r["val_acc50"]]
     size = (args.out / "model.safetensors").stat().st_size
@@ -128,9 +145,8 @@ def main() -> int:
         "",
         "## Training",
         "",
-        f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}` (`scripts/train_demo.sh` stage 1, data:",
-        "`make-synthetic --n 150000 --seed 0 --per-scene 4 --simple 3`, its train split only; a scene's split",
-        "depends only on its seed and index, so the benchmark's val and test scenes are never trained on).",
+        *([f"Earlier stage (the weights this run started from): {earlier}", ""] if earlier else []),
+        f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}` (`scripts/train_demo.sh` {args.stage}).",
         f"The shipped weights are step {shipped_step}'s of a run of {state['step']} updates x {cfg['batch_size']} = "
         f"{state['step'] * cfg['batch_size']:,} samples seen, "
         + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
