@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGE1_NOTE = ("stage 1, data: `make-synthetic --n 150000 --seed 0 --per-scene 4 --simple 3`, its train split only; "
                "a scene's split depends only on its seed and index, so the benchmark's val and test scenes are never "
                "trained on")
+EARLIER = "Earlier stage (the weights this run started from):"
 TRAIN_KEYS = ("model", "data", "max_steps", "batch_size", "lr", "warmup_ratio", "bf16", "augment", "bin_sigma",
               "attr_weight", "pointer_weight", "smooth_bins", "absent_rate", "seed")
 
@@ -65,8 +66,9 @@ def _training_history(model_dir: Path) -> str | None:
 
 def _kind_table(result: dict) -> list[str]:
     kinds = result["breakdowns"].get("expression kind", {})
-    return ["| expression kind | count | Acc@0.5 (%) |", "| --- | ---: | ---: |",
-            *[f"| {k} | {v['count']} | {100 * v['acc50']:.1f} |" for k, v in kinds.items()]]
+    return ["| expression kind | count | Acc@0.5 (%) | Acc@0.75 (%) | mIoU |", "| --- | ---: | ---: | ---: | ---: |",
+            *[f"| {k} | {v['count']} | {100 * v['acc50']:.1f} | {100 * v['acc75']:.1f} | {v['miou']:.3f} |"
+              for k, v in kinds.items()]]
 
 
 def main() -> int:
@@ -88,7 +90,10 @@ def main() -> int:
     cfg = state["config"]
     # A run started from a trained model (a later stage) keeps that model's training history on the card; read
     # it before --out (often that very model) is replaced.
+    command = f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}`"
     earlier = _training_history(Path(cfg["model"]))
+    if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it
+        earlier = earlier.split(command)[0].strip().removeprefix(EARLIER).strip() or None
     if args.out.exists():
         shutil.rmtree(args.out)
     save_checkpoint(args.out, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
@@ -145,8 +150,8 @@ def main() -> int:
         "",
         "## Training",
         "",
-        *([f"Earlier stage (the weights this run started from): {earlier}", ""] if earlier else []),
-        f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}` (`scripts/train_demo.sh` {args.stage}).",
+        *([f"{EARLIER} {earlier}", ""] if earlier else []),
+        f"{command} (`scripts/train_demo.sh` {args.stage}).",
         f"The shipped weights are step {shipped_step}'s of a run of {state['step']} updates x {cfg['batch_size']} = "
         f"{state['step'] * cfg['batch_size']:,} samples seen, "
         + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
