@@ -37,7 +37,7 @@ from ofa_grounding.metrics import box_iou
 from ofa_grounding.predictor import Grounder
 from ofa_grounding.train.cells import CellHeads, cell_labels, smooth_bin_embeddings
 from ofa_grounding.train.data import GroundingTrainSet, collate
-from ofa_grounding.train.loop import _lr_factor, load_initial_model
+from ofa_grounding.train.loop import load_initial_model, lr_factor
 from ofa_grounding.train.losses import soft_bin_cross_entropy
 
 
@@ -93,7 +93,7 @@ def main() -> None:
     params = [*model.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fused=True)
     total = args.schedule_steps or args.max_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, args.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, args.warmup))
     vocab_ids = open_vocab_ids(gen, model.config.vocab_size)
     column = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
     column[vocab_ids] = torch.arange(len(vocab_ids))

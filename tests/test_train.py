@@ -144,6 +144,24 @@ def _train(args: list[str], nproc: int = 1, command: str = "train") -> subproces
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+# `ofa-ground train ARGS` in a process that SIGKILLs itself after update N (from the trainer's per-update hook)
+_KILLED_AFTER = """
+import os, signal, sys
+from ofa_grounding.cli import build_parser
+from ofa_grounding.cli.train import training_config
+from ofa_grounding.train.loop import train
+
+n, args = int(sys.argv[1]), build_parser().parse_args(sys.argv[2:])
+train(training_config(args), on_update=lambda step: step == n and os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def _train_killed_after(n: int, args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _KILLED_AFTER, str(n), "train", *args, "--no-progress"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def _common(model: Path, data: Path, out: Path) -> list[str]:
     return ["--model", str(model), "--data", str(data), "--out", str(out), "--batch-size", "4", "--lr", "1e-3",
             "--drop-path", "0.1", "--dropout", "0.1", "--augment", "flip,jitter", "--seed", "5"]
@@ -186,8 +204,8 @@ def six_step_run(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.Temp
 def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, six_step_run: Path,
                                            tmp_path: Path) -> None:
     args, whole = SIX_STEPS, six_step_run
-    killed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--kill-at-step", "4"])
-    assert killed.returncode == -9  # SIGKILL one step after the checkpoint: no clean-up ran
+    killed = _train_killed_after(4, [*_common(tiny_model_dir, data, tmp_path / "cut"), *args])
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL one step after the checkpoint: no clean-up ran
     assert json.loads((tmp_path / "cut/last/trainer_state.json").read_text())["step"] == 3
     resumed = _train([*_common(tiny_model_dir, data, tmp_path / "cut"), *args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]

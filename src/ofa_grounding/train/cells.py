@@ -11,8 +11,10 @@ are trainer state, not part of the model, which stays plain OFA:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,9 @@ from torch import nn
 
 from ..data import Sample
 from ..synthetic import COLORS, SHAPES
+from .terms import Forward, LossTerm
 
-__all__ = ["CellHeads", "cell_labels", "has_cell_labels", "smooth_bin_embeddings"]
+__all__ = ["CellHeads", "CellTerm", "cell_labels", "has_cell_labels", "smooth_bin_embeddings"]
 
 _COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
 _SHAPE_IDS = {s: i for i, s in enumerate(SHAPES)}
@@ -115,3 +118,65 @@ def smooth_bin_embeddings(model: nn.Module, bin_offset: int, num_bins: int, seed
     emb = basis @ mix
     table[bin_offset:bin_offset + num_bins] = (emb / emb.std() * std).to(table.dtype)
 
+
+class CellTerm(LossTerm):
+    """The cell heads as a loss term: the tensors they read are captured by forward hooks during the model's own
+    forward pass (so DDP and autocast see one ordinary forward): the image tokens from `image_proj` and the
+    encoder's output. Both terms are means over cells and samples, so each micro-batch weighs 1 / n_micro."""
+
+    name = "cells"
+
+    def __init__(self, model: nn.Module, samples: Sequence[Sample], attr_weight: float, pointer_weight: float,
+                 device: torch.device) -> None:
+        unlabelled = sum(not has_cell_labels(s) for s in samples)
+        if unlabelled:
+            raise ValueError(f"--attr-weight/--pointer-weight need every sample's objects (the synthetic benchmark's "
+                             f"'objects' and 'image_size'): {unlabelled} of {len(samples)} samples have none")
+        self.model, self.samples = model, samples
+        self.attr_weight, self.pointer_weight = attr_weight, pointer_weight
+        self.heads = CellHeads(model.config.d_model).to(device)
+        self.seen: dict[str, Any] = {}
+        self.start_update()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.heads.state_dict()
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.heads.load_state_dict(tensors)
+
+    def start_update(self) -> None:
+        self.sums: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def observing(self) -> Iterator[None]:
+        hooks = [self.model.encoder.image_proj.register_forward_hook(
+                     lambda m, i, o: self.seen.__setitem__("image", o)),
+                 self.model.encoder.register_forward_hook(lambda m, i, o: self.seen.__setitem__("encoder", o))]
+        try:
+            yield None
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def __call__(self, fwd: Forward) -> list[torch.Tensor]:
+        batch = fwd.batch
+        image = self.seen.pop("image").float()
+        if "image_index" in batch:  # one backbone pass per image, labels per sample
+            image = image.index_select(0, batch["image_index"])
+        P = image.shape[1]
+        grid = math.isqrt(P)  # training images are square (resize_square)
+        if grid * grid != P:
+            raise ValueError(f"cell labels need a square image grid, got {P} image tokens")
+        samples = [self.samples[j] for j in batch["index"].tolist()]
+        labels = cell_labels(samples, batch["flipped"].tolist(), grid, batch["absent"].tolist())
+        labels = {k: v.to(image.device) for k, v in labels.items()}
+        terms = self.heads.losses(image, self.seen.pop("encoder").hidden[:, :P].float(), labels)
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.item() / fwd.n_micro
+        return [(self.attr_weight * terms["attr"] + self.pointer_weight * terms["pointer"]) / fwd.n_micro]
+
+    def log(self, n_tokens: int) -> dict[str, str]:
+        return {k: f"{v:.4f}" for k, v in self.sums.items()}

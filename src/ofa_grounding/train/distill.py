@@ -1,6 +1,7 @@
 """Task-specific distillation after OFA-Compress: a student learns from the task and from a teacher.
 
-The training loop is the same (loop.py); distillation only adds terms to its loss, per micro-batch:
+The training loop is the same (loop.py); distillation only adds a term to its loss (`DistillTerm`), per
+micro-batch:
 
     loss = task loss (label-smoothed CE, per token)
          + kd_weight * soft cross-entropy between teacher and student over the open ids (per token)
@@ -19,7 +20,9 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -28,25 +31,13 @@ from torch import nn
 
 from ..image import normalize_batch
 from ..model import AttentionRecord, OFAModel
+from .config import LAYER_MAPS, DistillConfig
 from .data import GroundingTrainSet, collate
-from .losses import OFA_COMPRESS_KD_WEIGHT, attention_mse_sum, hidden_mse, kd_cross_entropy
+from .losses import attention_mse_sum, hidden_mse, kd_cross_entropy
+from .terms import Forward, LossTerm
 
-__all__ = ["DistillConfig", "Distiller", "Recording", "TeacherOutput", "build_teacher_cache", "layer_pairs"]
-
-LAYER_MAPS = ("first", "uniform")
-
-
-@dataclass
-class DistillConfig:
-    teacher: str  # a model directory
-    kd_weight: float = OFA_COMPRESS_KD_WEIGHT
-    temperature: float = 1.0
-    attn_weight: float = 1.0
-    layer_map: str = "first"  # "first": i <-> i (OFA-Compress); "uniform": i <-> spread over the teacher's depth
-    attn_heads: str = "sum"  # "sum" (OFA-Compress) or "mean" over heads before the MSE
-    teacher_bf16: bool = False
-    hidden_weight: float = 0.0  # ours: MSE of mapped layers' outputs (0: off, as OFA-Compress)
-    teacher_cache: str | None = None  # ours: file of precomputed soft labels (then the teacher runs once per sample)
+__all__ = ["DistillConfig", "DistillTerm", "Distiller", "Recording", "TeacherOutput", "build_teacher_cache",
+           "layer_pairs"]
 
 
 @dataclass
@@ -170,7 +161,6 @@ class Distiller:
         return kd, att, hid
 
 
-
 def build_teacher_cache(path: Path, distiller: Distiller, train_set: GroundingTrainSet, vocab_ids: torch.Tensor,
                         identity: dict[str, str], batch_size: int = 32, pad_id: int = 1, bos_id: int = 0,
                         flips: bool = False) -> torch.Tensor:
@@ -210,3 +200,78 @@ def build_teacher_cache(path: Path, distiller: Distiller, train_set: GroundingTr
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"logits": out}, str(path), metadata=identity)
     return out
+
+
+class DistillTerm(LossTerm):
+    """Distillation as a loss term of the training loop: the teacher's pass before the student's, the student's
+    attention maps and layer outputs recorded during its forward. The soft cross-entropy is per target token like
+    the task loss; the attention and hidden MSEs are means per micro-batch."""
+
+    name = "distill"
+
+    def __init__(self, cfg: DistillConfig, teacher: OFAModel, student: OFAModel, vocab_ids: torch.Tensor,
+                 pad_id: int) -> None:
+        self.cfg, self.student, self.vocab_ids, self.pad_id = cfg, student, vocab_ids, pad_id
+        self.distiller = Distiller(cfg, teacher, student)
+        self.start_update()
+
+    def use_teacher_cache(self, ctx: Any, train_set: GroundingTrainSet, identity: dict[str, str], batch_size: int,
+                          pad_id: int, bos_id: int, augment: list[str]) -> None:
+        """Read the teacher's soft labels from `cfg.teacher_cache` (rank 0 computes and writes them first when the
+        file is new) instead of running the teacher at every step. `identity`: what the file must have been made
+        for (teacher, data, split)."""
+        if self.cfg.attn_weight > 0 or self.cfg.hidden_weight > 0:
+            raise ValueError("--teacher-cache stores the teacher's soft labels only: give --attn-weight 0 and "
+                             "--hidden-weight 0 with it")
+        if "jitter" in augment:
+            raise ValueError("--teacher-cache cannot be used with --augment jitter (random colours make every "
+                             "teacher input new)")
+        build = partial(build_teacher_cache, Path(self.cfg.teacher_cache), self.distiller, train_set, self.vocab_ids,
+                        {**identity, "teacher_bf16": str(self.cfg.teacher_bf16)}, batch_size=batch_size,
+                        pad_id=pad_id, bos_id=bos_id, flips="flip" in augment)
+        if ctx.world_size == 1:
+            labels = build()
+        else:
+            import torch.distributed as dist
+
+            labels = build() if ctx.is_main else None
+            dist.barrier()  # the others read what rank 0 wrote
+            labels = labels if labels is not None else build()
+        self.distiller.soft_labels = labels
+        self.distiller.teacher = None  # every soft label is in the cache: the teacher's memory is free again
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.distiller.parameters())
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.distiller.projections.state_dict()
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.distiller.projections.load_state_dict(tensors)
+
+    def start_update(self) -> None:
+        self.kd_sum = self.attn_sum = self.hidden_sum = 0.0
+
+    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
+        self.teacher_out = self.distiller.teacher_forward(batch, self.vocab_ids)
+
+    @contextlib.contextmanager
+    def observing(self) -> Iterator[AttentionRecord | None]:
+        with self.distiller.recording(self.student, 0) as rec:
+            self.recording = rec
+            yield rec.attention_record
+
+    def __call__(self, fwd: Forward) -> list[torch.Tensor]:
+        kd, attn, hidden = self.distiller.losses(fwd.logits, self.recording, self.teacher_out,
+                                                 fwd.batch["input_ids"], self.pad_id)
+        self.kd_sum += kd.item()
+        self.attn_sum += attn.item() / fwd.n_micro
+        self.hidden_sum += hidden.item() / fwd.n_micro
+        return [self.cfg.kd_weight * kd / fwd.n_tokens,
+                (self.cfg.attn_weight * attn + self.cfg.hidden_weight * hidden) / fwd.n_micro]
+
+    def log(self, n_tokens: int) -> dict[str, str]:
+        row = {"kd": f"{self.kd_sum / n_tokens:.5f}", "attn": f"{self.attn_sum:.5f}"}
+        if self.cfg.hidden_weight > 0:
+            row["hidden"] = f"{self.hidden_sum:.5f}"
+        return row

@@ -1,43 +1,47 @@
 """Finetuning OFA for grounding, after OFA's RefCOCO recipe, on one process or many (torchrun, DDP).
 
-Recipe (OFA, see the README): targets are the box's 4 bin tokens + EOS, label-smoothed cross-entropy
-(0.1) over ids 0..3 and the bins (OFA-Compress's constraint), AdamW (0.9, 0.999, eps 1e-8, weight
-decay 0.01 on every parameter), linear warmup over 6 % of the updates then linear decay to 0, gradient
-clipping at 1.0, optional drop-path, the inference resize. Only rank 0 logs, validates and saves.
+Recipe (OFA, see docs/training-and-distillation.md): targets are the box's 4 bin tokens + EOS,
+label-smoothed cross-entropy (0.1) over ids 0..3 and the bins (OFA-Compress's constraint), AdamW (0.9,
+0.999, eps 1e-8, weight decay 0.01 on every parameter), linear warmup over 6 % of the updates then linear
+decay to 0, gradient clipping at 1.0, optional drop-path, the inference resize. Only rank 0 logs,
+validates and saves.
 
-With `distill` set (`ofa-ground distill`), a teacher adds OFA-Compress's distillation terms to the same
-loss (distill.py); everything else is this loop.
+The trainer in parts, in the order they run:
+- `Trainer.__init__`: setup: the output folder, the model, the loss terms, the data, the optimizer;
+- `Trainer.resume` / `Trainer.save_state`: a run's checkpoint (the formats are in state.py);
+- `Trainer.update`: one optimizer update over `accum` micro-batches, the loss a sum of terms (terms.py:
+  the task loss, then distillation's terms (distill.py) and the cell heads' (cells.py) when asked for);
+- `Trainer.validate`: Acc@0.5 and the rest on the validation data;
+- `Trainer.run`: the loop over epochs that logs, validates, saves and stops.
 
 A checkpoint is a model directory (loadable by `Grounder.from_pretrained`) plus `trainer_state.json`
 (step, epoch, position in the epoch, scheduler, Python RNG, settings) and `trainer_state.safetensors`
-(optimizer moments, torch RNG): `--resume` continues bit for bit.
+(optimizer moments, torch RNG, the loss terms' own parameters): `--resume` continues bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import signal
+import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..backbone import cpu_bf16_supported
-from ..checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
-from ..data import Sample, open_dataset
+from ..checkpoint import LoadedCheckpoint, save_checkpoint
+from ..data import open_dataset
+from ..errors import CheckpointError
 from ..evaluate import distributed_context, evaluate
 from ..generation import open_vocab_ids
 from ..image import normalize_batch
@@ -45,61 +49,24 @@ from ..loader import load_model
 from ..model import OFAModel
 from ..predictor import Grounder
 from ..presets import list_presets
-from ..tokenizer import OFATokenizer
-from .cells import CellHeads, cell_labels, has_cell_labels, smooth_bin_embeddings
+from .cells import CellTerm, smooth_bin_embeddings
+from .config import DistillConfig, TrainConfig
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
-from .distill import DistillConfig, Distiller, build_teacher_cache
-from .losses import label_smoothed_nll, soft_bin_cross_entropy
+from .distill import DistillTerm
+from .state import TrainLog, optimizer_state, restore_optimizer
+from .terms import Forward, LossTerm, TaskLoss
 
-__all__ = ["TrainConfig", "train", "load_initial_model"]
+__all__ = ["DistillConfig", "TrainConfig", "Trainer", "load_initial_model", "lr_factor", "train"]
 
 log = logging.getLogger(__name__)
 
+Batch = dict[str, torch.Tensor]
 
-@dataclass
-class TrainConfig:
-    model: str  # a model directory, or a preset name for random weights
-    data: str
-    out: str
-    split: str | None = "train"
-    val: str | None = None
-    val_split: str | None = "val"
-    val_limit: int | None = None
-    epochs: int = 10
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 16  # samples per process and micro-batch
-    group_by_image: int = 1  # ours: up to this many samples of one image share a backbone pass
-    accum: int = 1
-    lr: float = 5e-5
-    min_lr: float = 0.0
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    bin_sigma: float = 0.0  # ours, off by default: Gaussian-smoothed coordinate targets (in bins)
-    attr_weight: float = 0.0  # ours, off by default: per-cell colour/shape/size head on the image tokens (cells.py)
-    pointer_weight: float = 0.0  # ours, off by default: which cells hold the target, on the encoder's image tokens
-    smooth_bins: bool = False  # ours: fresh bin embeddings start smooth in the bin index (presets only)
-    absent_rate: float = 0.0  # ours: this share of samples describe an absent object, target the null box
-    clip_norm: float = 1.0
-    drop_path: float | None = None  # encoder/decoder drop-path rate (None: keep the checkpoint's)
-    dropout: float | None = None
-    bf16: bool = False
-    augment: list[str] = field(default_factory=list)
-    eval_every: int = 500
-    save_every: int = 500
-    seed: int = 1
-    workers: int = 0
-    cache_images: bool = False
-    device: str | None = None
-    resume: bool = False
-    overwrite: bool = False  # start afresh in an `out` that already holds a run (else refused)
-    modelscope: bool = False  # also write pytorch_model.bin with every OFA key
-    progress: bool = True
-    distill: DistillConfig | None = None  # a teacher's extra loss terms (ofa-ground distill)
-    image_size: int | None = None  # patch_image_size = max_image_size (None: the model's own)
-    max_minutes: float | None = None  # wall-time limit: stop early, saving last/ (the schedule is not shortened)
-    stop_at_step: int | None = None  # stop after this update, saving last/ (the schedule is not shortened)
-    kill_at_step: int | None = None  # testing only: SIGKILL this process right after that step
+
+def train(cfg: TrainConfig, on_update: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) a training; returns a summary (steps, best validation Acc@0.5, output paths).
+    `on_update(step)` is called after every update, once its log row and any checkpoint are written."""
+    return Trainer(cfg).run(on_update)
 
 
 def load_initial_model(name: str, device: str | torch.device | None = None) -> LoadedCheckpoint:
@@ -111,414 +78,352 @@ def load_initial_model(name: str, device: str | torch.device | None = None) -> L
         raise CheckpointError(f"--model {name}: {exc} (presets: {', '.join(list_presets())})") from None
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """OFA's schedule: linear warmup over `warmup` updates, then linear decay to 0 at `total`."""
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
-    for idx, values in state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{idx}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars["state"].setdefault(str(idx), {})[key] = value
-    return tensors, scalars
+class Trainer:
+    """One training run. Everything is built here (see the module's docstring for the parts); `run` trains."""
 
+    def __init__(self, cfg: TrainConfig) -> None:
+        _check_settings(cfg)
+        self.cfg = cfg
+        self.ctx = distributed_context(cfg.device)
+        device = torch.device(cfg.device or "cpu")
+        if self.ctx.world_size > 1 and device.type == "cuda":
+            device = torch.device(f"cuda:{self.ctx.local_rank}")
+        self.device = device
+        self.out = Path(cfg.out)
+        self.last_dir, self.best_dir = self.out / "last", self.out / "best"
+        self._prepare_out()
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for idx, values in scalars["state"].items():
-        state.setdefault(int(idx), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self._load_student()
+        self.vocab_ids = open_vocab_ids(self.generation, self.model.config.vocab_size, device)
+        column = torch.full((self.model.config.vocab_size,), -1, dtype=torch.long, device=device)
+        column[self.vocab_ids] = torch.arange(len(self.vocab_ids), device=device)
+        # the loss, in the order its parts are added: the task loss, then a teacher's terms, then the cell heads'
+        self.terms: list[LossTerm] = [TaskLoss(column, cfg.label_smoothing, cfg.bin_sigma)]
+        if cfg.distill is not None:
+            self.terms.append(self._distill_term(cfg.distill))
 
+        dataset = open_dataset(cfg.data, split=cfg.split)
+        self.samples = list(dataset)
+        for issue in dataset.issues:
+            log.warning("skipped training sample: %s", issue)
+        if not self.samples:
+            raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
+        if cfg.attr_weight > 0 or cfg.pointer_weight > 0:
+            self.terms.append(CellTerm(self.model, self.samples, cfg.attr_weight, cfg.pointer_weight, device))
+        self.train_set = GroundingTrainSet(self.samples, self.tokenizer, self.preprocess, self.generation,
+                                           cfg.augment, cfg.seed, cfg.cache_images, group_by_image=cfg.group_by_image,
+                                           absent_rate=cfg.absent_rate)
+        self.units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
+        self.sampler = ShardedShuffleSampler(len(self.train_set), cfg.seed, self.ctx.rank, self.ctx.world_size)
+        steps_per_epoch = max(1, len(self.sampler) // (self.units_per_batch * cfg.accum))
+        self.total = cfg.max_steps or cfg.epochs * steps_per_epoch
+        for term in self.terms:
+            if isinstance(term, DistillTerm) and cfg.distill.teacher_cache:
+                identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data),
+                            "split": str(cfg.split)}
+                term.use_teacher_cache(self.ctx, self.train_set, identity, cfg.batch_size, self.tokenizer.pad_id,
+                                       self.tokenizer.bos_id, cfg.augment)
 
-class _CsvLog:
-    FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou", "kd",
-              "attn", "hidden", "nll_x0", "nll_y0", "nll_x1", "nll_y1", "attr", "pointer", "pointer_acc")
+        # the terms' own parameters (distillation's projections, the cell heads) train with the model
+        self.term_params = [p for term in self.terms for p in term.parameters()]
+        self.params = [*self.model.parameters(), *self.term_params]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
+        warmup, floor = int(cfg.warmup_ratio * self.total), cfg.min_lr / cfg.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: floor + (1 - floor) * lr_factor(s, self.total, warmup))
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.best: dict[str, Any] = {"acc50": -1.0, "step": None}
+        if cfg.resume:
+            self.resume()
+        if cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
+            raise ValueError(f"--stop-at-step {cfg.stop_at_step}: the run is already at step {self.step}")
+        self.net = self.model
+        if self.ctx.world_size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.val_set = open_dataset(cfg.val, split=cfg.val_split) if cfg.val and self.ctx.is_main else None
+        self.log = TrainLog(self.out / "log.csv", self.step if cfg.resume else None) if self.ctx.is_main else None
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
-        if resume_step is not None and path.exists():  # drop what was logged after the checkpoint
-            with path.open(newline="") as f:
-                rows = [r for r in csv.reader(f)]
-            rows = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= resume_step]
-        else:
-            rows = [list(self.FIELDS)]
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerows(rows)
+    # -- setup -------------------------------------------------------------------------------------------------
 
-    def write(self, **row: Any) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in self.FIELDS])
-
-
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) a training; returns a summary (steps, best validation Acc@0.5, output paths)."""
-    ctx = distributed_context(cfg.device)
-    device = torch.device(cfg.device or "cpu")
-    if ctx.world_size > 1 and device.type == "cuda":
-        device = torch.device(f"cuda:{ctx.local_rank}")
-    out = Path(cfg.out)
-    last_dir, best_dir = out / "last", out / "best"
-    if not cfg.resume and not cfg.overwrite and any((out / name).exists() for name in ("last", "best", "log.csv")):
-        raise ValueError(f"--out {out} already holds a run: pass --resume to continue it or --overwrite to start "
-                         "afresh (its last/, best/ and log.csv are replaced)")
-    if cfg.resume and cfg.overwrite:
-        raise ValueError("--resume and --overwrite contradict each other")
-    if ctx.is_main:
+    def _prepare_out(self) -> None:
+        """Refuse to replace a run unasked; with --overwrite, clear the old run's results."""
+        cfg, out = self.cfg, self.out
+        if not cfg.resume and not cfg.overwrite and any((out / n).exists() for n in ("last", "best", "log.csv")):
+            raise ValueError(f"--out {out} already holds a run: pass --resume to continue it or --overwrite to start "
+                             "afresh (its last/, best/ and log.csv are replaced)")
+        if not self.ctx.is_main:
+            return
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite:  # nothing of the old run may pass for the new one's (a stale best/ above all)
-            import shutil
-
             for name in ("last", "best"):
                 shutil.rmtree(out / name, ignore_errors=True)
             (out / "log.csv").unlink(missing_ok=True)
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    initial = load_initial_model(str(last_dir) if cfg.resume else cfg.model)
-    model, tokenizer, preprocess, generation = initial.model, initial.tokenizer, initial.preprocess, initial.generation
-    tokenizer_dir = initial.tokenizer_dir
-    if cfg.image_size is not None:
-        preprocess = dataclasses.replace(preprocess, patch_image_size=cfg.image_size, max_image_size=cfg.image_size)
-    if cfg.drop_path is not None:
-        model.config.encoder_drop_path_rate = model.config.decoder_drop_path_rate = cfg.drop_path
-    if cfg.dropout is not None:
-        model.config.dropout = cfg.dropout
-    if cfg.drop_path is not None or cfg.dropout is not None:  # rebuild so the layers pick the rates up
-        state = model.state_dict()
-        model = OFAModel(model.config)
-        model.load_state_dict(state)
-    if cfg.smooth_bins and initial.layout == "preset":
-        smooth_bin_embeddings(model, tokenizer.bin_offset, generation.num_bins, seed=cfg.seed)
-    if cfg.bf16 and device.type == "cpu" and not cpu_bf16_supported():
-        log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
-                    "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
-    model.to(device).train()
-    distiller = None
-    if cfg.distill is not None and cfg.absent_rate:
-        raise ValueError("--absent-rate cannot be used with distillation (the teacher was not taught absent objects)")
-    if cfg.distill is not None:
-        if not Path(cfg.distill.teacher).exists():
-            raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
-        loaded_teacher = load_model(cfg.distill.teacher)
-        teacher, teacher_pre = loaded_teacher.model, loaded_teacher.preprocess
-        matched = cfg.distill.attn_weight > 0 or cfg.distill.hidden_weight > 0
-        if matched and teacher_pre.patch_image_size != preprocess.patch_image_size:
-            raise ValueError(f"teacher and student image sizes differ ({teacher_pre.patch_image_size} vs "
-                             f"{preprocess.patch_image_size} px): their attention maps and hidden states cannot be "
-                             "matched (use --attn-weight 0 --hidden-weight 0, or a student with the teacher's "
-                             "image size)")
-        distiller = Distiller(cfg.distill, teacher.to(device), model)
+    def _load_student(self) -> None:
+        """The model to train (the run's last/ when resuming) with the run's image size and regularisation."""
+        cfg = self.cfg
+        initial = load_initial_model(str(self.last_dir) if cfg.resume else cfg.model)
+        model, self.tokenizer, self.generation = initial.model, initial.tokenizer, initial.generation
+        self.tokenizer_dir, self.preprocess = initial.tokenizer_dir, initial.preprocess
+        if cfg.image_size is not None:
+            self.preprocess = dataclasses.replace(self.preprocess, patch_image_size=cfg.image_size,
+                                                  max_image_size=cfg.image_size)
+        if cfg.drop_path is not None:
+            model.config.encoder_drop_path_rate = model.config.decoder_drop_path_rate = cfg.drop_path
+        if cfg.dropout is not None:
+            model.config.dropout = cfg.dropout
+        if cfg.drop_path is not None or cfg.dropout is not None:  # rebuild so the layers pick the rates up
+            state = model.state_dict()
+            model = OFAModel(model.config)
+            model.load_state_dict(state)
+        if cfg.smooth_bins and initial.layout == "preset":
+            smooth_bin_embeddings(model, self.tokenizer.bin_offset, self.generation.num_bins, seed=cfg.seed)
+        if cfg.bf16 and self.device.type == "cpu" and not cpu_bf16_supported():
+            log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
+                        "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
+        self.model = model.to(self.device).train()
 
-    dataset = open_dataset(cfg.data, split=cfg.split)
-    samples = list(dataset)
-    for issue in dataset.issues:
-        log.warning("skipped training sample: %s", issue)
-    if not samples:
-        raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
-    cells = None
-    if cfg.attr_weight > 0 or cfg.pointer_weight > 0:
-        unlabelled = sum(not has_cell_labels(s) for s in samples)
-        if unlabelled:
-            raise ValueError(f"--attr-weight/--pointer-weight need every sample's objects (the synthetic benchmark's "
-                             f"'objects' and 'image_size'): {unlabelled} of {len(samples)} samples have none")
-        cells = _CellSupervision(model, CellHeads(model.config.d_model).to(device))
-    train_set = GroundingTrainSet(samples, tokenizer, preprocess, generation, cfg.augment, cfg.seed, cfg.cache_images,
-                                  group_by_image=cfg.group_by_image, absent_rate=cfg.absent_rate)
-    if cfg.batch_size % cfg.group_by_image:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-by-image {cfg.group_by_image}")
-    units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
-    sampler = ShardedShuffleSampler(len(train_set), cfg.seed, ctx.rank, ctx.world_size)
-    steps_per_epoch = max(1, len(sampler) // (units_per_batch * cfg.accum))
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_ratio * total)
+    def _distill_term(self, dcfg: DistillConfig) -> DistillTerm:
+        teacher_loaded = load_model(dcfg.teacher)
+        matched = dcfg.attn_weight > 0 or dcfg.hidden_weight > 0
+        teacher_size, size = teacher_loaded.preprocess.patch_image_size, self.preprocess.patch_image_size
+        if matched and teacher_size != size:
+            raise ValueError(f"teacher and student image sizes differ ({teacher_size} vs {size} px): their attention "
+                             "maps and hidden states cannot be matched (use --attn-weight 0 --hidden-weight 0, or a "
+                             "student with the teacher's image size)")
+        return DistillTerm(dcfg, teacher_loaded.model.to(self.device), self.model, self.vocab_ids,
+                           self.tokenizer.pad_id)
 
-    vocab_ids = open_vocab_ids(generation, model.config.vocab_size, device)
-    if distiller and cfg.distill.teacher_cache:
-        distiller.soft_labels = _teacher_cache(cfg, ctx, distiller, train_set, vocab_ids, tokenizer)
-        distiller.teacher = None  # every soft label is in the cache: the teacher's memory is free again
-    column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=device)
-    column[vocab_ids] = torch.arange(len(vocab_ids), device=device)
+    # -- a run's checkpoint ------------------------------------------------------------------------------------
 
-    # the distiller's hidden-state projections (if any) train with the student
-    params = [*model.parameters(), *(distiller.parameters() if distiller else []),
-              *(cells.heads.parameters() if cells else [])]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cfg.min_lr / cfg.lr + (1 - cfg.min_lr / cfg.lr) * _lr_factor(s, total, warmup))
-    step, epoch, position, best = 0, 0, 0, {"acc50": -1.0, "step": None}
-    if cfg.resume:
-        state = json.loads((last_dir / "trainer_state.json").read_text())
-        if state["world_size"] != ctx.world_size:
-            raise ValueError(f"--resume: the run used {state['world_size']} process(es), not {ctx.world_size}")
+    def save_model(self, directory: Path) -> None:
+        save_checkpoint(directory, self.model, self.tokenizer_dir, self.preprocess, self.generation,
+                        metadata={"step": str(self.step), "source": "ofa-grounding train"},
+                        layout="modelscope" if self.cfg.modelscope else "ours")
+
+    def save_state(self) -> None:
+        """last/: the model and what `resume` needs to continue bit for bit (every rank takes part)."""
+        tensors, scalars = optimizer_state(self.optimizer)
+        rng_states = [torch.get_rng_state()]
+        if self.ctx.world_size > 1:  # every rank's dropout RNG, so that each resumes where it stopped
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not self.ctx.is_main:
+            return
+        self.save_model(self.last_dir)
+        for r, s in enumerate(rng_states):
+            tensors[f"rng.torch.{r}"] = s
+        for term in self.terms:  # trainer state, not part of the model
+            tensors.update({f"{term.name}.{k}": v.detach().cpu().contiguous()
+                            for k, v in term.state_tensors().items()})
+        save_file(tensors, str(self.last_dir / "trainer_state.safetensors"))
+        state = {"step": self.step, "epoch": self.epoch, "position": self.position, "best": self.best,
+                 "optimizer": scalars, "scheduler": self.scheduler.state_dict(),
+                 "python_rng": list(random.getstate()), "config": dataclasses.asdict(self.cfg),
+                 "world_size": self.ctx.world_size}
+        (self.last_dir / "trainer_state.json").write_text(json.dumps(state))
+
+    def resume(self) -> None:
+        """Read back what `save_state` wrote into last/."""
+        cfg = self.cfg
+        state = json.loads((self.last_dir / "trainer_state.json").read_text())
+        if state["world_size"] != self.ctx.world_size:
+            raise ValueError(f"--resume: the run used {state['world_size']} process(es), not {self.ctx.world_size}")
         changed = [k for k in ("data", "split", "max_steps", "epochs", "batch_size", "accum", "lr", "seed", "augment",
-                                           "group_by_image")
-                   if state["config"].get(k) != getattr(cfg, k)]
+                               "group_by_image") if state["config"].get(k) != getattr(cfg, k)]
         if changed:
             log.warning("--resume with other settings than the run's (%s): it will not match an uninterrupted run",
                         ", ".join(changed))
-        tensors = load_file(str(last_dir / "trainer_state.safetensors"))
-        _restore_optimizer(optimizer, tensors, state["optimizer"])
-        if distiller:
-            distiller.projections.load_state_dict({k[len("distill."):]: v.to(device) for k, v in tensors.items()
-                                                   if k.startswith("distill.")})
-        if cells:
-            cells.heads.load_state_dict({k[len("cells."):]: v.to(device) for k, v in tensors.items()
-                                         if k.startswith("cells.")})
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
+        tensors = load_file(str(self.last_dir / "trainer_state.safetensors"))
+        restore_optimizer(self.optimizer, tensors, state["optimizer"])
+        for term in self.terms:
+            prefix = f"{term.name}."
+            own = {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            if term.state_tensors() and not own:
+                raise ValueError(f"--resume: the run's trainer state has no {term.name} parameters (was it started "
+                                 "with other loss settings?)")
+            term.load_state_tensors(own)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.position, self.best = state["step"], state["epoch"], state["position"], \
+            state["best"]
         rng = state["python_rng"]
         random.setstate((rng[0], tuple(rng[1]), rng[2]))
-        torch.set_rng_state(tensors[f"rng.torch.{ctx.rank}"])
-    if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
-        raise ValueError(f"--stop-at-step {cfg.stop_at_step}: the run is already at step {step}")
-    net = model
-    if ctx.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+        torch.set_rng_state(tensors[f"rng.torch.{self.ctx.rank}"])
 
-    val_set = open_dataset(cfg.val, split=cfg.val_split) if cfg.val and ctx.is_main else None
-    csv_log = _CsvLog(out / "log.csv", step if cfg.resume else None) if ctx.is_main else None
+    # -- one update ----------------------------------------------------------------------------------------------
 
-    def validate() -> dict[str, float]:
-        model.eval()
-        grounder = Grounder(model, tokenizer, preprocess, generation, device=device, fuse=False)
-        report = evaluate(grounder, val_set, cfg.val_split, progress=False, limit=cfg.val_limit)
-        model.train()
+    def update(self, micro: list[Batch]) -> dict[str, str]:
+        """One optimizer update over the micro-batches `micro` (as `collate` gives them); returns the loss terms'
+        log.csv columns."""
+        n_tokens = sum(b["target"].numel() for b in micro)
+        for term in self.terms:
+            term.start_update()
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            batch["patch_images"] = normalize_batch(batch.pop("pixels"), self.preprocess.mean, self.preprocess.std)
+            for term in self.terms:
+                term.before_forward(batch)
+            with contextlib.ExitStack() as stack:
+                # DDP averages gradients over processes, each normalised by its own token count: equal counts
+                # give fairseq's per-token mean over the whole update (with --group-by-image an image with fewer
+                # than K samples makes them differ slightly).
+                if self.ctx.world_size > 1 and i < len(micro) - 1:
+                    stack.enter_context(self.net.no_sync())
+                stack.enter_context(self.autocast)
+                records = [stack.enter_context(term.observing()) for term in self.terms]
+                logits = self.net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], self.vocab_ids,
+                                  batch.get("image_index"), record=next((r for r in records if r is not None), None))
+                fwd = Forward(batch, logits, n_tokens, len(micro))
+                parts = [part for term in self.terms for part in term(fwd)]
+                loss = parts[0]
+                for part in parts[1:]:
+                    loss = loss + part
+                loss.backward()
+        if self.ctx.world_size > 1:  # DDP averages the model's gradients, not the terms' own parameters'
+            _average_gradients(self.term_params, self.ctx.world_size)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
+        if math.isfinite(float(grad_norm)):
+            self.optimizer.step()
+        else:
+            log.warning("step %d: non-finite gradient norm, update skipped", self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.position += len(micro) * self.units_per_batch
+        row: dict[str, str] = {}
+        for term in self.terms:
+            row.update(term.log(n_tokens))
+        return row
+
+    # -- validation ----------------------------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """The summary of `evaluate` on the validation data (rank 0 only), the model back in training mode."""
+        self.model.eval()
+        grounder = Grounder(self.model, self.tokenizer, self.preprocess, self.generation, device=self.device,
+                            fuse=False)
+        report = evaluate(grounder, self.val_set, self.cfg.val_split, progress=False, limit=self.cfg.val_limit)
+        self.model.train()
         return report.summary
 
-    def save(directory: Path) -> None:
-        save_checkpoint(directory, model, tokenizer_dir, preprocess, generation,
-                        metadata={"step": str(step), "source": "ofa-grounding train"},
-                        layout="modelscope" if cfg.modelscope else "ours")
+    # -- the loop ------------------------------------------------------------------------------------------------
 
-    def save_state() -> None:
-        tensors, scalars = _optimizer_state_tensors(optimizer)
-        rng_states = [torch.get_rng_state()]
-        if ctx.world_size > 1:  # every rank's dropout RNG, so that each resumes where it stopped
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * ctx.world_size
-            dist.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
-        if not ctx.is_main:
-            return
-        save(last_dir)
-        for r, s in enumerate(rng_states):
-            tensors[f"rng.torch.{r}"] = s
-        if distiller:  # the hidden-state projections: trainer state, not part of the model
-            tensors.update({f"distill.{k}": v.detach().cpu().contiguous()
-                            for k, v in distiller.projections.state_dict().items()})
-        if cells:  # the cell heads: trainer state, not part of the model
-            tensors.update({f"cells.{k}": v.detach().cpu().contiguous() for k, v in cells.heads.state_dict().items()})
-        save_file(tensors, str(last_dir / "trainer_state.safetensors"))
-        state = {"step": step, "epoch": epoch, "position": position, "best": best, "optimizer": scalars,
-                 "scheduler": scheduler.state_dict(), "python_rng": list(random.getstate()),
-                 "config": dataclasses.asdict(cfg), "world_size": ctx.world_size}
-        (last_dir / "trainer_state.json").write_text(json.dumps(state))
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not cfg.progress or not ctx.is_main,
-               dynamic_ncols=True)
-    window_start, window_samples = time.perf_counter(), 0
-    collate_fn = partial(collate, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id)
-    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
-    out_of_time = stopped = False
-    while step < total and not stopped:
-        sampler.set_epoch(epoch, position)
-        train_set.set_epoch(epoch)
+    def epoch_batches(self) -> Iterator[Batch]:
+        """This epoch's micro-batches, from the run's position in it."""
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch, self.position)
+        self.train_set.set_epoch(self.epoch)
         # Its own generator: a loader draws a seed from the global RNG when it starts an epoch, which would
         # shift the dropout stream of a run resumed in the middle of an epoch.
-        loader = torch.utils.data.DataLoader(train_set, batch_size=units_per_batch, sampler=sampler,
-                                             num_workers=cfg.workers, drop_last=True, collate_fn=collate_fn,
-                                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        batches = iter(loader)
-        for micro in _updates(batches, cfg.accum):
-            n_tokens = sum(b["target"].numel() for b in micro)
-            loss_sum = nll_sum = kd_sum = attn_sum = hidden_sum = 0.0
-            position_nll = torch.zeros(5, device=device)
-            cell_sums: dict[str, float] = {}
-            for i, batch in enumerate(micro):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                batch["patch_images"] = normalize_batch(batch.pop("pixels"), preprocess.mean, preprocess.std)
-                # DDP averages gradients over processes, each normalised by its own token count: equal
-                # counts give fairseq's per-token mean over the whole update (with --group-by-image an
-                # image with fewer than K samples makes them differ slightly).
-                sync = ctx.world_size == 1 or i == len(micro) - 1
-                teacher_out = distiller.teacher_forward(batch, vocab_ids) if distiller else None
-                recording = distiller.recording(model, 0) if distiller else contextlib.nullcontext()
-                observing = cells.observing() if cells else contextlib.nullcontext()
-                with (net.no_sync() if not sync else contextlib.nullcontext()), autocast, recording as rec, \
-                        observing:
-                    logits = net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], vocab_ids,
-                                 batch.get("image_index"), record=rec.attention_record if distiller else None)
-                    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
-                    target = column[batch["target"].view(-1)]
-                    if cfg.bin_sigma > 0:
-                        loss, nll = soft_bin_cross_entropy(lprobs, target, cfg.label_smoothing, cfg.bin_sigma)
-                    else:
-                        loss, nll = label_smoothed_nll(lprobs, target, cfg.label_smoothing)
-                    total_loss = loss / n_tokens
-                    if distiller:
-                        kd, attn, hidden = distiller.losses(logits, rec, teacher_out, batch["input_ids"],
-                                                            tokenizer.pad_id)
-                        # kd per token like the task loss; the attention and hidden MSEs are means per micro-batch
-                        total_loss = total_loss + cfg.distill.kd_weight * kd / n_tokens \
-                            + (cfg.distill.attn_weight * attn + cfg.distill.hidden_weight * hidden) / len(micro)
-                        kd_sum += kd.item()
-                        attn_sum += attn.item() / len(micro)
-                        hidden_sum += hidden.item() / len(micro)
-                    if cells:  # per-cell terms are means over cells and samples, like the attention MSE
-                        terms = cells.losses([samples[j] for j in batch["index"].tolist()], batch)
-                        total_loss = total_loss + (cfg.attr_weight * terms["attr"]
-                                                   + cfg.pointer_weight * terms["pointer"]) / len(micro)
-                        for k, v in terms.items():
-                            cell_sums[k] = cell_sums.get(k, 0.0) + v.item() / len(micro)
-                    total_loss.backward()
-                with torch.no_grad():  # NLL per box token position (x0, y0, x1, y1, EOS), for the log
-                    position_nll -= lprobs.detach().gather(1, target[:, None]).view(-1, 5).sum(0)
-                loss_sum += loss.item()
-                nll_sum += nll.item()
-            if distiller and ctx.world_size > 1:  # DDP averages the student's gradients, not the projections'
-                _average_gradients(distiller.parameters(), ctx.world_size)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-            if math.isfinite(float(grad_norm)):
-                optimizer.step()
-            else:
-                log.warning("step %d: non-finite gradient norm, update skipped", step)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            position += len(micro) * units_per_batch
-            window_samples += sum(len(b["target"]) for b in micro) * ctx.world_size
-            rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
-            lr = optimizer.param_groups[0]["lr"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
-            row = {"step": step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss_sum / n_tokens:.5f}",
-                   "nll": f"{nll_sum / n_tokens:.5f}", "samples_per_s": f"{rate:.1f}"}
-            n_samples = n_tokens // 5
-            row.update({f"nll_{name}": f"{float(v) / n_samples:.4f}"
-                        for name, v in zip(("x0", "y0", "x1", "y1"), position_nll)})
-            row.update({k: f"{v:.4f}" for k, v in cell_sums.items()})
-            if distiller:
-                row.update(kd=f"{kd_sum / n_tokens:.5f}", attn=f"{attn_sum:.5f}")
-                if cfg.distill.hidden_weight > 0:
-                    row.update(hidden=f"{hidden_sum:.5f}")
-            if val_set is not None and (step % cfg.eval_every == 0 or step == total):
-                summary = validate()
-                row.update(val_acc50=f"{summary['acc50']:.4f}", val_acc75=f"{summary['acc75']:.4f}",
-                           val_miou=f"{summary['miou']:.4f}")
-                if summary["acc50"] > best["acc50"]:
-                    best = {"acc50": summary["acc50"], "step": step}
-                    save(best_dir)
-                window_start, window_samples = time.perf_counter(), 0  # validation time is not training time
-            if csv_log:
-                csv_log.write(**row)
-            if step % cfg.save_every == 0 or step == total:
-                save_state()
-            if cfg.kill_at_step is not None and step == cfg.kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if step >= total:
-                break
-            # Early stops keep the schedule planned for `total` (a run on a long schedule, stopped part way).
-            if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
-                log.warning("--stop-at-step %d reached (schedule of %d steps): stopping; last/ holds step %d",
-                            cfg.stop_at_step, total, step)
-                stopped = True
-            elif deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
-                log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
-                            cfg.max_minutes, step, total, step)
-                stopped = out_of_time = True
-            if stopped:
-                if step % cfg.save_every:
-                    save_state()
-                break
-        else:  # the epoch ran out (a partial last update is dropped)
-            epoch, position = epoch + 1, 0
-    bar.close()
-    if ctx.world_size > 1:  # DDP keeps replicas identical; check it rather than trust it
+        loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=self.units_per_batch, sampler=self.sampler, num_workers=cfg.workers,
+            drop_last=True, collate_fn=partial(collate, pad_id=self.tokenizer.pad_id, bos_id=self.tokenizer.bos_id),
+            generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
+        return iter(loader)
+
+    def run(self, on_update: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train to the end of the schedule (or --stop-at-step / --max-minutes); returns the summary."""
+        cfg, ctx = self.cfg, self.ctx
+        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step",
+                   disable=not cfg.progress or not ctx.is_main, dynamic_ncols=True)
+        window_start, window_samples = time.perf_counter(), 0
+        deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
+        out_of_time = stopped = False
+        while self.step < self.total and not stopped:
+            for micro in _updates(self.epoch_batches(), cfg.accum):
+                terms_row = self.update(micro)
+                window_samples += sum(len(b["target"]) for b in micro) * ctx.world_size
+                rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(terms_row['loss']):.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+                row = {"step": self.step, "epoch": self.epoch, "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.1f}",
+                       **terms_row}
+                if self.val_set is not None and (self.step % cfg.eval_every == 0 or self.step == self.total):
+                    row.update(self._validate_and_keep_best())
+                    window_start, window_samples = time.perf_counter(), 0  # validation time is not training time
+                if self.log:
+                    self.log.write(**row)
+                if self.step % cfg.save_every == 0 or self.step == self.total:
+                    self.save_state()
+                if on_update is not None:
+                    on_update(self.step)
+                if self.step >= self.total:
+                    break
+                # Early stops keep the schedule planned for `total` (a run on a long schedule, stopped part way).
+                if cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
+                    log.warning("--stop-at-step %d reached (schedule of %d steps): stopping; last/ holds step %d",
+                                cfg.stop_at_step, self.total, self.step)
+                    stopped = True
+                elif deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
+                    log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
+                                cfg.max_minutes, self.step, self.total, self.step)
+                    stopped = out_of_time = True
+                if stopped:
+                    if self.step % cfg.save_every:
+                        self.save_state()
+                    break
+            else:  # the epoch ran out (a partial last update is dropped)
+                self.epoch, self.position = self.epoch + 1, 0
+        bar.close()
+        self._check_replicas()
+        ctx.close()
+        return {"steps": self.step, "epochs": self.epoch, "out_of_time": out_of_time, "stopped_early": stopped,
+                "best_acc50": self.best["acc50"] if self.val_set is not None else None,
+                "best_step": self.best["step"], "last": str(self.last_dir),
+                "best": str(self.best_dir) if self.best["step"] else None}
+
+    def _validate_and_keep_best(self) -> dict[str, str]:
+        summary = self.validate()
+        if summary["acc50"] > self.best["acc50"]:
+            self.best = {"acc50": summary["acc50"], "step": self.step}
+            self.save_model(self.best_dir)
+        return {"val_acc50": f"{summary['acc50']:.4f}", "val_acc75": f"{summary['acc75']:.4f}",
+                "val_miou": f"{summary['miou']:.4f}"}
+
+    def _check_replicas(self) -> None:
+        """DDP keeps replicas identical; check it rather than trust it."""
+        if self.ctx.world_size == 1:
+            return
         import torch.distributed as dist
 
-        checksum = [float(sum(p.double().sum() for p in model.parameters()))]
-        sums: list[Any] = [None] * ctx.world_size
+        checksum = [float(sum(p.double().sum() for p in self.model.parameters()))]
+        sums: list[Any] = [None] * self.ctx.world_size
         dist.all_gather_object(sums, checksum)
         if len({s[0] for s in sums}) != 1:
             raise RuntimeError(f"replicas diverged: parameter checksums {sums}")
-    ctx.close()
-    return {"steps": step, "epochs": epoch, "out_of_time": out_of_time, "stopped_early": stopped,
-            "best_acc50": best["acc50"] if val_set is not None else None, "best_step": best["step"],
-            "last": str(last_dir), "best": str(best_dir) if best["step"] else None}
 
 
-class _CellSupervision:
-    """The cell heads (cells.py) and the tensors they read, captured by forward hooks during the model's own
-    forward pass (so DDP and autocast see one ordinary forward): the image tokens from `image_proj` and the
-    encoder's output."""
-
-    def __init__(self, model: OFAModel, heads: CellHeads) -> None:
-        self.model, self.heads = model, heads
-        self.seen: dict[str, Any] = {}
-
-    @contextlib.contextmanager
-    def observing(self):
-        hooks = [self.model.encoder.image_proj.register_forward_hook(
-                     lambda m, i, o: self.seen.__setitem__("image", o)),
-                 self.model.encoder.register_forward_hook(lambda m, i, o: self.seen.__setitem__("encoder", o))]
-        try:
-            yield
-        finally:
-            for h in hooks:
-                h.remove()
-
-    def losses(self, samples: list[Sample], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The heads' terms for the batch just forwarded; its grid is the one the image tokens came in."""
-        image = self.seen.pop("image").float()
-        if "image_index" in batch:  # one backbone pass per image, labels per sample
-            image = image.index_select(0, batch["image_index"])
-        P = image.shape[1]
-        grid = math.isqrt(P)  # training images are square (resize_square)
-        if grid * grid != P:
-            raise ValueError(f"cell labels need a square image grid, got {P} image tokens")
-        labels = cell_labels(samples, batch["flipped"].tolist(), grid, batch["absent"].tolist())
-        labels = {k: v.to(image.device) for k, v in labels.items()}
-        return self.heads.losses(image, self.seen.pop("encoder").hidden[:, :P].float(), labels)
+def _check_settings(cfg: TrainConfig) -> None:
+    """Contradictions among the settings, found before anything is loaded."""
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other")
+    if cfg.group_by_image < 1:
+        raise ValueError(f"--group-by-image must be at least 1, got {cfg.group_by_image}")
+    if cfg.batch_size % cfg.group_by_image:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-by-image {cfg.group_by_image}")
+    if cfg.distill is not None and cfg.absent_rate:
+        raise ValueError("--absent-rate cannot be used with distillation (the teacher was not taught absent objects)")
+    if cfg.distill is not None and not Path(cfg.distill.teacher).exists():
+        raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
 
 
-def _teacher_cache(cfg: TrainConfig, ctx: Any, distiller: Distiller, train_set: GroundingTrainSet,
-                   vocab_ids: torch.Tensor, tokenizer: OFATokenizer) -> torch.Tensor:
-    """Soft labels read from --teacher-cache, or computed by rank 0 and written there first."""
-    if cfg.distill.attn_weight > 0 or cfg.distill.hidden_weight > 0:
-        raise ValueError("--teacher-cache stores the teacher's soft labels only: give --attn-weight 0 and "
-                         "--hidden-weight 0 with it")
-    if "jitter" in cfg.augment:
-        raise ValueError("--teacher-cache cannot be used with --augment jitter (random colours make every "
-                         "teacher input new)")
-    identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data), "split": str(cfg.split),
-                "teacher_bf16": str(cfg.distill.teacher_bf16)}
-    path = Path(cfg.distill.teacher_cache)
-    build = partial(build_teacher_cache, path, distiller, train_set, vocab_ids, identity, batch_size=cfg.batch_size,
-                    pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, flips="flip" in cfg.augment)
-    if ctx.world_size == 1:
-        return build()
-    import torch.distributed as dist
-
-    labels = build() if ctx.is_main else None
-    dist.barrier()  # the others read what rank 0 wrote
-    return labels if labels is not None else build()
-
-
-def _average_gradients(params: Any, world_size: int) -> None:
+def _average_gradients(params: Iterable[torch.nn.Parameter], world_size: int) -> None:
     import torch.distributed as dist
 
     for p in params:
@@ -538,7 +443,7 @@ def _rank0_says(flag: bool, ctx: Any) -> bool:
     return bool(decision[0])
 
 
-def _updates(batches, accum: int):
+def _updates(batches: Iterator[Batch], accum: int) -> Iterator[list[Batch]]:
     """Groups of `accum` micro-batches until the loader runs out."""
     while True:
         micro = [b for _, b in zip(range(accum), batches)]

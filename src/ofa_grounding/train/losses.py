@@ -6,11 +6,6 @@ import torch
 
 __all__ = ["attention_mse_sum", "hidden_mse", "kd_cross_entropy", "label_smoothed_nll", "soft_bin_cross_entropy"]
 
-# OFA-Compress divides its soft-label loss by n_tokens x 59457 (the full vocabulary) and weights it
-# 10000; per token that is this weight on the plain soft cross-entropy (ofa-training.md, b.3).
-OFA_COMPRESS_KD_WEIGHT = 10000 / 59457
-
-
 def label_smoothed_nll(lprobs: torch.Tensor, target: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """OFA's label-smoothed cross-entropy, summed over tokens: (loss, nll).
 
