@@ -280,3 +280,17 @@ def test_inference_interface_gives_the_teacher_forced_logits(tiny: OFAModel) -> 
 def test_bad_inference_arguments(tiny: OFAModel) -> None:
     with pytest.raises(ValueError, match="dtype must be one of"):
         tiny.prepared_for_inference("int8")
+
+
+def test_image_index_equals_repeated_images(tiny_model_dir) -> None:
+    from ofa_grounding.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_model_dir).model.eval()
+    ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1], [0, 5, 6, 2]])
+    images = torch.randn(2, 3, 64, 64)
+    index = torch.tensor([1, 0, 1])
+    prev = torch.tensor([[0, 58500, 58600, 58700, 58800]] * 3)
+    with torch.no_grad():
+        shared = model(ids, images, prev, image_index=index)
+        repeated = model(ids, images[index], prev)
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-5)

@@ -17,9 +17,9 @@ def test_serve_refuses_bad_settings(capsys: pytest.CaptureFixture) -> None:
 
 def test_serve_caps_malloc_arenas_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
 
-    from ofa_grounding.cli import _cap_malloc_arenas
+    from ofa_grounding.cli.serve import cap_malloc_arenas
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert _cap_malloc_arenas() is False  # the user's setting wins
+    assert cap_malloc_arenas() is False  # the user's setting wins
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    assert _cap_malloc_arenas() is (sys.platform == "linux")
+    assert cap_malloc_arenas() is (sys.platform == "linux")

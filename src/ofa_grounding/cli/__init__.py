@@ -21,8 +21,6 @@ __all__ = ["build_parser", "main"]
 
 COMMANDS = (predict, evaluate, train, convert, info, export_onnx, serve, make_synthetic, bench)  # --help's order
 
-_cap_malloc_arenas = serve.cap_malloc_arenas  # its name before the split (tests use it)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa-ground", description="Visual grounding with OFA: find the box a "

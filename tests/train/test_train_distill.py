@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_runs import run_cli
 
 from conftest import TINY_CONFIG
 from ofa_grounding.checkpoint import init_weights, load_checkpoint, save_checkpoint
@@ -18,7 +19,6 @@ from ofa_grounding.model import OFAModel
 from ofa_grounding.synthetic import write_synthetic
 from ofa_grounding.tokenizer import ASSETS_DIR
 from ofa_grounding.train.distill import DistillConfig, Distiller, layer_pairs
-from test_train import _train
 
 
 def test_layer_pairs() -> None:
@@ -130,7 +130,7 @@ def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, 
             "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--val", str(data), "--val-limit", "4",
             "--eval-every", "2", "--save-every", "1", "--attn-heads", "mean", "--layer-map", "uniform",
             "--hidden-weight", "0.5"]
-    proc = _train(args[1:], command="distill")
+    proc = run_cli(args[1:], command="distill")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["best"] is not None
@@ -141,7 +141,7 @@ def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, 
     # the hidden-state projections are trainer state: saved beside the optimizer, restored by --resume
     projections = {k for k in load_file(str(out / "last/trainer_state.safetensors")) if k.startswith("distill.")}
     assert projections == {"distill.0.weight", "distill.0.bias", "distill.1.weight", "distill.1.bias"}
-    resumed = _train([*[a if a != "2" else "3" for a in args[1:]], "--resume"], command="distill")
+    resumed = run_cli([*[a if a != "2" else "3" for a in args[1:]], "--resume"], command="distill")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 3
     state = json.loads((out / "last/trainer_state.json").read_text())
@@ -155,10 +155,10 @@ def test_distill_refuses_bad_teachers(student_dir: Path, tiny_model_dir: Path, t
     data = tmp_path / "syn"
     write_synthetic(data, 8, seed=4, size=(96, 96))
     common = ["--data", str(data), "--out", str(tmp_path / "o"), "--max-steps", "1"]
-    proc = _train(["--teacher", str(tmp_path / "none"), "--student", str(student_dir), *common], command="distill")
+    proc = run_cli(["--teacher", str(tmp_path / "none"), "--student", str(student_dir), *common], command="distill")
     assert proc.returncode == 2 and "--teacher" in proc.stderr
     # a student deeper than its teacher cannot map its layers
-    proc = _train(["--teacher", str(student_dir), "--student", str(tiny_model_dir), *common], command="distill")
+    proc = run_cli(["--teacher", str(student_dir), "--student", str(tiny_model_dir), *common], command="distill")
     assert proc.returncode != 0 and "more layers" in proc.stderr
 
 
@@ -176,7 +176,7 @@ def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir:
     cache = tmp_path / "soft-labels.safetensors"
 
     def run(out: str, *extra: str) -> subprocess.CompletedProcess:
-        return _train(["--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data),
+        return run_cli(["--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data),
                        "--out", str(tmp_path / out), "--max-steps", "2", "--batch-size", "4", "--attn-weight", "0",
                        "--augment", "flip", "--seed", "3", *extra], command="distill")
 
@@ -206,7 +206,7 @@ def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir:
     assert again.returncode == 0 and cache.stat().st_mtime_ns == before  # read, not rebuilt
     other = tmp_path / "other-teacher"
     shutil.copytree(tiny_model_dir, other)
-    refused = _train(["--teacher", str(other), "--student", str(student_dir), "--data", str(data), "--out",
+    refused = run_cli(["--teacher", str(other), "--student", str(student_dir), "--data", str(data), "--out",
                       str(tmp_path / "o"), "--max-steps", "1", "--attn-weight", "0", "--augment", "flip",
                       "--teacher-cache", str(cache)], command="distill")
     assert refused.returncode == 2 and "made for other settings (teacher" in refused.stderr
