@@ -216,7 +216,7 @@ class DistillTerm(LossTerm):
         self.start_update()
 
     def use_teacher_cache(self, ctx: Any, train_set: GroundingTrainSet, identity: dict[str, str], batch_size: int,
-                          pad_id: int, bos_id: int, augment: list[str]) -> None:
+                          bos_id: int, augment: list[str]) -> None:
         """Read the teacher's soft labels from `cfg.teacher_cache` (rank 0 computes and writes them first when the
         file is new) instead of running the teacher at every step. `identity`: what the file must have been made
         for (teacher, data, split)."""
@@ -228,7 +228,7 @@ class DistillTerm(LossTerm):
                              "teacher input new)")
         build = partial(build_teacher_cache, Path(self.cfg.teacher_cache), self.distiller, train_set, self.vocab_ids,
                         {**identity, "teacher_bf16": str(self.cfg.teacher_bf16)}, batch_size=batch_size,
-                        pad_id=pad_id, bos_id=bos_id, flips="flip" in augment)
+                        pad_id=self.pad_id, bos_id=bos_id, flips="flip" in augment)
         if ctx.world_size == 1:
             labels = build()
         else:

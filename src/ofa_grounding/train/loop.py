@@ -108,8 +108,9 @@ class Trainer:
         column[self.vocab_ids] = torch.arange(len(self.vocab_ids), device=device)
         # the loss, in the order its parts are added: the task loss, then a teacher's terms, then the cell heads'
         self.terms: list[LossTerm] = [TaskLoss(column, cfg.label_smoothing, cfg.bin_sigma)]
-        if cfg.distill is not None:
-            self.terms.append(self._distill_term(cfg.distill))
+        distill = self._distill_term(cfg.distill) if cfg.distill is not None else None
+        if distill is not None:
+            self.terms.append(distill)
 
         dataset = open_dataset(cfg.data, split=cfg.split)
         self.samples = list(dataset)
@@ -126,12 +127,11 @@ class Trainer:
         self.sampler = ShardedShuffleSampler(len(self.train_set), cfg.seed, self.ctx.rank, self.ctx.world_size)
         steps_per_epoch = max(1, len(self.sampler) // (self.units_per_batch * cfg.accum))
         self.total = cfg.max_steps or cfg.epochs * steps_per_epoch
-        for term in self.terms:
-            if isinstance(term, DistillTerm) and cfg.distill.teacher_cache:
-                identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data),
-                            "split": str(cfg.split)}
-                term.use_teacher_cache(self.ctx, self.train_set, identity, cfg.batch_size, self.tokenizer.pad_id,
-                                       self.tokenizer.bos_id, cfg.augment)
+        if distill is not None and cfg.distill.teacher_cache:
+            identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data),
+                        "split": str(cfg.split)}
+            distill.use_teacher_cache(self.ctx, self.train_set, identity, cfg.batch_size, self.tokenizer.bos_id,
+                                      cfg.augment)
 
         # the terms' own parameters (distillation's projections, the cell heads) train with the model
         self.term_params = [p for term in self.terms for p in term.parameters()]
