@@ -11,6 +11,7 @@
 #   eval.txt          ofa-ground eval of the demo model on 10,000 synthetic samples (the batched path)
 #   train-demo.txt    benchmarks/train_throughput.py, demo preset, bf16
 #   train-tiny.txt    benchmarks/train_throughput.py, OFA-tiny preset at 512 px, bf16
+#   train-loop-demo.txt  ofa-ground train itself, demo preset, bf16, --log-every 50, 45 s: log.csv's samples/s
 # DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python runs the same steps small, with 5x the time limits, on a CPU (to
 # check the script itself, not to measure).
 # Not here: the full reference fixture (../shared/reference, 66 MB: more than a device call carries) and the
@@ -26,7 +27,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OFA="$PY -m ofa_grounding.cli"
 TMP=$(mktemp -d)
 N_EVAL=${QUICK:+200}; N_EVAL=${N_EVAL:-10000}
-ITERS=${QUICK:+3}; ITERS=${ITERS:-20}
+ITERS=${QUICK:+10}; ITERS=${ITERS:-20}  # bench takes at least 10
 STEPS=${QUICK:+3}; STEPS=${STEPS:-30}
 LIMIT_SCALE=${QUICK:+5}; LIMIT_SCALE=${LIMIT_SCALE:-1}  # a CPU runs the 512 px steps far slower
 BATCH_DEMO=${QUICK:+8}; BATCH_DEMO=${BATCH_DEMO:-256}
@@ -61,5 +62,12 @@ step train-demo.txt 90 "$PY benchmarks/train_throughput.py --data $TMP/syn --mod
 --batch-size $BATCH_DEMO --workers 8 --steps $STEPS --bf16"
 step train-tiny.txt 90 "$PY benchmarks/train_throughput.py --data $TMP/syn --model tiny --device $DEVICE \
 --batch-size $BATCH_TINY --workers 8 --steps $STEPS --bf16"
+# The trainer itself (not the benchmark's loop): demo preset, bf16, loader in processes, log.csv every 50 updates
+# (the host reads the device only then); samples/s is log.csv's column, its last rows in the output.
+LOG_EVERY=${QUICK:+1}; LOG_EVERY=${LOG_EVERY:-50}
+MINUTES=${QUICK:+0.3}; MINUTES=${MINUTES:-0.75}
+step train-loop-demo.txt 75 "$OFA train --model demo --data $TMP/syn --out $TMP/run --device $DEVICE --bf16 \
+--batch-size $BATCH_DEMO --workers 8 --cache-images --augment flip --max-steps 100000 --max-minutes $MINUTES \
+--log-every $LOG_EVERY --save-every 100000 --no-progress; tail -4 $TMP/run/log.csv"
 rm -rf "$TMP"
 cat "$RESULTS/steps.txt"

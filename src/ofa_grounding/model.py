@@ -347,16 +347,15 @@ class Encoder(nn.Module):
         x = torch.cat([self.patch_layernorm_embedding(image_embeds), self.layernorm_embedding(text)], dim=1)
         text_pad = input_ids.eq(self.cfg.pad_token_id)
         pad_mask = torch.cat([text_pad.new_zeros(B, P), text_pad], dim=1)  # (B, S)
-        has_pads = bool(text_pad.any())
-        if has_pads:
-            x = x * (1 - pad_mask.unsqueeze(-1).type_as(x))
+        # unconditionally (x 1 changes nothing): asking whether there is padding would make the host wait for a GPU
+        x = x * (1 - pad_mask.unsqueeze(-1).type_as(x))
 
         # Positions are the same for every sample of the batch: text 0..L-1, image ids from the grid.
         text_pos = self.pos_ln(self.embed_positions.weight[:L])
         image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))
         positions = torch.cat([image_pos, text_pos], dim=0).unsqueeze(0)  # (1, S, d)
         text_buckets = token_rel_bucket(self.cfg.token_bucket_size, *(torch.arange(L, device=x.device),) * 2)
-        return _EncoderInputs(x, text_pad, pad_mask, has_pads, positions, self._head_bias(positions), text_buckets)
+        return _EncoderInputs(x, text_pad, pad_mask, positions, self._head_bias(positions), text_buckets)
 
     def forward(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, grid: tuple[int, int],
                 record: AttentionRecord | None = None) -> EncoderOutput:
@@ -371,14 +370,14 @@ class Encoder(nn.Module):
         # bias = absolute + relative, summed before it meets the logits (as the reference does); relative
         # terms only within the image block and within the text block.
         _, image_buckets = image_grid_buckets(self.cfg.image_bucket_size, *grid, input_ids.device)
-        key_mask = _key_mask(inp.pad_mask, x.dtype) if inp.has_pads else None
+        key_mask = _key_mask(inp.pad_mask, x.dtype)  # zeros without padding: the same logits, and no host sync
         for i, layer in enumerate(self.layers):
             t = 0 if self.cfg.share_attn_bias else i
             text_rel = _gather_heads(self.token_rel_pos_table_list[t], inp.text_buckets)
             image_rel = _gather_heads(self.image_rel_pos_table_list[t], image_buckets)
             rel = torch.cat([F.pad(image_rel, (0, L)), F.pad(text_rel, (P, 0))], dim=-2)  # (H, S, S)
             bias = inp.abs_bias + rel
-            x = layer(x, bias if key_mask is None else bias + key_mask,  # (B, H, S, S) with padding
+            x = layer(x, bias + key_mask,  # (B, H, S, S)
                       record.encoder_out(i) if record is not None else None)
         return EncoderOutput(self.layer_norm(x), inp.pad_mask, inp.positions.expand(B, -1, -1))
 
@@ -394,7 +393,8 @@ class Encoder(nn.Module):
         P = image_embeds.shape[1]
         inp = self._inputs(input_ids, image_embeds, grid)
         x, abs_bias = inp.x, inp.abs_bias
-        if inp.has_pads:  # (length of the text + image tokens, the rows of that length), shortest first
+        has_pads = bool(inp.text_pad.any())
+        if has_pads:  # (length of the text + image tokens, the rows of that length), shortest first
             lengths = (~inp.text_pad).sum(1).tolist()
             groups = [(P + n, torch.tensor([i for i in range(B) if lengths[i] == n], device=x.device))
                       for n in sorted(set(lengths))]
@@ -405,7 +405,7 @@ class Encoder(nn.Module):
             torch.add(abs_bias[:, :, P:, P:], text_rel, out=bias[:, :, P:, P:])
             _add_image_rel(abs_bias[0, :, :P, :P], self.image_rel_pos_table_list[t].weight,
                            self.cfg.image_bucket_size, grid, bias[0, :, :P, :P])
-            if not inp.has_pads:
+            if not has_pads:
                 x = layer(x, bias)
                 continue
             for n, index in groups:  # padded positions keep their zeros; the decoder masks them out
@@ -418,7 +418,6 @@ class _EncoderInputs:
     x: torch.Tensor  # (B, S, d) embedded image and text tokens, zeros at padding
     text_pad: torch.Tensor  # (B, L) bool
     pad_mask: torch.Tensor  # (B, S) bool
-    has_pads: bool
     positions: torch.Tensor  # (1, S, d)
     abs_bias: torch.Tensor  # (1, H, S, S)
     text_buckets: torch.Tensor  # (L, L)
@@ -477,8 +476,7 @@ class Decoder(nn.Module):
         q_cross = self.cross_pos_q_linear(target).view(T, H, -1).transpose(0, 1) * self.pos_scaling  # (H, T, dh)
         k_cross = self.cross_pos_k_linear(enc.position).view(B, S, H, -1).transpose(1, 2)  # (B, H, S, dh)
         cross_bias = torch.matmul(q_cross.unsqueeze(0), k_cross.transpose(2, 3))  # (B, H, T, S)
-        if bool(enc.pad_mask.any()):
-            cross_bias = cross_bias + _key_mask(enc.pad_mask, cross_bias.dtype)
+        cross_bias = cross_bias + _key_mask(enc.pad_mask, cross_bias.dtype)  # zeros without padding: no host sync
         return self_bias, cross_bias
 
     def _embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:

@@ -39,7 +39,8 @@ def test_every_setting_has_a_flag_and_reaches_the_config() -> None:
               "bin_sigma": ("12", 12.0), "attr_weight": ("0.5", 0.5), "pointer_weight": ("0.25", 0.25),
               "absent_rate": ("0.1", 0.1), "smooth_bins": (None, True), "drop_path": ("0.2", 0.2),
               "dropout": ("0.3", 0.3), "bf16": (None, True), "augment": ("flip,jitter", ["flip", "jitter"]),
-              "eval_every": ("5", 5), "save_every": ("6", 6), "seed": ("8", 8), "workers": ("2", 2),
+              "log_every": ("10", 10), "eval_every": ("5", 5), "save_every": ("6", 6), "seed": ("8", 8),
+              "workers": ("2", 2),
               "cache_images": (None, True), "device": ("cuda", "cuda"), "resume": (None, True),
               "overwrite": (None, True), "modelscope": (None, True), "progress": (None, False)}
     distill = {"kd_weight": ("0.5", 0.5), "temperature": ("2", 2.0), "attn_weight": ("0", 0.0),

@@ -17,6 +17,7 @@ from ofa_grounding.checkpoint import load_checkpoint
 from ofa_grounding.synthetic import write_synthetic
 from ofa_grounding.train.config import TrainConfig
 from ofa_grounding.train.loop import Trainer
+from ofa_grounding.train.terms import Forward, LossTerm
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_the_trainer_in_parts(tiny_model_dir: Path, data: Path, tmp_path: Path) 
     trainer = Trainer(cfg)
     assert trainer.total == 3 and [term.name for term in trainer.terms] == ["task"]
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    row = trainer.update([next(trainer.epoch_batches())])
+    trainer.update([next(trainer.epoch_batches())])
+    row = trainer.take_log()
     assert trainer.step == 1 and trainer.position == 4
     assert {"loss", "nll", "nll_x0", "nll_y1"} <= set(row) and float(row["loss"]) > float(row["nll"]) > 0
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
@@ -53,6 +55,32 @@ def test_the_trainer_in_parts(tiny_model_dir: Path, data: Path, tmp_path: Path) 
                                                    for i in saved)
     with pytest.raises(ValueError, match="already holds a run"):
         Trainer(cfg)
+
+
+class _NaNTerm(LossTerm):
+    """A loss part that makes every gradient NaN."""
+
+    name = "nan"
+
+    def __call__(self, fwd: Forward) -> list[torch.Tensor]:
+        return [fwd.logits.float().sum() * float("nan")]
+
+
+@pytest.mark.parametrize("log_every", [1, 2])
+def test_a_non_finite_update_is_skipped(tiny_model_dir: Path, data: Path, tmp_path: Path, log_every: int,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """On the host (--log-every 1) or on the device (the fused AdamW told through found_inf): no parameter
+    and no optimizer moment moves, and the log says so."""
+    trainer = Trainer(TrainConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "run"),
+                                  batch_size=4, max_steps=4, log_every=log_every, progress=False))
+    trainer.terms.append(_NaNTerm())
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    with caplog.at_level("WARNING"):
+        trainer.update([next(trainer.epoch_batches())])
+        trainer.take_log()
+    assert all(torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
+    assert all(not state["exp_avg"].any() for state in trainer.optimizer.state.values())
+    assert trainer.step == 1 and "skipped" in caplog.text and "non-finite gradient norm" in caplog.text
 
 
 @pytest.mark.slow
@@ -110,6 +138,31 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir: Path, data: Path, six
         return [line.split(",")[3] for line in (run / "log.csv").read_text().splitlines()[1:]]
 
     assert losses(tmp_path / "cut") == losses(whole)
+
+
+@pytest.mark.slow
+def test_logging_every_n_updates_trains_the_same(tiny_model_dir: Path, data: Path, six_step_run: Path,
+                                                 tmp_path: Path) -> None:
+    """--log-every 3 (the host reads the device every third update) gives the same weights as reading it every
+    update, and rows at steps 3 and 6 holding the means over their three updates."""
+    out = tmp_path / "every3"
+    proc = run_cli([*_common(tiny_model_dir, data, out), *SIX_STEPS, "--log-every", "3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(six_step_run / "last/model.safetensors"))
+    b = load_file(str(out / "last/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def rows(run: Path) -> list[dict[str, str]]:
+        header, *lines = (run / "log.csv").read_text().splitlines()
+        return [dict(zip(header.split(","), line.split(","))) for line in lines]
+
+    every, sparse = rows(six_step_run), rows(out)
+    assert [r["step"] for r in sparse] == ["3", "6"]
+    for row, window in zip(sparse, (every[:3], every[3:])):  # equal token counts: the plain mean
+        for column in ("loss", "nll", "nll_x0"):
+            mean = sum(float(r[column]) for r in window) / 3
+            assert float(row[column]) == pytest.approx(mean, abs=1e-4), column
+        assert row["lr"] == window[-1]["lr"]
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def _forward(probs: list[list[float]], n_micro: int = 1, n_tokens: int | None = 
     """One sample whose 5 target tokens (x0, y0, x1, y1, EOS) are bins 10, 11, 12, 12 and EOS (id 2)."""
     logits = torch.tensor(probs).log()[None]  # log-probabilities are logits whose softmax is `probs`
     batch = {"target": torch.tensor([[10, 11, 12, 12, 2]])}
-    return Forward(batch, logits, n_tokens or 5, n_micro)
+    return Forward(batch, batch, logits, n_tokens or 5, n_micro)
 
 
 UNIFORM = [[1 / 7] * 7] * 5
@@ -32,11 +32,11 @@ def test_task_loss_per_token_and_its_log_columns() -> None:
     assert part.item() == pytest.approx(-math.log(0.94), rel=1e-5)  # the mean NLL over the 5 tokens
     [part] = term(_forward(UNIFORM))
     assert part.item() == pytest.approx(math.log(7), rel=1e-5)
-    log = term.log(n_tokens=10)  # both micro-batches of this update: 10 tokens, 2 samples
+    log = term.log(n_tokens=10, n_updates=2)  # the window so far: 10 tokens, 2 samples
     assert float(log["loss"]) == pytest.approx((-math.log(0.94) + math.log(7)) / 2, abs=1e-5)
     assert float(log["nll_x0"]) == pytest.approx((-math.log(0.94) + math.log(7)) / 2, abs=1e-4)
-    term.start_update()
-    assert term.log(n_tokens=5)["loss"] == "0.00000"
+    term.reset()
+    assert term.log(n_tokens=5, n_updates=1)["loss"] == "0.00000"
 
 
 def test_label_smoothing_and_soft_bins_reach_the_term() -> None:
@@ -56,4 +56,4 @@ def test_parts_are_weighted_per_update() -> None:
     assert half.item() == pytest.approx(whole.item() / 2)
     with pytest.raises(NotImplementedError):
         LossTerm()(_forward(SURE))
-    assert LossTerm().parameters() == [] and LossTerm().log(5) == {}
+    assert LossTerm().parameters() == [] and LossTerm().log(5, 1) == {}

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import Sample
 from ..synthetic import COLORS, SHAPES
-from .terms import Forward, LossTerm
+from .terms import Forward, LossTerm, to_device
 
 __all__ = ["CellHeads", "CellTerm", "cell_labels", "has_cell_labels", "smooth_bin_embeddings"]
 
@@ -100,8 +100,10 @@ class CellHeads(nn.Module):
         with torch.no_grad():
             objects = labels["color"] != NONE_COLOR
             hit = labels["pointer"].gather(1, ptr_logits.argmax(-1, keepdim=True)).squeeze(1) > 0
-            stats = {f"{k}_acc": (parts[k].argmax(-1) == labels[k])[objects].float().mean() for k in parts}
-            pointer_acc = hit[has_target].float().mean() if has_target.any() else hit.new_zeros((), dtype=torch.float)
+            # shares as sums over masks (equal to means over the masked cells), so the host never waits here
+            stats = {f"{k}_acc": ((parts[k].argmax(-1) == labels[k]) & objects).sum().float() / objects.sum().float()
+                     for k in parts}
+            pointer_acc = (hit & has_target).sum().float() / has_target.sum().clamp(min=1).float()
         return {"attr": attr, "pointer": pointer, **stats, "pointer_acc": pointer_acc}
 
 
@@ -136,7 +138,7 @@ class CellTerm(LossTerm):
         self.attr_weight, self.pointer_weight = attr_weight, pointer_weight
         self.heads = CellHeads(model.config.d_model).to(device)
         self.seen: dict[str, Any] = {}
-        self.start_update()
+        self.reset()
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.heads.parameters())
@@ -147,8 +149,8 @@ class CellTerm(LossTerm):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.heads.load_state_dict(tensors)
 
-    def start_update(self) -> None:
-        self.sums: dict[str, float] = {}
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
     def observing(self) -> Iterator[None]:
@@ -162,21 +164,23 @@ class CellTerm(LossTerm):
                 h.remove()
 
     def __call__(self, fwd: Forward) -> list[torch.Tensor]:
-        batch = fwd.batch
         image = self.seen.pop("image").float()
-        if "image_index" in batch:  # one backbone pass per image, labels per sample
-            image = image.index_select(0, batch["image_index"])
+        if "image_index" in fwd.batch:  # one backbone pass per image, labels per sample
+            image = image.index_select(0, fwd.batch["image_index"])
         P = image.shape[1]
         grid = math.isqrt(P)  # training images are square (resize_square)
         if grid * grid != P:
             raise ValueError(f"cell labels need a square image grid, got {P} image tokens")
-        samples = [self.samples[j] for j in batch["index"].tolist()]
-        labels = cell_labels(samples, batch["flipped"].tolist(), grid, batch["absent"].tolist())
-        labels = {k: v.to(image.device) for k, v in labels.items()}
+        host = fwd.host
+        samples = [self.samples[j] for j in host["index"].tolist()]
+        labels = cell_labels(samples, host["flipped"].tolist(), grid, host["absent"].tolist())
+        labels = {k: to_device(v, image.device) for k, v in labels.items()}
         terms = self.heads.losses(image, self.seen.pop("encoder").hidden[:, :P].float(), labels)
         for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.item() / fwd.n_micro
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().double() / fwd.n_micro
         return [(self.attr_weight * terms["attr"] + self.pointer_weight * terms["pointer"]) / fwd.n_micro]
 
-    def log(self, n_tokens: int) -> dict[str, str]:
-        return {k: f"{v:.4f}" for k, v in self.sums.items()}
+    def log(self, n_tokens: int, n_updates: int) -> dict[str, str]:
+        names = list(self.sums)
+        values = torch.stack([self.sums[k] for k in names]).tolist() if names else []
+        return {k: f"{v / n_updates:.4f}" for k, v in zip(names, values)}

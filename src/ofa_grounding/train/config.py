@@ -81,6 +81,9 @@ class TrainConfig:
     augment: list[str] = field(default_factory=list, metadata={
         "help": "comma-separated, off by default: flip (mirrors left/right words too), jitter (brightness/contrast)",
         "type": _comma_list})
+    log_every: int = _opt(1, "write a log.csv row (means over the updates since the last), the progress bar's loss "
+                             "and warnings of skipped updates every N updates: the host waits for the device only "
+                             "then (on a GPU, try 50); 1 reads them at every update", metavar="N")
     eval_every: int = _opt(500)
     save_every: int = _opt(500)
     seed: int = _opt(1)

@@ -34,7 +34,7 @@ from ..model import AttentionRecord, OFAModel
 from .config import LAYER_MAPS, DistillConfig
 from .data import GroundingTrainSet, collate
 from .losses import attention_mse_sum, hidden_mse, kd_cross_entropy
-from .terms import Forward, LossTerm
+from .terms import Forward, LossTerm, to_device
 
 __all__ = ["DistillConfig", "DistillTerm", "Distiller", "Recording", "TeacherOutput", "build_teacher_cache",
            "layer_pairs"]
@@ -127,12 +127,15 @@ class Distiller:
                 h.remove()
 
     @torch.no_grad()
-    def teacher_forward(self, batch: dict[str, torch.Tensor], vocab_ids: torch.Tensor) -> TeacherOutput:
+    def teacher_forward(self, batch: dict[str, torch.Tensor], vocab_ids: torch.Tensor,
+                        host: dict[str, torch.Tensor] | None = None) -> TeacherOutput:
         """Teacher logits over the open ids (B, T, V') and its recorded attention maps and layer outputs
-        (or, with a teacher cache, its logits read from there by sample index and flip)."""
+        (or, with a teacher cache, its logits read from there by sample index and flip: from `host`, the
+        micro-batch on the host, when given, so that the host need not wait for the device)."""
         if self.soft_labels is not None:
-            rows = self.soft_labels[batch["index"].cpu(), batch["flipped"].long().cpu()]
-            return TeacherOutput(rows.to(batch["input_ids"].device).float(), Recording())
+            src = host if host is not None else batch
+            rows = self.soft_labels[src["index"].cpu(), src["flipped"].long().cpu()]
+            return TeacherOutput(to_device(rows, batch["input_ids"].device).float(), Recording())
         autocast = torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16,
                                   enabled=self.cfg.teacher_bf16)
         with self.recording(self.teacher, 1) as rec, autocast:
@@ -213,7 +216,7 @@ class DistillTerm(LossTerm):
                  pad_id: int) -> None:
         self.cfg, self.student, self.vocab_ids, self.pad_id = cfg, student, vocab_ids, pad_id
         self.distiller = Distiller(cfg, teacher, student)
-        self.start_update()
+        self.reset()
 
     def use_teacher_cache(self, ctx: Any, train_set: GroundingTrainSet, identity: dict[str, str], batch_size: int,
                           bos_id: int, augment: list[str]) -> None:
@@ -249,11 +252,11 @@ class DistillTerm(LossTerm):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.distiller.projections.load_state_dict(tensors)
 
-    def start_update(self) -> None:
-        self.kd_sum = self.attn_sum = self.hidden_sum = 0.0
+    def reset(self) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.vocab_ids.device)  # kd, attention, hidden
 
-    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
-        self.teacher_out = self.distiller.teacher_forward(batch, self.vocab_ids)
+    def before_forward(self, batch: dict[str, torch.Tensor], host: dict[str, torch.Tensor]) -> None:
+        self.teacher_out = self.distiller.teacher_forward(batch, self.vocab_ids, host)
 
     @contextlib.contextmanager
     def observing(self) -> Iterator[AttentionRecord | None]:
@@ -264,14 +267,15 @@ class DistillTerm(LossTerm):
     def __call__(self, fwd: Forward) -> list[torch.Tensor]:
         kd, attn, hidden = self.distiller.losses(fwd.logits, self.recording, self.teacher_out,
                                                  fwd.batch["input_ids"], self.pad_id)
-        self.kd_sum += kd.item()
-        self.attn_sum += attn.item() / fwd.n_micro
-        self.hidden_sum += hidden.item() / fwd.n_micro
+        with torch.no_grad():
+            per_update = torch.tensor([1.0, fwd.n_micro, fwd.n_micro], dtype=torch.float64, device=self.sums.device)
+            self.sums += torch.stack([kd.double(), attn.double(), hidden.double()]) / per_update
         return [self.cfg.kd_weight * kd / fwd.n_tokens,
                 (self.cfg.attn_weight * attn + self.cfg.hidden_weight * hidden) / fwd.n_micro]
 
-    def log(self, n_tokens: int) -> dict[str, str]:
-        row = {"kd": f"{self.kd_sum / n_tokens:.5f}", "attn": f"{self.attn_sum:.5f}"}
+    def log(self, n_tokens: int, n_updates: int) -> dict[str, str]:
+        kd, attn, hidden = self.sums.tolist()
+        row = {"kd": f"{kd / n_tokens:.5f}", "attn": f"{attn / n_updates:.5f}"}
         if self.cfg.hidden_weight > 0:
-            row["hidden"] = f"{self.hidden_sum:.5f}"
+            row["hidden"] = f"{hidden / n_updates:.5f}"
         return row

@@ -154,6 +154,7 @@ class Trainer:
         self.val_set = open_dataset(cfg.val, split=cfg.val_split) if cfg.val and self.ctx.is_main else None
         self.log = TrainLog(self.out / "log.csv", self.step if cfg.resume else None) if self.ctx.is_main else None
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.window: dict[str, Any] = {"tokens": 0, "updates": 0, "skipped": 0}  # what take_log reports on
 
     # -- setup -------------------------------------------------------------------------------------------------
 
@@ -267,17 +268,15 @@ class Trainer:
 
     # -- one update ----------------------------------------------------------------------------------------------
 
-    def update(self, micro: list[Batch]) -> dict[str, str]:
-        """One optimizer update over the micro-batches `micro` (as `collate` gives them); returns the loss terms'
-        log.csv columns."""
+    def update(self, micro: list[Batch]) -> None:
+        """One optimizer update over the micro-batches `micro` (as `collate` gives them, on the host). What the
+        loss terms log stays on the device until `take_log`."""
         n_tokens = sum(b["target"].numel() for b in micro)
-        for term in self.terms:
-            term.start_update()
-        for i, batch in enumerate(micro):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        for i, host in enumerate(micro):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
             batch["patch_images"] = normalize_batch(batch.pop("pixels"), self.preprocess.mean, self.preprocess.std)
             for term in self.terms:
-                term.before_forward(batch)
+                term.before_forward(batch, host)
             with contextlib.ExitStack() as stack:
                 # DDP averages gradients over processes, each normalised by its own token count: equal counts
                 # give fairseq's per-token mean over the whole update (with --group-by-image an image with fewer
@@ -288,7 +287,7 @@ class Trainer:
                 records = [stack.enter_context(term.observing()) for term in self.terms]
                 logits = self.net(batch["input_ids"], batch["patch_images"], batch["prev_tokens"], self.vocab_ids,
                                   batch.get("image_index"), record=next((r for r in records if r is not None), None))
-                fwd = Forward(batch, logits, n_tokens, len(micro))
+                fwd = Forward(batch, host, logits, n_tokens, len(micro))
                 parts = [part for term in self.terms for part in term(fwd)]
                 loss = parts[0]
                 for part in parts[1:]:
@@ -296,18 +295,45 @@ class Trainer:
                 loss.backward()
         if self.ctx.world_size > 1:  # DDP averages the model's gradients, not the terms' own parameters'
             _average_gradients(self.term_params, self.ctx.world_size)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
-        if math.isfinite(float(grad_norm)):
-            self.optimizer.step()
-        else:
-            log.warning("step %d: non-finite gradient norm, update skipped", self.step)
+        self._optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
         self.position += len(micro) * self.units_per_batch
+        self.window["tokens"] += n_tokens
+        self.window["updates"] += 1
+
+    def _optimizer_step(self) -> None:
+        """Clip, then step unless the gradient norm is not finite. With --log-every 1 (or an optimizer that
+        cannot skip on the device) the host reads the norm now; else the fused AdamW skips the update on the
+        device, told through `found_inf` as torch.amp's GradScaler tells it, and the skips are counted there."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
+        if self.cfg.log_every == 1 or not getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            if math.isfinite(float(grad_norm)):
+                self.optimizer.step()
+            else:
+                log.warning("step %d: non-finite gradient norm, update skipped", self.step)
+            return
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        self.optimizer.found_inf = found_inf
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        self.window["skipped"] = self.window["skipped"] + found_inf
+
+    def take_log(self) -> dict[str, str]:
+        """The loss terms' log.csv columns over the updates since the last call (the host waits for the device
+        here), and a warning if any of them were skipped; starts a new window."""
         row: dict[str, str] = {}
         for term in self.terms:
-            row.update(term.log(n_tokens))
+            row.update(term.log(self.window["tokens"], self.window["updates"]))
+            term.reset()
+        skipped = int(self.window["skipped"])
+        if skipped:
+            log.warning("steps %d-%d: %d update(s) skipped: non-finite gradient norm",
+                        self.step - self.window["updates"] + 1, self.step, skipped)
+        self.window = {"tokens": 0, "updates": 0, "skipped": 0}
         return row
 
     # -- validation ----------------------------------------------------------------------------------------------
@@ -333,6 +359,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             self.train_set, batch_size=self.units_per_batch, sampler=self.sampler, num_workers=cfg.workers,
             drop_last=True, collate_fn=partial(collate, pad_id=self.tokenizer.pad_id, bos_id=self.tokenizer.bos_id),
+            pin_memory=self.device.type == "cuda",  # so that copies to the GPU do not wait for it
             generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
         return iter(loader)
 
@@ -346,37 +373,37 @@ class Trainer:
         out_of_time = stopped = False
         while self.step < self.total and not stopped:
             for micro in _updates(self.epoch_batches(), cfg.accum):
-                terms_row = self.update(micro)
+                self.update(micro)
                 window_samples += sum(len(b["target"]) for b in micro) * ctx.world_size
-                rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(terms_row['loss']):.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
-                row = {"step": self.step, "epoch": self.epoch, "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.1f}",
-                       **terms_row}
-                if self.val_set is not None and (self.step % cfg.eval_every == 0 or self.step == self.total):
-                    row.update(self._validate_and_keep_best())
-                    window_start, window_samples = time.perf_counter(), 0  # validation time is not training time
-                if self.log:
-                    self.log.write(**row)
-                if self.step % cfg.save_every == 0 or self.step == self.total:
-                    self.save_state()
-                if on_update is not None:
-                    on_update(self.step)
-                if self.step >= self.total:
-                    break
                 # Early stops keep the schedule planned for `total` (a run on a long schedule, stopped part way).
-                if cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
+                last = self.step >= self.total
+                if not last and cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
                     log.warning("--stop-at-step %d reached (schedule of %d steps): stopping; last/ holds step %d",
                                 cfg.stop_at_step, self.total, self.step)
                     stopped = True
-                elif deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
+                elif not last and deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
                     log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
                                 cfg.max_minutes, self.step, self.total, self.step)
                     stopped = out_of_time = True
-                if stopped:
-                    if self.step % cfg.save_every:
-                        self.save_state()
+                validating = self.val_set is not None and (self.step % cfg.eval_every == 0 or last)
+                if self.step % cfg.log_every == 0 or last or stopped or validating:
+                    terms_row = self.take_log()  # the one place the host waits for the device
+                    rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{float(terms_row['loss']):.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+                    row = {"step": self.step, "epoch": self.epoch, "lr": f"{lr:.6g}", "samples_per_s": f"{rate:.1f}",
+                           **terms_row}
+                    if validating:
+                        row.update(self._validate_and_keep_best())
+                        window_start, window_samples = time.perf_counter(), 0  # validation is not training time
+                    if self.log:
+                        self.log.write(**row)
+                if self.step % cfg.save_every == 0 or last or (stopped and self.step % cfg.save_every):
+                    self.save_state()
+                if on_update is not None:
+                    on_update(self.step)
+                if last or stopped:
                     break
             else:  # the epoch ran out (a partial last update is dropped)
                 self.epoch, self.position = self.epoch + 1, 0
@@ -413,6 +440,8 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Contradictions among the settings, found before anything is loaded."""
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other")
+    if cfg.log_every < 1:
+        raise ValueError(f"--log-every must be at least 1, got {cfg.log_every}")
     if cfg.group_by_image < 1:
         raise ValueError(f"--group-by-image must be at least 1, got {cfg.group_by_image}")
     if cfg.batch_size % cfg.group_by_image:

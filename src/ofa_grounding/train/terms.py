@@ -3,7 +3,8 @@
 The loop (loop.py) knows nothing of what a term computes. Per micro-batch it calls every term's
 `before_forward`, runs the model's forward inside every term's `observing` context, then adds up the parts
 each term returns, in term order, and back-propagates the sum once. A term may own parameters (trained with
-the model, saved with the trainer state, not with the model) and logs its own columns of log.csv.
+the model, saved with the trainer state, not with the model) and logs its own columns of log.csv (`log`,
+every `--log-every` updates; `reset` starts the next window).
 
 A new term: subclass `LossTerm`, give it a `name`, return its weighted parts from `__call__`, and add it where
 `Trainer` builds `self.terms` (loop.py).
@@ -22,7 +23,12 @@ from torch import nn
 from ..model import AttentionRecord
 from .losses import label_smoothed_nll, soft_bin_cross_entropy
 
-__all__ = ["Forward", "LossTerm", "TaskLoss"]
+__all__ = ["Forward", "LossTerm", "TaskLoss", "to_device"]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, so that the copy does not wait for the GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 @dataclass
@@ -30,13 +36,18 @@ class Forward:
     """One micro-batch's forward pass, as the terms read it."""
 
     batch: dict[str, torch.Tensor]  # on the device; "patch_images" normalised
+    host: dict[str, torch.Tensor]  # the same micro-batch as collated, on the host (indices without a device sync)
     logits: torch.Tensor  # (B, T, V') over the open ids (under autocast: maybe bfloat16)
     n_tokens: int  # target tokens of the whole update (every micro-batch)
     n_micro: int  # micro-batches in the update
 
 
 class LossTerm:
-    """A piece of the training loss. The defaults do nothing: a term overrides what it needs."""
+    """A piece of the training loss. The defaults do nothing: a term overrides what it needs.
+
+    What a term logs it keeps as sums on the device (float64, so that the sums equal Python's), over the
+    updates since `reset`; only `log` reads them back, so the loop decides how often the host waits for
+    the device (`--log-every`)."""
 
     name = ""  # prefix of its tensors in trainer_state.safetensors
 
@@ -51,10 +62,10 @@ class LossTerm:
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
 
-    def start_update(self) -> None:
-        """A new update begins: reset what the term logs."""
+    def reset(self) -> None:
+        """A new logging window begins: forget the sums the term logs."""
 
-    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
+    def before_forward(self, batch: dict[str, torch.Tensor], host: dict[str, torch.Tensor]) -> None:
         """Work outside the student's forward pass and its autocast (e.g. a teacher's pass)."""
 
     @contextlib.contextmanager
@@ -67,8 +78,8 @@ class LossTerm:
         """The term's weighted parts of this micro-batch's loss, added to the total in this order."""
         raise NotImplementedError
 
-    def log(self, n_tokens: int) -> dict[str, str]:
-        """The term's log.csv columns for the update just made."""
+    def log(self, n_tokens: int, n_updates: int) -> dict[str, str]:
+        """The term's log.csv columns over the window: `n_tokens` target tokens in `n_updates` updates."""
         return {}
 
 
@@ -80,10 +91,10 @@ class TaskLoss(LossTerm):
     def __init__(self, column: torch.Tensor, label_smoothing: float, bin_sigma: float = 0.0) -> None:
         self.column = column  # vocabulary id -> its column among the open ids (-1 elsewhere)
         self.label_smoothing, self.bin_sigma = label_smoothing, bin_sigma
-        self.start_update()
+        self.reset()
 
-    def start_update(self) -> None:
-        self.loss_sum = self.nll_sum = 0.0
+    def reset(self) -> None:
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.column.device)  # loss, NLL
         self.position_nll = torch.zeros(5, device=self.column.device)  # x0, y0, x1, y1, EOS
 
     def __call__(self, fwd: Forward) -> list[torch.Tensor]:
@@ -96,12 +107,11 @@ class TaskLoss(LossTerm):
             loss, nll = label_smoothed_nll(lprobs, target, self.label_smoothing)
         with torch.no_grad():  # NLL per box token position, for the log
             self.position_nll -= lprobs.detach().gather(1, target[:, None]).view(-1, 5).sum(0)
-        self.loss_sum += loss.item()
-        self.nll_sum += nll.item()
+            self.sums += torch.stack([loss.detach(), nll.detach()]).double()
         return [loss / fwd.n_tokens]
 
-    def log(self, n_tokens: int) -> dict[str, str]:
+    def log(self, n_tokens: int, n_updates: int) -> dict[str, str]:
+        loss, nll, *positions = torch.cat([self.sums, self.position_nll[:4].double()]).tolist()
         n_samples = n_tokens // 5
-        return {"loss": f"{self.loss_sum / n_tokens:.5f}", "nll": f"{self.nll_sum / n_tokens:.5f}",
-                **{f"nll_{name}": f"{float(v) / n_samples:.4f}"
-                   for name, v in zip(("x0", "y0", "x1", "y1"), self.position_nll)}}
+        return {"loss": f"{loss / n_tokens:.5f}", "nll": f"{nll / n_tokens:.5f}",
+                **{f"nll_{name}": f"{v / n_samples:.4f}" for name, v in zip(("x0", "y0", "x1", "y1"), positions)}}
