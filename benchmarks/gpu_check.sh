@@ -12,10 +12,11 @@
 #   train-demo.txt    benchmarks/train_throughput.py, demo preset, bf16
 #   train-tiny.txt    benchmarks/train_throughput.py, OFA-tiny preset at 512 px, bf16
 #   train-loop-demo.txt  ofa-ground train itself, demo preset, bf16, --log-every 50, 45 s: log.csv's samples/s
+#   serve-load.txt    benchmarks/load_test.py: ofa-ground serve --device cuda, 32 clients, 30 s (needs .whl/:
+#                     bash benchmarks/gpu_wheels.sh here first, and carry ".whl" in the device call)
 # DEVICE=cpu QUICK=1 PYTHON=.venv/bin/python runs the same steps small, with 5x the time limits, on a CPU (to
 # check the script itself, not to measure).
-# Not here: the full reference fixture (../shared/reference, 66 MB: more than a device call carries) and the
-# HTTP load test (fastapi/uvicorn are not on the GPU machine; carry their wheels to add it).
+# Not here: the full reference fixture (../shared/reference, 66 MB: more than a device call carries).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-results}}
@@ -69,5 +70,15 @@ MINUTES=${QUICK:+0.3}; MINUTES=${MINUTES:-0.75}
 step train-loop-demo.txt 75 "$OFA train --model demo --data $TMP/syn --out $TMP/run --device $DEVICE --bf16 \
 --batch-size $BATCH_DEMO --workers 8 --cache-images --augment flip --max-steps 100000 --max-minutes $MINUTES \
 --log-every $LOG_EVERY --save-every 100000 --no-progress; tail -4 $TMP/run/log.csv"
+# Serving (the micro-batcher on the device): 32 loopback clients for 30 s against `ofa-ground serve`, OFA-tiny
+# (random weights) in bf16. fastapi and uvicorn are not on the GPU machine: `bash benchmarks/gpu_wheels.sh` here
+# puts them in .whl/, which the device call carries; they are installed into a folder of their own.
+if ! $PY -c "import fastapi, uvicorn, multipart" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$TMP/site" .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:$TMP/site
+fi
+SECONDS_LOAD=${QUICK:+5}; SECONDS_LOAD=${SECONDS_LOAD:-30}
+step serve-load.txt 90 "$PY benchmarks/load_test.py --model $TMP/tiny --images $TMP/syn/images --device $DEVICE \
+--dtype bf16 --clients 32 --requests 0 --duration $SECONDS_LOAD"
 rm -rf "$TMP"
 cat "$RESULTS/steps.txt"

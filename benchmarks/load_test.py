@@ -1,6 +1,7 @@
 """Load test of `ofa-ground serve` on this machine (loopback only): throughput, latency, errors, memory.
 
-    python benchmarks/load_test.py [--clients 32] [--requests 2000 | --duration 60] [--compare-unbatched]
+    python benchmarks/load_test.py [--clients 32] [--requests 2000 | --duration 60] [--compare-unbatched] \
+        [--device cuda]
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), waits for /healthz, warms it up, then runs
 N client threads that each POST one image + description(s) as JSON, back to back, until the request
@@ -60,10 +61,13 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, timeo
 
 def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen, int]:
     port = _free_port()
-    exe = Path(sys.executable).with_name("ofa-ground")
-    cmd = [str(exe) if exe.exists() else "ofa-ground", "serve", "--model", args.model, "--host", "127.0.0.1",
-           "--port", str(port), "--max-batch", str(max_batch), "--dtype", args.dtype,
-           "--cache-mb", str(args.cache_mb), "--max-queue", str(max(64, 2 * args.clients))]
+    exe = Path(sys.executable).with_name("ofa-ground")  # else the package from PYTHONPATH (not installed)
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ofa_grounding.cli"]
+    cmd += ["serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port), "--max-batch",
+            str(max_batch), "--dtype", args.dtype, "--cache-mb", str(args.cache_mb), "--max-queue",
+            str(max(64, 2 * args.clients))]
+    if args.device:
+        cmd += ["--device", args.device]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while True:
@@ -158,6 +162,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--cache-mb", type=float, default=0, help="server feature cache (default 0: off)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--device", default=None, help="the server's --device (e.g. cuda)")
     ap.add_argument("--compare-unbatched", action="store_true", help="also run with --max-batch 1")
     ap.add_argument("--unbatched-requests", type=int, default=0, help="request budget of that run (default: same)")
     ap.add_argument("--rss-every", type=int, default=0, metavar="N", help="soak: sample RSS every N requests")

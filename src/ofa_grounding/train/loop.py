@@ -152,7 +152,7 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.val_set = open_dataset(cfg.val, split=cfg.val_split) if cfg.val and self.ctx.is_main else None
-        self.log = TrainLog(self.out / "log.csv", self.step if cfg.resume else None) if self.ctx.is_main else None
+        self.csv_log = TrainLog(self.out / "log.csv", self.step if cfg.resume else None) if self.ctx.is_main else None
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         self.window: dict[str, Any] = {"tokens": 0, "updates": 0, "skipped": 0}  # what take_log reports on
 
@@ -397,8 +397,8 @@ class Trainer:
                     if validating:
                         row.update(self._validate_and_keep_best())
                         window_start, window_samples = time.perf_counter(), 0  # validation is not training time
-                    if self.log:
-                        self.log.write(**row)
+                    if self.csv_log:
+                        self.csv_log.write(**row)
                 if self.step % cfg.save_every == 0 or last or (stopped and self.step % cfg.save_every):
                     self.save_state()
                 if on_update is not None:
