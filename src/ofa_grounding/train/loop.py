@@ -112,35 +112,15 @@ class Trainer:
         if distill is not None:
             self.terms.append(distill)
 
-        dataset = open_dataset(cfg.data, split=cfg.split)
-        self.samples = list(dataset)
-        for issue in dataset.issues:
-            log.warning("skipped training sample: %s", issue)
-        if not self.samples:
-            raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
-        if cfg.attr_weight > 0 or cfg.pointer_weight > 0:
+        self._open_data()
+        if cfg.attr_weight > 0 or cfg.pointer_weight > 0:  # built after the data: it checks every sample's labels
             self.terms.append(CellTerm(self.model, self.samples, cfg.attr_weight, cfg.pointer_weight, device))
-        self.train_set = GroundingTrainSet(self.samples, self.tokenizer, self.preprocess, self.generation,
-                                           cfg.augment, cfg.seed, cfg.cache_images, group_by_image=cfg.group_by_image,
-                                           absent_rate=cfg.absent_rate)
-        self.units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
-        self.sampler = ShardedShuffleSampler(len(self.train_set), cfg.seed, self.ctx.rank, self.ctx.world_size)
-        steps_per_epoch = max(1, len(self.sampler) // (self.units_per_batch * cfg.accum))
-        self.total = cfg.max_steps or cfg.epochs * steps_per_epoch
         if distill is not None and cfg.distill.teacher_cache:
             identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data),
                         "split": str(cfg.split)}
             distill.use_teacher_cache(self.ctx, self.train_set, identity, cfg.batch_size, self.tokenizer.bos_id,
                                       cfg.augment)
-
-        # the terms' own parameters (distillation's projections, the cell heads) train with the model
-        self.term_params = [p for term in self.terms for p in term.parameters()]
-        self.params = [*self.model.parameters(), *self.term_params]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                           weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
-        warmup, floor = int(cfg.warmup_ratio * self.total), cfg.min_lr / cfg.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: floor + (1 - floor) * lr_factor(s, self.total, warmup))
+        self._make_optimizer()
         self.step, self.epoch, self.position = 0, 0, 0
         self.best: dict[str, Any] = {"acc50": -1.0, "step": None}
         if cfg.resume:
@@ -195,6 +175,35 @@ class Trainer:
             log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
                         "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
         self.model = model.to(self.device).train()
+
+    def _open_data(self) -> None:
+        """The training samples, their dataset (targets, augmentation), the sampler and the schedule's length."""
+        cfg = self.cfg
+        dataset = open_dataset(cfg.data, split=cfg.split)
+        self.samples = list(dataset)
+        for issue in dataset.issues:
+            log.warning("skipped training sample: %s", issue)
+        if not self.samples:
+            raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
+        self.train_set = GroundingTrainSet(self.samples, self.tokenizer, self.preprocess, self.generation,
+                                           cfg.augment, cfg.seed, cfg.cache_images, group_by_image=cfg.group_by_image,
+                                           absent_rate=cfg.absent_rate)
+        self.units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
+        self.sampler = ShardedShuffleSampler(len(self.train_set), cfg.seed, self.ctx.rank, self.ctx.world_size)
+        steps_per_epoch = max(1, len(self.sampler) // (self.units_per_batch * cfg.accum))
+        self.total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    def _make_optimizer(self) -> None:
+        """AdamW over the model's and the loss terms' own parameters (distillation's projections, the cell
+        heads), OFA's schedule."""
+        cfg = self.cfg
+        self.term_params = [p for term in self.terms for p in term.parameters()]
+        self.params = [*self.model.parameters(), *self.term_params]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"))
+        warmup, floor = int(cfg.warmup_ratio * self.total), cfg.min_lr / cfg.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: floor + (1 - floor) * lr_factor(s, self.total, warmup))
 
     def _distill_term(self, dcfg: DistillConfig) -> DistillTerm:
         teacher_loaded = load_model(dcfg.teacher)
