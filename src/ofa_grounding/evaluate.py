@@ -72,6 +72,8 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
              progress: bool = True, limit: int | None = None) -> EvalReport:
     """Predict every sample of `dataset` (this rank's share of it) and score the predictions.
 
+    Consecutive samples of one image share its backbone pass, and the descriptions of several images go to
+    `grounder.predict_batch` together, up to `grounder.batch_size` of them (its answers equal `predict`'s).
     Problems (unreadable image, box outside its image, malformed rows reported by the reader) are
     recorded in `report.issues` and the sample is skipped; with a strict dataset they raise `DataError`.
     """
@@ -82,6 +84,21 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
         samples = (s for i, s in zip(range(limit), dataset))
     bar = tqdm(desc=f"eval {split or ''}".strip(), unit="sample", disable=not progress or rank != 0,
                dynamic_ncols=True)
+    pending: list[tuple[Any, list[tuple[int, Sample]], int]] = []  # (image, its usable samples, group size)
+
+    def predict_pending() -> None:
+        answers = grounder.predict_batch([(image, [s.text for _, s in kept]) for image, kept, _ in pending])
+        for (_, kept, n_group), results in zip(pending, answers):
+            for (i, s), r in zip(kept, results):
+                record = {"index": i, "id": s.id, "text": s.text, "box": list(r.box), "gt_box": list(s.box),
+                          "iou": box_iou(r.box, s.box), "score": r.score, "hit": is_hit(r.box, s.box),
+                          "split": s.split if s.split is not None else split}
+                if "kind" in s.meta:
+                    record["kind"] = s.meta["kind"]
+                records.append(record)
+            bar.update(n_group)
+        pending.clear()
+
     for g, group in enumerate(_groups(samples, grounder.batch_size)):
         if g % world_size != rank:
             continue
@@ -100,15 +117,11 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
                 kept.append((i, s))
         if not kept:
             continue
-        results = grounder.predict(image, [s.text for _, s in kept])
-        for (i, s), r in zip(kept, results):
-            record = {"index": i, "id": s.id, "text": s.text, "box": list(r.box), "gt_box": list(s.box),
-                      "iou": box_iou(r.box, s.box), "score": r.score, "hit": is_hit(r.box, s.box),
-                      "split": s.split if s.split is not None else split}
-            if "kind" in s.meta:
-                record["kind"] = s.meta["kind"]
-            records.append(record)
-        bar.update(len(group))
+        if sum(len(k) for _, k, _ in pending) + len(kept) > grounder.batch_size:
+            predict_pending()
+        pending.append((image, kept, len(group)))
+    if pending:
+        predict_pending()
     bar.close()
     # the reader's problems and ours, in file order (Dataset.report raises instead in strict mode)
     return EvalReport(split, records, list(dataset.issues), time.perf_counter() - start)
