@@ -110,3 +110,33 @@ def test_eos_allowed_early_when_min_len_is_small() -> None:
     step = _fixed(logits)
     best = beam_search(step, 1, cfg, 5, V)[0][0]
     assert best.tokens == [3, 2]  # min_len 1: the first token may not be EOS
+
+
+def test_repeated_ngrams_are_banned_by_hand() -> None:
+    """n = 3, the row's last two tokens (5, 6) occur twice before: the tokens that completed them (7, and the
+    <pad> of the unfilled future) are banned; id 4, outside the open set, has no column."""
+    from ofa_grounding.generation import _block_repeated_ngrams
+
+    tokens = torch.tensor([[0, 5, 6, 7, 5, 6, 1, 1], [0, 5, 6, 8, 9, 5, 1, 1]])
+    column = torch.tensor([0, 1, 2, 3, -1, 4, 5, 6, 7, 8])  # ids 0..3 and 5..9 open
+    lprobs = torch.zeros(2, 9)
+    _block_repeated_ngrams(tokens, lprobs, step=5, n=3, column=column)
+    assert lprobs[0].isinf().nonzero().flatten().tolist() == [1, 6]  # <pad> (column 1) and id 7 (column 6)
+    # row 1 ends (9, 5), seen nowhere else: only its own window into the <pad> future bans <pad>
+    assert lprobs[1].isinf().nonzero().flatten().tolist() == [1]
+
+
+def test_nan_logits_end_only_their_own_sample() -> None:
+    """A NaN logit makes its row's log-softmax NaN, read as -inf (the reference's rule): that sample gets no
+    hypothesis, the other sample of the batch is unaffected."""
+    ids = open_vocab_ids(CFG, V)
+    row = torch.linspace(0, 1, V)[ids]
+
+    def step(tokens: torch.Tensor, reorder: torch.Tensor | None) -> torch.Tensor:
+        logits = row.expand(tokens.shape[0], -1).clone()
+        logits[: CFG.beam_size, 5] = float("nan")  # every beam of sample 0
+        return logits
+
+    poisoned, fine = beam_search(step, 2, CFG, src_len=5, vocab_size=V, vocab_ids=ids)
+    [alone] = beam_search(_fixed(torch.linspace(0, 1, V), ids), 1, CFG, src_len=5, vocab_size=V, vocab_ids=ids)
+    assert poisoned == [] and [h.tokens for h in fine] == [h.tokens for h in alone] and fine

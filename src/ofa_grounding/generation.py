@@ -77,7 +77,7 @@ def beam_search(step_fn: StepFn, batch_size: int, cfg: GenerationConfig, src_len
         if cfg.temperature != 1.0:
             logits = logits / cfg.temperature
         lprobs = torch.log_softmax(logits.float(), dim=-1)
-        lprobs[lprobs != lprobs] = -math.inf
+        lprobs.masked_fill_(lprobs != lprobs, -math.inf)  # NaN -> -inf (a mask, not indexing: no host sync)
         lprobs[:, c_pad] = -math.inf
         lprobs[:, c_unk] -= unk_penalty
         if step >= max_len:
@@ -98,8 +98,10 @@ def beam_search(step_fn: StepFn, batch_size: int, cfg: GenerationConfig, src_len
         cand_bbsz = cand_beams + bbsz_offsets
 
         eos_mask = cand_ids.eq(eos) & cand_scores.ne(-math.inf)
-        eos_mask[:, :K][cands_to_ignore] = False
-        if eos_mask[:, :K].any():
+        eos_mask[:, :K] &= ~cands_to_ignore
+        # EOS is banned before min_len (unless forced at max_len): no hypothesis can end, and the host need
+        # not wait for the device to learn that
+        if (step >= cfg.min_len or step >= max_len) and eos_mask[:, :K].any():
             _finalize(step, cand_bbsz[:, :K][eos_mask[:, :K]], cand_scores[:, :K][eos_mask[:, :K]],
                       tokens, scores, finalized, finished, K, max_len, cfg, eos)
         if all(finished):
@@ -126,10 +128,12 @@ def _block_repeated_ngrams(tokens: torch.Tensor, lprobs: torch.Tensor, step: int
     key = tokens[:, step + 2 - n: step + 1]  # (N, n-1): the row's last n-1 tokens
     windows = tokens.unfold(1, n, 1)  # (N, W, n) over the whole buffer, <pad> future included
     match = (windows[:, :, :-1] == key[:, None, :]).all(dim=-1)  # (N, W)
-    rows, which = match.nonzero(as_tuple=True)
-    cols = column[windows[rows, which, -1]]
-    keep = cols >= 0  # banned ids outside the open set are already impossible
-    lprobs[rows[keep], cols[keep]] = -math.inf
+    cols = column[windows[:, :, -1]]  # (N, W): the column each window would complete, -1 outside the open set
+    banned = match & (cols >= 0)  # banned ids outside the open set are already impossible
+    # counted per (row, column) with dense tensors rather than gathered with nonzero(): no host sync
+    counts = torch.zeros(lprobs.shape, dtype=torch.int32, device=lprobs.device)
+    counts.scatter_add_(1, cols.clamp(min=0), banned.int())
+    lprobs.masked_fill_(counts > 0, -math.inf)
 
 
 def _finalize(step: int, bbsz_idx: torch.Tensor, eos_scores: torch.Tensor, tokens: torch.Tensor,
