@@ -433,12 +433,13 @@ class Trainer:
                 "val_miou": f"{summary['miou']:.4f}"}
 
     def _check_replicas(self) -> None:
-        """DDP keeps replicas identical; check it rather than trust it."""
+        """DDP keeps the model's replicas identical, `update` the terms' parameters; check it rather than trust it."""
         if self.ctx.world_size == 1:
             return
         import torch.distributed as dist
 
-        checksum = [float(sum(p.double().sum() for p in self.model.parameters()))]
+        with torch.no_grad():  # the loss terms' own parameters are averaged by hand (update): checked too
+            checksum = [float(sum(p.double().sum() for p in self.params))]
         sums: list[Any] = [None] * self.ctx.world_size
         dist.all_gather_object(sums, checksum)
         if len({s[0] for s in sums}) != 1:
