@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,13 @@ DEVICE = os.environ.get("OFA_TEST_DEVICE", "cpu")
 EXTRA_REFERENCES = [Path(p) for p in os.environ.get("OFA_EXTRA_REFERENCE", "").split(os.pathsep) if p]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def free_port() -> int:
+    """A loopback port free now (another run's may still be held for a while after it ends)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def reference_dirs() -> list[Path]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from conftest import free_port
 from ofa_grounding.serve import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +37,7 @@ def _chromium() -> str:
 @contextlib.contextmanager
 def _serving(grounder, model_name: str) -> Iterator[str]:
     """The app on a free loopback port in a thread; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(grounder, model_name=model_name), host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _free_port() -> int:
-    """A port free now (another run's port may still be held for a while after it ends)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_cli(args: list[str], nproc: int = 1, command: str = "train") -> subprocess.CompletedProcess:
     """`ofa-ground COMMAND ARGS --no-progress`, under torchrun when `nproc` > 1."""
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port())]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     launcher = launcher if nproc > 1 else []
     return subprocess.run([sys.executable, *launcher, "-m", "ofa_grounding.cli", command, *args, "--no-progress"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT, env=_ENV)

@@ -268,8 +268,9 @@ class DistillTerm(LossTerm):
         kd, attn, hidden = self.distiller.losses(fwd.logits, self.recording, self.teacher_out,
                                                  fwd.batch["input_ids"], self.pad_id)
         with torch.no_grad():
-            per_update = torch.tensor([1.0, fwd.n_micro, fwd.n_micro], dtype=torch.float64, device=self.sums.device)
-            self.sums += torch.stack([kd.double(), attn.double(), hidden.double()]) / per_update
+            # kd per token (divided at log time), the MSEs as means per update; divided by Python numbers,
+            # since a tensor made from a list would be a copy to the device that waits for it
+            self.sums += torch.stack([kd.double(), attn.double() / fwd.n_micro, hidden.double() / fwd.n_micro])
         return [self.cfg.kd_weight * kd / fwd.n_tokens,
                 (self.cfg.attn_weight * attn + self.cfg.hidden_weight * hidden) / fwd.n_micro]
 

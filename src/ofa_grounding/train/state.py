@@ -38,7 +38,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 class TrainLog:
-    """log.csv: one row per update; the loss terms fill their own columns."""
+    """log.csv: one row every --log-every updates (and at validation, stops and the end); the loss terms fill
+    their own columns."""
 
     FIELDS = ("step", "epoch", "lr", "loss", "nll", "samples_per_s", "val_acc50", "val_acc75", "val_miou", "kd",
               "attn", "hidden", "nll_x0", "nll_y0", "nll_x1", "nll_y1", "attr", "pointer", "pointer_acc")
