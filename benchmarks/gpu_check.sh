@@ -56,7 +56,7 @@ EOF"
 step bench-tiny.txt 150 "$OFA bench --model $TMP/tiny --device $DEVICE --dtypes fp32,bf16 --iters $ITERS --json"
 step bench-demo.txt 90 "$OFA bench --device $DEVICE --dtypes fp32,bf16 --iters $ITERS"
 
-step synthetic.txt 60 "$OFA make-synthetic $TMP/syn --n $N_EVAL --seed 3 --workers 8"
+step synthetic.txt 60 "$OFA make-synthetic $TMP/syn --world v1 --n $N_EVAL --seed 3 --workers 8"
 step eval.txt 90 "$OFA eval --data $TMP/syn --split train --split val --split test --device $DEVICE \
 --batch-size 64 --json --no-progress"  # samples/s: N_EVAL over this step's seconds in steps.txt (load included)
 step train-demo.txt 90 "$PY benchmarks/train_throughput.py --data $TMP/syn --model demo --device $DEVICE \

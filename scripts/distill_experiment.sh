@@ -31,7 +31,7 @@ IMAGE_SIZE=${IMAGE_SIZE:-128}
 GUARD=(); [ -n "${MAX_MINUTES:-}" ] && GUARD=(--max-minutes "$MAX_MINUTES")
 STOP=(); [ -n "${STOP_AT:-}" ] && STOP=(--stop-at-step "$STOP_AT")
 mkdir -p "$OUT"
-[ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --n 40000 --seed 0 --workers "${SYN_WORKERS:-1}"
+[ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --world v1 --n 40000 --seed 0 --workers "${SYN_WORKERS:-1}"
 # run B's recipe (scripts/train_demo.sh) on a shorter schedule, shared by both arms; the schedule is
 # spelled out because `train` and `distill` default to different warmups and final learning rates
 RECIPE=(--data "$BENCH" --lr 7e-4 --warmup-ratio 0.06 --min-lr 0 --bf16 --dropout 0 --augment flip --cache-images

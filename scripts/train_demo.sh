@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The recipe of the bundled demo model (src/ofa_grounding/models/demo), in stages. Each stage appends its
 # command, samples seen and wall time to $OUT/stages.tsv; a stage's weights (fp16, weights only) can be
-# committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1, STAGE2_FROM=DIR stage 2).
+# committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1, STAGE2_FROM=DIR stage 2,
+# STAGE3_FROM=DIR stage 3). Stage 2's weights are the bundled model of commit 9922adc
+# (git archive 9922adc src/ofa_grounding/models/demo | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
 # Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS / STEPS2 (stage 1 / 2 updates, default
 # 14000 / 12000), MINUTES (each stage's wall-time cap), DEVICE (cpu, cuda), THREADS (CPU threads, default: the free cores).
@@ -35,8 +37,8 @@ stage() {  # stage NAME SAMPLES_PER_STEP STEPS COMMAND...: run it, then log what
 # 0. Data: the benchmark (its val split validates, its test split scores) and a larger training set of the
 #    same generator (seed 0 again: a scene's split depends only on (seed, index), so the benchmark's val and
 #    test scenes stay val and test there; only the train split is used).
-[ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --n 40000 --seed 0
-[ -f "$TRAIN/train.jsonl" ] || "$OFA" make-synthetic "$TRAIN" --n 150000 --seed 0 --per-scene 4 --simple 3 --workers 2
+[ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --world v1 --n 40000 --seed 0
+[ -f "$TRAIN/train.jsonl" ] || "$OFA" make-synthetic "$TRAIN" --world v1 --n 150000 --seed 0 --per-scene 4 --simple 3 --workers 2
 
 # 1. From scratch: the demo preset (positions entangled), OFA's loss with soft coordinate targets, plus two
 #    training-only heads (each image cell's colour/shape/size; the described object's cells on the encoder's
@@ -74,8 +76,50 @@ EOF
   STAGE2_FROM="$OUT/stage2/best"
 fi
 
-# 3. Score on the benchmark's test split and on a split of a seed never trained or tuned on.
-[ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --n 8000 --seed 7 >/dev/null
-"$OFA" eval --model "$STAGE2_FROM" --data "$BENCH" --split test --device "$DEVICE"
-"$OFA" eval --model "$STAGE2_FROM" --data "$OUT/unseen-seed-7" --split test --device "$DEVICE"
-# 4. Ship: python scripts/package_demo.py "$STAGE2_FROM" --data "$BENCH" --unseen "$OUT/unseen-seed-7" --stage "stage 2, ..."
+# 3. The wide world (make-synthetic --world v2: any canvas, dark or light, rotated shapes, 12 colours, 10 shapes,
+#    varied phrasings, absent objects as rows with "box": null), from stage 2's weights: v2's train split mixed
+#    with v1's (so that the v1 benchmark is kept), fresh cell heads over v2's colours and shapes. The benchmark's
+#    val and test scenes are never trained on (seed 0's split of a scene depends only on its index).
+#    STAGE3_FROM=DIR skips it; STEPS3 (default 10000) updates of 8 images x 4 descriptions; THREADS3 threads (default: THREADS, else 2).
+BENCH2=${BENCH2:-data/v2-bench}
+TRAIN2=${TRAIN2:-data/v2-train}
+TRAIN1=${TRAIN1:-data/v1-train}
+STEPS3=${STEPS3:-10000}
+[ -f "$BENCH2/test.jsonl" ] || "$OFA" make-synthetic "$BENCH2" --world v2 --n 12000 --seed 0 --workers 2
+[ -f "$TRAIN2/train.jsonl" ] || "$OFA" make-synthetic "$TRAIN2" --world v2 --n 100000 --seed 0 --per-scene 3 \
+  --simple 2 --absent 0.7 --max-side 1024 --workers 2
+[ -f "$TRAIN1/train.jsonl" ] || "$OFA" make-synthetic "$TRAIN1" --world v1 --n 40000 --seed 0 --simple 2
+if [ -z "${STAGE3_FROM:-}" ]; then
+  MIX3="$OUT/stage3-data"
+  if [ ! -f "$MIX3/train.jsonl" ]; then
+    mkdir -p "$MIX3"
+    ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX3/v2-images"
+    ln -sfn "$(cd "$TRAIN1" && pwd)/images" "$MIX3/v1-images"
+    ${PYTHON:-python3} - "$TRAIN2/train.jsonl" "$TRAIN1/train.jsonl" > "$MIX3/train.jsonl" <<'EOF'
+import json, random, sys
+rng, rows = random.Random(0), []
+for path, prefix in ((sys.argv[1], "v2-"), (sys.argv[2], "v1-")):
+    for line in open(path, encoding="utf-8"):
+        row = json.loads(line)
+        row["image"] = prefix + row["image"]
+        rows.append(json.dumps(row) + "\n")
+rng.shuffle(rows)
+sys.stdout.writelines(rows)
+EOF
+  fi
+  stage stage3 32 "$STEPS3" env OMP_NUM_THREADS="${THREADS3:-${THREADS:-2}}" "$OFA" train --model "$STAGE2_FROM" \
+    --data "$MIX3" --val "$BENCH2" --val-split val --val-limit 600 --out "$OUT/stage3" --max-steps "$STEPS3" \
+    --batch-size 32 --lr 5e-4 --warmup-ratio 0.02 $BF16 --augment flip,jitter --cache-images --bin-sigma 12 \
+    --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 --save-every 250 --seed 5 \
+    --device "$DEVICE" \
+    ${MINUTES:+--max-minutes "$MINUTES"} ${RESUME3:+--resume} --no-progress
+  STAGE3_FROM="$OUT/stage3/best"
+fi
+
+# 4. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
+[ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
+[ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
+for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
+  "$OFA" eval --model "$STAGE3_FROM" --data "$data" --split test --device "$DEVICE"
+done
+# 5. Ship: python scripts/package_demo.py "$STAGE3_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...

@@ -131,9 +131,17 @@ def test_cli_eval_table_and_bad_data(tiny_model_dir: Path, synthetic: Path, tmp_
 def test_make_synthetic_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from ofa_grounding.cli import main
 
-    assert main(["make-synthetic", str(tmp_path / "s"), "--n", "30", "--seed", "2", "--json"]) == 0
+    assert main(["make-synthetic", str(tmp_path / "s"), "--world", "v1", "--n", "30", "--seed", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert sum(out["counts"].values()) == 30 and "largest object" in out["baselines_acc50"]["train"]
+    # the default world is v2; a folder that already holds a dataset is refused (exit 2), not overwritten
+    assert main(["make-synthetic", str(tmp_path / "w"), "--n", "20", "--seed", "2", "--max-side", "400", "--json"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "w" / "train.jsonl").open()]
+    assert rows and all(r["world"] == "v2" for r in rows)
+    capsys.readouterr()
+    assert main(["make-synthetic", str(tmp_path / "w"), "--n", "20", "--seed", "3"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
+    assert main(["make-synthetic", str(tmp_path / "x"), "--n", "20", "--max-side", "2000"]) == 2
 
 
 def test_batching_across_images_answers_as_one_call_per_image(tiny_model_dir: Path, synthetic: Path) -> None:

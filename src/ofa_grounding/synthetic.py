@@ -76,8 +76,10 @@ def _noun(desc: dict[str, str]) -> str:
     return " ".join([*words, desc.get("shape", "shape")])
 
 
-def resolve(expr: dict[str, Any], objects: Sequence[SceneObject]) -> list[int]:
-    """Indices of the objects an expression refers to (a valid expression gives exactly one)."""
+def resolve(expr: dict[str, Any], objects: Sequence[SceneObject], min_gap: float | None = None) -> list[int]:
+    """Indices of the objects an expression refers to (a valid expression gives exactly one). `min_gap`:
+    pixels between centres along an axis for an order or a relation to count as clear (default 8)."""
+    min_gap = _MIN_GAP if min_gap is None else min_gap
     pool = [i for i, o in enumerate(objects) if _matches(o, expr["desc"])]
     kind = expr["kind"]
     if kind == "attribute":
@@ -87,14 +89,16 @@ def resolve(expr: dict[str, Any], objects: Sequence[SceneObject]) -> list[int]:
         if len(anchors) != 1:
             return []
         anchor = objects[anchors[0]]
-        return [i for i in pool if i != anchors[0] and _relation_holds(objects[i], anchor, expr["relation"])]
+        return [i for i in pool if i != anchors[0] and _relation_holds(objects[i], anchor, expr["relation"], min_gap)]
     if kind == "ordinal":
         axis, sign = DIRECTIONS[expr["direction"]]
         order = sorted(pool, key=lambda i: sign * objects[i].center[axis])
         keys = [sign * objects[i].center[axis] for i in order]
         k = expr["index"]
-        if k >= len(order) or any(b - a < _MIN_GAP for a, b in itertools.pairwise(keys)):
+        if k >= len(order) or any(b - a < min_gap for a, b in itertools.pairwise(keys)):
             return []  # too few, or the order along that axis is not clear
+        if expr.get("middle") and len(order) != 3:
+            return []  # "the middle one" of exactly three
         return [order[k]]
     if kind == "superlative":
         areas = sorted((objects[i].area, i) for i in pool)
@@ -109,10 +113,10 @@ def resolve(expr: dict[str, Any], objects: Sequence[SceneObject]) -> list[int]:
 _MIN_GAP = 8.0  # pixels between centres along an axis for an order or a relation to count as clear
 
 
-def _relation_holds(obj: SceneObject, anchor: SceneObject, relation: str) -> bool:
+def _relation_holds(obj: SceneObject, anchor: SceneObject, relation: str, min_gap: float = _MIN_GAP) -> bool:
     axis, sign = RELATIONS[relation]
     d = [obj.center[0] - anchor.center[0], obj.center[1] - anchor.center[1]]
-    return sign * d[axis] > _MIN_GAP and abs(d[axis]) > abs(d[1 - axis])
+    return sign * d[axis] > min_gap and abs(d[axis]) > abs(d[1 - axis])
 
 
 def render_text(expr: dict[str, Any], rng: random.Random) -> str:
@@ -134,8 +138,11 @@ def render_text(expr: dict[str, Any], rng: random.Random) -> str:
     return f"the {expr['extreme']} {noun}"
 
 
-def _candidate_expressions(target: int, objects: Sequence[SceneObject], rng: random.Random) -> list[dict]:
-    """Every hard expression that picks out `target` alone, by kind."""
+def candidate_expressions(target: int, objects: Sequence[SceneObject], rng: random.Random,
+                          min_gap: float | None = None, ordinals: int = len(ORDINALS),
+                          middle: bool = False) -> list[dict]:
+    """Every hard expression that picks out `target` alone, by kind (orders up to the `ordinals`-th; with
+    `middle`, also "the middle one" of three), shuffled."""
     t = objects[target]
     out: list[dict] = []
     full = {"size": t.size, "color": t.color, "shape": t.shape}
@@ -154,16 +161,20 @@ def _candidate_expressions(target: int, objects: Sequence[SceneObject], rng: ran
             for anchor_desc in ({"shape": anchor.shape}, {"color": anchor.color, "shape": anchor.shape}):
                 for relation in RELATIONS:
                     expr = {"kind": "relation", "desc": desc, "anchor": anchor_desc, "relation": relation}
-                    if resolve(expr, objects) == [target]:
+                    if resolve(expr, objects, min_gap) == [target]:
                         out.append(expr)
         for direction in DIRECTIONS:
-            for k in range(len(ORDINALS)):
+            for k in range(ordinals):
                 expr = {"kind": "ordinal", "desc": desc, "direction": direction, "index": k}
-                if resolve(expr, objects) == [target]:
+                if resolve(expr, objects, min_gap) == [target]:
+                    out.append(expr)
+            if middle and direction in ("left", "top"):
+                expr = {"kind": "ordinal", "desc": desc, "direction": direction, "index": 1, "middle": True}
+                if resolve(expr, objects, min_gap) == [target]:
                     out.append(expr)
         for extreme in ("largest", "smallest"):
             expr = {"kind": "superlative", "desc": desc, "extreme": extreme}
-            if resolve(expr, objects) == [target]:
+            if resolve(expr, objects, min_gap) == [target]:
                 out.append(expr)
     rng.shuffle(out)
     return out
@@ -331,7 +342,7 @@ def _scene_samples(seed: int, index: int, size: tuple[int, int], per_scene: int,
     for target in rng.sample(range(len(objects)), len(objects)):
         if len(samples) == per_scene:
             break
-        candidates = _candidate_expressions(target, objects, rng)
+        candidates = candidate_expressions(target, objects, rng)
         if not candidates:
             continue
         fresh = [c for c in candidates if c["kind"] not in kinds_used] or candidates
@@ -349,23 +360,50 @@ def _scene_samples(seed: int, index: int, size: tuple[int, int], per_scene: int,
     return image, objects, samples
 
 
-def _rendered_scene(job: tuple[int, int, tuple[int, int], int, int]) -> tuple[bytes, list[SceneObject], list[dict]]:
-    """Scene `index` with its image encoded as PNG (in a worker process when `workers` > 1)."""
-    seed, index, size, per_scene, simple = job
-    image, objects, samples = _scene_samples(seed, index, size, per_scene, simple)
-    png = io.BytesIO()
-    image.save(png, format="PNG", optimize=False, compress_level=6)
-    return png.getvalue(), objects, samples
+def _rendered_scene(job: tuple) -> tuple[bytes, str, tuple[int, int], list[dict], list[dict]]:
+    """Scene `index` as (file bytes, extension, size, objects as rows, samples), in a worker process when
+    `workers` > 1. v1 scenes are PNG; v2 scenes JPEG or PNG as drawn."""
+    world, seed, index, size, per_scene, simple, absent, max_side = job
+    if world == "v1":
+        image, objects, samples = _scene_samples(seed, index, size, per_scene, simple)
+        png = io.BytesIO()
+        image.save(png, format="PNG", optimize=False, compress_level=6)
+        for s in samples:
+            s["extra"] = s["kind"] == "simple"
+        return png.getvalue(), "png", size, [asdict(o) | {"box": list(o.box)} for o in objects], samples
+    from . import synthetic_v2
+
+    rng = random.Random(f"ofa-grounding-synthetic-v2/{seed}/{index}")
+    split = _split_of(rng)
+    count = int(absent) + (rng.random() < absent - int(absent))
+    image, objects, info, samples = synthetic_v2.scene_samples(seed, index, per_scene, simple, count, split,
+                                                               max_side, rng)
+    data, ext = synthetic_v2.encode_image(image, info)
+    rows = [asdict(o) | {"box": list(o.box), "fill": o.texture} | extra
+            for o, extra in zip(objects, info["objects"])]
+    for row in rows:
+        del row["texture"]
+    for s in samples:
+        s["split"] = split
+    return data, ext, image.size, rows, samples
+
+
+WORLDS = ("v1", "v2")
 
 
 def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (256, 256),
-                    per_scene: int = 2, simple: int = 0, workers: int = 1) -> dict[str, int]:
-    """Write `n` samples: OUT/images/<scene>.png and OUT/{train,val,test}.jsonl. Returns counts per split.
+                    per_scene: int = 2, simple: int = 0, workers: int = 1, world: str = "v1",
+                    absent: float = 0.5, max_side: int = 1600) -> dict[str, int]:
+    """Write `n` samples: OUT/images/<scene>.<png|jpg> and OUT/{train,val,test}.jsonl. Returns counts per split.
 
-    `simple` adds up to that many easy expressions per train scene (kind "simple"); they are not
-    counted in `n` and leave every benchmark row unchanged. `workers` > 1 draws scenes in that many
+    `world`: "v1" (square `size` scenes, this module) or "v2" (the wide world, `synthetic_v2`: any canvas up
+    to `max_side` pixels, `size` unused; `absent` descriptions of absent objects per scene on average, rows
+    with `"box": null`). `simple` adds up to that many easy expressions per train scene (kind "simple"); they
+    are not counted in `n` and leave every benchmark row unchanged. `workers` > 1 draws scenes in that many
     processes; the files are byte-identical to one process's.
     """
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {name: [] for name, _ in SPLITS}
@@ -374,22 +412,22 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
     written, start = 0, 0
     try:
         while written < n:
-            jobs = [(seed, index, size, per_scene, simple) for index in range(start, start + block)]
+            jobs = [(world, seed, index, size, per_scene, simple, absent, max_side)
+                    for index in range(start, start + block)]
             scenes = pool.imap(_rendered_scene, jobs, chunksize=8) if pool else map(_rendered_scene, jobs)
-            for index, (png, objects, samples) in zip(range(start, start + block), scenes):
-                hard = [s for s in samples if s["kind"] != "simple"][: n - written]
-                samples = hard + [s for s in samples if s["kind"] == "simple"] if hard else []
+            for index, (data, ext, image_size, scene, samples) in zip(range(start, start + block), scenes):
+                counted = [s for s in samples if not s["extra"]][: n - written]
+                samples = counted + [s for s in samples if s["extra"]] if counted else []
                 if not samples:
                     continue
-                name = f"images/{index:06d}.png"
-                (out / name).write_bytes(png)
-                scene = [asdict(o) | {"box": list(o.box)} for o in objects]
+                name = f"images/{index:06d}.{ext}"
+                (out / name).write_bytes(data)
                 for k, s in enumerate(samples):
-                    rows[s["split"]].append({"id": f"syn-{index:06d}-{k}", "image": name, "text": s["text"],
-                                             "box": s["box"], "split": s["split"], "kind": s["kind"],
-                                             "target": s["target"], "expression": s["expression"],
-                                             "image_size": list(size), "objects": scene})
-                written += len(hard)
+                    row = {"id": f"syn-{index:06d}-{k}", "image": name, "text": s["text"], "box": s["box"],
+                           "split": s["split"], "kind": s["kind"], "target": s["target"],
+                           "expression": s["expression"], "image_size": list(image_size), "objects": scene}
+                    rows[s["split"]].append(row if world == "v1" else row | {"world": world})
+                written += len(counted)
             start += block
     finally:
         if pool:
@@ -406,13 +444,18 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
 
 
 def _baseline_boxes(row: dict) -> dict[str, list[float]]:
-    objects = [SceneObject(o["shape"], o["color"], o["size"], o["texture"], tuple(o["box"])) for o in row["objects"]]
+    objects = [SceneObject(o["shape"], o["color"], o["size"], o.get("texture", o.get("fill")), tuple(o["box"]))
+               for o in row["objects"]]
     largest = max(objects, key=lambda o: o.area)
     w, h = row["image_size"]
     centre = min(objects, key=lambda o: (o.center[0] - w / 2) ** 2 + (o.center[1] - h / 2) ** 2)
-    words = row["text"].split()
-    color = next((c for c in words if c in COLORS), None)
-    shape = next((s for s in words if s in SHAPES), None)
+    from .synthetic_v2 import COLOR_WORDS, SHAPE_WORDS
+
+    words = row["text"].lower().replace("?", "").replace(".", "").split()
+    colors = {w: c for c, ws in COLOR_WORDS.items() for w in ws}
+    shapes = {w: s for s, ws in SHAPE_WORDS.items() for w in ws if " " not in w}
+    color = next((colors[w] for w in words if w in colors), None)
+    shape = next((shapes[w] for w in words if w in shapes), None)
     by_color = [o for o in objects if o.color == color] or objects
     by_shape = [o for o in objects if o.shape == shape] or objects
     return {"largest object": list(largest.box), "object nearest the centre": list(centre.box),
@@ -423,6 +466,7 @@ def _baseline_boxes(row: dict) -> dict[str, list[float]]:
 def baseline_accuracies(rows: Sequence[dict]) -> dict[str, float]:
     """Acc@0.5 of trivial strategies that ignore (most of) the expression."""
     hits: dict[str, int] = {}
+    rows = [row for row in rows if row["box"] is not None]  # not for descriptions of absent objects
     for row in rows:
         for name, box in _baseline_boxes(row).items():
             hits[name] = hits.get(name, 0) + is_hit(box, row["box"])

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from training_runs import run_cli
 
 from ofa_grounding.data import Sample
-from ofa_grounding.synthetic import write_synthetic
-from ofa_grounding.train.cells import NONE_COLOR, CellHeads, cell_labels, smooth_bin_embeddings
+from ofa_grounding.synthetic import COLORS, write_synthetic
+from ofa_grounding.train.cells import CellHeads, cell_labels, smooth_bin_embeddings
+
+NONE_COLOR = len(COLORS)  # v1's colours, then "none"
 
 RED, BLUE = 0, 2  # index in synthetic.COLORS: red, green, blue, ...
 

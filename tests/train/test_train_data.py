@@ -114,3 +114,31 @@ def test_absent_descriptions_target_the_null_box(tmp_path: Path) -> None:
     again = [ds[i] for i in range(len(ds))]
     assert [it.absent for it in again] == [it.absent for it in items]
     assert [it.input_ids for it in again] == [it.input_ids for it in items]
+
+
+def test_rows_without_a_box_target_the_null_box_and_the_wide_world_labels_its_cells(tmp_path: Path) -> None:
+    from ofa_grounding import synthetic_v2
+    from ofa_grounding.data import open_dataset
+    from ofa_grounding.image import NULL_BOX_BINS
+    from ofa_grounding.train.cells import vocabulary
+
+    write_synthetic(tmp_path, 60, seed=3, world="v2", absent=1.0, max_side=400)
+    samples = list(open_dataset(tmp_path, split="train"))
+    assert any(s.box is None for s in samples) and any(s.box is not None for s in samples)
+    tok = OFATokenizer.default()
+    ds = GroundingTrainSet(samples, tok, PreprocessConfig(patch_image_size=64, max_image_size=64), GenerationConfig(),
+                           augment=("flip",), seed=0)
+    items = [ds[i] for i in range(len(ds))]
+    for it in items:
+        absent = samples[it.index].box is None
+        assert it.absent == absent
+        null = [b + tok.bin_offset for b in NULL_BOX_BINS] + [tok.eos_id]
+        assert (it.target.tolist() == null) == absent
+    assert vocabulary(samples) == (tuple(synthetic_v2.COLORS), synthetic_v2.SHAPES)
+    batch = collate(items[:16], tok.pad_id, tok.bos_id)
+    chosen = [samples[i] for i in batch["index"].tolist()]
+    labels = cell_labels(chosen, batch["flipped"].tolist(), 4, batch["absent"].tolist())
+    for row, sample in zip(labels["pointer"], chosen):
+        assert row.sum().item() == pytest.approx(0.0 if sample.box is None else 1.0)
+    # v2's colours beyond v1's six get their own ids; "none" is the id after the last colour
+    assert labels["color"].max().item() <= len(synthetic_v2.COLORS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,16 @@ def add_parser(sub: Any) -> None:
     s.add_argument("out", type=Path, help="output folder")
     s.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument("--world", choices=("v1", "v2"), default="v2",
+                   help="v2 (default): the wide world (canvases of any size and aspect ratio, dark or light "
+                        "backgrounds, rotated shapes, 12 colours, 10 shapes, varied phrasings, absent objects); "
+                        "v1: the square light scenes of the recorded benchmark numbers (docs/evaluation.md)")
+    s.add_argument("--size", type=int, default=256, help="v1 only: image side in pixels (default 256)")
+    s.add_argument("--max-side", type=int, default=1600,
+                   help="v2 only: largest canvas side in pixels (160-1600; default 1600)")
+    s.add_argument("--absent", type=float, default=0.5,
+                   help='v2 only: descriptions of absent objects per scene, on average (rows with "box": null; '
+                        "default 0.5)")
     s.add_argument("--per-scene", type=int, default=2, help="expressions per scene (default 2)")
     s.add_argument("--simple", type=int, default=0,
                    help="training data only: add up to this many easy expressions per train scene "
@@ -33,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.size < 64 or args.per_scene < 1 or args.simple < 0 or args.workers < 1:
         raise UsageError("--n, --per-scene and --workers must be positive, --simple not negative and --size "
                          "at least 64")
+    if not 160 <= args.max_side <= 1600 or not 0 <= args.absent <= 4:
+        raise UsageError("--max-side must be 160-1600 and --absent 0-4")
+    if (args.out / "images").exists() and any((args.out / "images").iterdir()):
+        raise UsageError(f"{args.out} already holds a dataset (images/ is not empty); choose a new folder")
+    print(f"drawing {args.n} samples ({args.world}) into {args.out} ...", file=sys.stderr, flush=True)
     counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple,
-                             args.workers)
+                             args.workers, world=args.world, absent=args.absent, max_side=args.max_side)
     rows = {split: [json.loads(line) for line in (args.out / f"{split}.jsonl").open(encoding="utf-8")]
             for split in counts}
     baselines = {split: baseline_accuracies(r) for split, r in rows.items() if r}

@@ -20,15 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import synthetic, synthetic_v2
 from ..data import Sample
-from ..synthetic import COLORS, SHAPES
 from .terms import Forward, LossTerm, to_device
 
-__all__ = ["CellHeads", "CellTerm", "cell_labels", "has_cell_labels", "smooth_bin_embeddings"]
+__all__ = ["CellHeads", "CellTerm", "cell_labels", "has_cell_labels", "smooth_bin_embeddings", "vocabulary"]
 
-_COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
-_SHAPE_IDS = {s: i for i, s in enumerate(SHAPES)}
-NONE_COLOR, NONE_SHAPE, NONE_SIZE = len(COLORS), len(SHAPES), 2
+NONE_SIZE = 2
+
+
+def vocabulary(samples: Sequence[Sample]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The colours and shapes the cell heads name: v1's, or v2's where any sample is from the wide world
+    (v2's lists start with v1's, so the ids agree)."""
+    if any(s.meta.get("world") == "v2" for s in samples):
+        return tuple(synthetic_v2.COLORS), synthetic_v2.SHAPES
+    return tuple(synthetic.COLORS), synthetic.SHAPES
 
 
 def has_cell_labels(sample: Sample) -> bool:
@@ -41,14 +47,18 @@ def _norm_box(box: Sequence[float], w: float, h: float, flipped: bool) -> tuple[
 
 
 def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int,
-                absent: Sequence[bool] | None = None) -> dict[str, torch.Tensor]:
+                absent: Sequence[bool] | None = None,
+                vocab: tuple[Sequence[str], Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
     """Per-cell targets of a batch on a grid x grid image grid (row-major, as the image tokens):
     colour / shape / size ids (B, P) (the "none" id where no object is), and the pointer distribution
     (B, P): the share of the target box's area in each cell (all zeros where the text describes an
-    absent object: no cell holds it)."""
+    absent object: no cell holds it). `vocab`: the colours and shapes named (default: `vocabulary(samples)`)."""
+    colors, shapes = vocab or vocabulary(samples)
+    color_ids, shape_ids = {c: i for i, c in enumerate(colors)}, {s: i for i, s in enumerate(shapes)}
+    none_color, none_shape = len(colors), len(shapes)
     B, P = len(samples), grid * grid
-    color = torch.full((B, P), NONE_COLOR, dtype=torch.long)
-    shape = torch.full((B, P), NONE_SHAPE, dtype=torch.long)
+    color = torch.full((B, P), none_color, dtype=torch.long)
+    shape = torch.full((B, P), none_shape, dtype=torch.long)
     size = torch.full((B, P), NONE_SIZE, dtype=torch.long)
     pointer = torch.zeros(B, P)
     edges = torch.arange(grid + 1, dtype=torch.float32) / grid
@@ -57,7 +67,7 @@ def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int,
         w, h = sample.meta["image_size"]
         objects = sample.meta["objects"]
         boxes = [_norm_box(o["box"], w, h, flip) for o in objects]
-        ids = [(_COLOR_IDS[o["color"]], _SHAPE_IDS[o["shape"]], int(o["size"] == "large")) for o in objects]
+        ids = [(color_ids[o["color"]], shape_ids[o["shape"]], int(o["size"] == "large")) for o in objects]
         # Cells whose centre an object covers (objects drawn later lie on top), then each object's own
         # centre cell, so that objects smaller than a cell are labelled too.
         for (x0, y0, x1, y1), (c, s, z) in zip(boxes, ids):
@@ -68,7 +78,7 @@ def cell_labels(samples: Sequence[Sample], flipped: Sequence[bool], grid: int,
         for (x0, y0, x1, y1), (c, s, z) in zip(boxes, ids):
             cell = min(int((y0 + y1) / 2 * grid), grid - 1) * grid + min(int((x0 + x1) / 2 * grid), grid - 1)
             color[b, cell], shape[b, cell], size[b, cell] = c, s, z
-        if absent is not None and absent[b]:
+        if (absent is not None and absent[b]) or sample.box is None:
             continue
         x0, y0, x1, y1 = _norm_box(sample.box, w, h, flip)
         wx = (torch.minimum(edges[1:], torch.tensor(x1)) - torch.maximum(edges[:-1], torch.tensor(x0))).clamp(min=0)
@@ -82,23 +92,25 @@ class CellHeads(nn.Module):
     """Linear heads over grid cells; `losses` returns each term (a mean per cell or per sample) and the
     heads' accuracies (for logging)."""
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, n_colors: int = len(synthetic.COLORS), n_shapes: int = len(synthetic.SHAPES)
+                 ) -> None:
         super().__init__()
+        self.n_colors, self.n_shapes = n_colors, n_shapes
         self.attr_norm = nn.LayerNorm(d_model)  # image tokens before the encoder are not normalised yet
-        self.attr = nn.Linear(d_model, NONE_COLOR + 1 + NONE_SHAPE + 1 + NONE_SIZE + 1)
+        self.attr = nn.Linear(d_model, n_colors + 1 + n_shapes + 1 + NONE_SIZE + 1)
         self.pointer = nn.Linear(d_model, 1)
 
     def losses(self, image_tokens: torch.Tensor, encoder_image_tokens: torch.Tensor,
                labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.attr(self.attr_norm(image_tokens))
-        nc, ns = NONE_COLOR + 1, NONE_SHAPE + 1
+        nc, ns = self.n_colors + 1, self.n_shapes + 1
         parts = {"color": logits[..., :nc], "shape": logits[..., nc:nc + ns], "size": logits[..., nc + ns:]}
         attr = sum(F.cross_entropy(parts[k].flatten(0, 1), labels[k].flatten()) for k in parts)
         ptr_logits = self.pointer(encoder_image_tokens).squeeze(-1)  # (B, P)
         has_target = labels["pointer"].sum(-1) > 0  # not for descriptions of absent objects
         pointer = -(labels["pointer"] * F.log_softmax(ptr_logits, -1)).sum(-1).sum() / has_target.sum().clamp(min=1)
         with torch.no_grad():
-            objects = labels["color"] != NONE_COLOR
+            objects = labels["color"] != self.n_colors
             hit = labels["pointer"].gather(1, ptr_logits.argmax(-1, keepdim=True)).squeeze(1) > 0
             # shares as sums over masks (equal to means over the masked cells), so the host never waits here
             stats = {f"{k}_acc": ((parts[k].argmax(-1) == labels[k]) & objects).sum().float() / objects.sum().float()
@@ -136,7 +148,8 @@ class CellTerm(LossTerm):
                              f"'objects' and 'image_size'): {unlabelled} of {len(samples)} samples have none")
         self.model, self.samples = model, samples
         self.attr_weight, self.pointer_weight = attr_weight, pointer_weight
-        self.heads = CellHeads(model.config.d_model).to(device)
+        self.vocab = vocabulary(samples)
+        self.heads = CellHeads(model.config.d_model, len(self.vocab[0]), len(self.vocab[1])).to(device)
         self.seen: dict[str, Any] = {}
         self.reset()
 
@@ -173,7 +186,7 @@ class CellTerm(LossTerm):
             raise ValueError(f"cell labels need a square image grid, got {P} image tokens")
         host = fwd.host
         samples = [self.samples[j] for j in host["index"].tolist()]
-        labels = cell_labels(samples, host["flipped"].tolist(), grid, host["absent"].tolist())
+        labels = cell_labels(samples, host["flipped"].tolist(), grid, host["absent"].tolist(), self.vocab)
         labels = {k: to_device(v, image.device) for k, v in labels.items()}
         terms = self.heads.losses(image, self.seen.pop("encoder").hidden[:, :P].float(), labels)
         for k, v in terms.items():

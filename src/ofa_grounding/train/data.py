@@ -113,14 +113,18 @@ class GroundingTrainSet(torch.utils.data.Dataset):
              absent: str | None = None) -> Item:
         """Sample `index`, mirrored if `flip` (image, box and left/right words), with random brightness and
         contrast drawn from `jitter` if given. With `absent` (a description of an object the image lacks)
-        that text replaces the sample's, and the target is the null box (`image.NULL_BOX_BINS`)."""
+        that text replaces the sample's, and the target is the null box (`image.NULL_BOX_BINS`), as it is
+        for a sample without a box (a dataset row describing an absent object)."""
         sample = self.samples[index]
         pixels, size_wh = self._resized(index)
         text, box = sample.text if absent is None else absent, sample.box
+        if box is None:  # a row describing an absent object (`"box": null`): the null box, as for `absent`
+            absent = text
         if flip:
             pixels = pixels[:, ::-1]
             w = size_wh[0]
-            box = (w - box[2], box[1], w - box[0], box[3])
+            if box is not None:
+                box = (w - box[2], box[1], w - box[0], box[3])
             text = _flip_text(text)
         if jitter is not None:
             image = Image.fromarray(np.ascontiguousarray(pixels))
