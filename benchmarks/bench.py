@@ -96,7 +96,10 @@ def cases_for(model: str, cases: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ours.add_arguments(ap)
-    ap.set_defaults(model=str(SHARED / "reference" / "ofa-tiny-random"), images=str(SHARED / "reference" / "images"))
+    # ../shared's images only where they exist (a clone with nothing beside it measures on synthetic scenes)
+    shared_images = SHARED / "reference" / "images"
+    ap.set_defaults(model=str(SHARED / "reference" / "ofa-tiny-random"),
+                    images=str(shared_images) if shared_images.is_dir() else None)
     ap.add_argument("--peer-python", default=str(SHARED.parent / "peer-venv" / "bin" / "python"),
                     help="the peer venv's python (default ../peer-venv/bin/python)")
     ap.add_argument("--peer-dir", default=str(SHARED / "peer"))

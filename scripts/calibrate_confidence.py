@@ -13,7 +13,9 @@ colour and a shape the scene has, never together), one per positive, on the same
   (Acc@0.5 per confidence decile).
 `--write` stores the threshold in MODEL_DIR/grounding.json (which `Grounder.from_pretrained`, and so the CLI,
 the server and the web page, then use) when it raises val balanced accuracy by at least a point over the
-learned answer alone. Prints one JSON object.
+learned answer alone. Prints one JSON object. The threshold is compared with `confidence`: the raw value
+here (the model is loaded without its calibration); `ofa-ground calibrate` fits the probability that an
+answer is right, after which a threshold is a probability.
 """
 
 from __future__ import annotations
@@ -25,25 +27,11 @@ import sys
 from pathlib import Path
 
 from ofa_grounding import Grounder
-from ofa_grounding.checkpoint import GROUNDING_FILE
+from ofa_grounding.calibration import auroc
+from ofa_grounding.checkpoint import GROUNDING_FILE, read_grounding
 from ofa_grounding.data import open_dataset
 from ofa_grounding.metrics import is_hit
 from ofa_grounding.synthetic import absent_expressions
-
-
-def auroc(pos: list[float], neg: list[float]) -> float:
-    """P(a random positive scores above a random negative), ties counted half (the Mann-Whitney U)."""
-    ranked = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        mean_rank = (i + j + 1) / 2  # 1-based ranks i+1..j share their mean
-        rank_sum += mean_rank * sum(label for _, label in ranked[i:j])
-        i = j
-    n_pos, n_neg = len(pos), len(neg)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def run_split(grounder: Grounder, data: str, split: str, n: int, seed: int) -> dict[str, list]:
@@ -103,7 +91,7 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help=f"store the threshold in MODEL/{GROUNDING_FILE}")
     ap.add_argument("--plot", type=Path, help="write a reliability plot (needs matplotlib)")
     args = ap.parse_args()
-    grounder = Grounder.from_pretrained(args.model, min_confidence=0)
+    grounder = Grounder.from_pretrained(args.model, min_confidence=0, calibration=None)
     val = run_split(grounder, args.data, "val", args.n, args.seed)
     test = run_split(grounder, args.data, "test", args.n, args.seed + 1)
     candidates = [0.0, *sorted(set(val["pos_conf"]) | set(val["neg_conf"]))]
@@ -124,6 +112,7 @@ def main() -> int:
             "reliability": reliability(run)}
     if args.write and gain >= 0.01:
         (args.model / GROUNDING_FILE).write_text(json.dumps({
+            **read_grounding(args.model),  # keeps a calibration (ofa-ground calibrate) and other keys
             "min_confidence": report["min_confidence"],
             "how": f"scripts/calibrate_confidence.py on {args.data} (val split, {args.n} positives + as many "
                    "absent-object descriptions; the threshold with the best balanced accuracy)",

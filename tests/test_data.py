@@ -125,3 +125,18 @@ def test_open_dataset_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no val.jsonl"):
         open_dataset(tmp_path, split="val")
     assert list_splits(tmp_path) == ["train", "test"]
+
+
+def test_jsonl_box_null_is_an_absent_object(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(_png())
+    rows = [{"image": "a.png", "text": "the purple star", "box": None, "kind": "absent"},
+            {"image": "a.png", "text": "no box key"},
+            {"image": "a.png", "text": "bad box", "box": [1, 2]},
+            {"image": None, "text": "no image", "box": None}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = read_jsonl(tmp_path / "d.jsonl")
+    samples = list(ds)
+    assert [(s.text, s.box, s.meta["kind"]) for s in samples] == [("the purple star", None, "absent")]
+    assert [i.where for i in ds.issues] == ["d.jsonl:2", "d.jsonl:3", "d.jsonl:4"]
+    assert 'missing "box"' in ds.issues[0].message and "null for an object" in ds.issues[0].message
+    assert "4 numbers" in ds.issues[1].message and '"image"' in ds.issues[2].message

@@ -87,8 +87,12 @@ def test_result_fields(reference_grounder: Grounder, reference_dir: Path) -> Non
     assert [a.score for a in r.alternatives] == sorted((a.score for a in r.alternatives), reverse=True)
     assert all(a.score <= r.score for a in r.alternatives)
     d = r.to_dict()
-    assert list(d) == ["text", "box", "score", "confidence", "found", "tokens"]
+    assert list(d) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated"]
     assert len(r.to_dict(alternatives=True)["alternatives"]) == 4
+    assert not r.calibrated and r.raw_confidence == r.confidence  # no calibration: the raw value
+    assert r.confidence_label() == f"raw {r.confidence:.3f}"
+    made = GroundingResult("t", (0, 0, 1, 1), -1.0, 0.25, (0, 0, 0, 0), (2, 2))
+    assert made.raw_confidence == 0.25 and not made.calibrated
 
 
 def test_modelscope_compatible_call(reference_grounder: Grounder, reference_dir: Path,

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): these need torch, which takes seconds to import; `ofa-ground --help`
 # and the configuration classes do not.
-_LAZY = {"DEFAULT_MODEL": "loader", "Alternative": "predictor", "Grounder": "predictor",
+_LAZY = {"DEFAULT_MODEL": "loader", "Alternative": "predictor", "Calibration": "calibration", "Grounder": "predictor",
          "GroundingResult": "predictor", "load_checkpoint": "checkpoint", "load_model": "loader"}
 
 
@@ -25,6 +25,6 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["DEFAULT_MODEL", "Alternative", "CheckpointError", "GenerationConfig", "Grounder", "GroundingResult",
-           "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "get_preset", "list_presets",
-           "load_checkpoint", "load_model"]
+__all__ = ["DEFAULT_MODEL", "Alternative", "Calibration", "CheckpointError", "GenerationConfig", "Grounder",
+           "GroundingResult", "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "get_preset",
+           "list_presets", "load_checkpoint", "load_model"]

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from .calibration import Calibration
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .errors import CheckpointError
 from .fairseq import config_from_fairseq, read_fairseq
@@ -46,8 +47,12 @@ __all__ = [
     "load_checkpoint",
     "load_settings",
     "load_state_dict",
+    "read_calibration",
+    "read_grounding",
+    "read_min_confidence",
     "save_checkpoint",
     "save_settings",
+    "write_calibration",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,7 @@ class LoadedCheckpoint:
     layout: str = "ours"  # ours | modelscope | hf | fairseq
     stored_dtype: str = "float32"  # the weights' precision in the file (loading upcasts to float32)
     min_confidence: float | None = None  # ours: a calibrated "not found" threshold (grounding.json), if any
+    calibration: Calibration | None = None  # ours: the fitted confidence calibration (grounding.json), if any
 
 
 def _read_json(path: Path) -> dict:
@@ -273,21 +279,50 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     model = _build(config, state)
     log.info("loaded %s (%d parameters)", weights, model.num_parameters())
     return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored,
-                            read_min_confidence(directory))
+                            read_min_confidence(directory), read_calibration(directory))
 
 
 GROUNDING_FILE = "grounding.json"  # ours, beside the model's files; ModelScope ignores it
 
 
-def read_min_confidence(directory: Path) -> float | None:
-    """The calibrated "not found" threshold a model directory carries (see scripts/calibrate_confidence.py)."""
+def read_grounding(directory: Path) -> dict[str, Any]:
+    """A model directory's grounding.json as a dict ({} when there is none); CheckpointError if unreadable."""
     path = Path(directory) / GROUNDING_FILE
-    if not path.is_file():
-        return None
-    value = _read_json(path).get("min_confidence")
+    return _read_json(path) if path.is_file() else {}
+
+
+def read_min_confidence(directory: Path) -> float | None:
+    """The "not found" threshold a model directory carries (compared with `GroundingResult.confidence`)."""
+    value = read_grounding(directory).get("min_confidence")
     if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
-        raise CheckpointError(f"{path}: min_confidence must be a number in [0, 1], got {value!r}")
+        raise CheckpointError(f"{Path(directory) / GROUNDING_FILE}: min_confidence must be a number in [0, 1], "
+                              f"got {value!r}")
     return None if value is None else float(value)
+
+
+def read_calibration(directory: Path) -> Calibration | None:
+    """The confidence calibration a model directory carries (`ofa-ground calibrate --write`), if any."""
+    record = read_grounding(directory).get("calibration")
+    if record is None:
+        return None
+    try:
+        return Calibration.from_json(record)
+    except ValueError as exc:
+        raise CheckpointError(f"{Path(directory) / GROUNDING_FILE}: {exc}") from None
+
+
+def write_calibration(directory: Path, calibration: Calibration) -> Path:
+    """Store `calibration` in the directory's grounding.json, keeping its other keys; returns the file."""
+    path = Path(directory) / GROUNDING_FILE
+    data = {**read_grounding(directory), "calibration": calibration.to_json()}
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path
 
 
 def _load_fairseq(path: Path) -> LoadedCheckpoint:

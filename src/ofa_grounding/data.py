@@ -7,6 +7,8 @@ silently dropping them; `strict=True` turns the first problem into a `DataError`
 JSONL, the recommended format for custom data, one object per line:
     {"image": "images/0001.jpg", "text": "the dog on the left", "box": [x0, y0, x1, y1]}
 with image paths relative to the file; optional "id" and "split", other keys kept in `Sample.meta`.
+`"box": null` marks a description of an object the image does not contain (`Sample.box` None; the right
+answer is "not found"); a row without "box" is an error.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ FORMATS = ("jsonl", "tsv", "refer")
 
 @dataclass
 class Sample:
-    """One referring expression: the image (path or encoded bytes), the text and its box in pixels."""
+    """One referring expression: the image (path or encoded bytes), the text and its box in pixels (None: the
+    text describes an object the image does not contain)."""
 
     id: str
     image: Path | bytes  # a file path, or the encoded image bytes (OFA TSV)
     text: str
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
+    box: tuple[float, float, float, float] | None  # x0, y0, x1, y1 in original-image pixels; None: absent
     split: str | None = None
     image_id: str | None = None  # groups samples of one image (file path or dataset image id)
     ref_id: int | None = None
@@ -115,7 +118,9 @@ def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
                     raise ValueError('missing "image" (a path)')
                 if not isinstance(text, str):
                     raise ValueError('missing "text" (a string)')
-                box = _check_box(row.get("box"))
+                if "box" not in row:
+                    raise ValueError('missing "box" ([x0, y0, x1, y1], or null for an object the image lacks)')
+                box = None if row["box"] is None else _check_box(row["box"])
             except ValueError as exc:
                 ds.report(where, str(exc).splitlines()[0])
                 continue
@@ -130,7 +135,8 @@ def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
 
 
 def read_jsonl(path: str | Path, split: str | None = None, strict: bool = False) -> Dataset:
-    """JSONL rows {"image", "text", "box"[, "id", "split", ...]}; `split` keeps only rows of that split."""
+    """JSONL rows {"image", "text", "box"[, "id", "split", ...]}; `split` keeps only rows of that split.
+    `"box": null`: the text describes an object the image does not contain (`Sample.box` None)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such JSONL file")

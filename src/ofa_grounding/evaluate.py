@@ -20,11 +20,11 @@ from tqdm import tqdm
 from .data import DataIssue, Dataset, Sample
 from .image import ImageLoadError
 from .metrics import LENGTH_ORDER, SIZE_ORDER, box_iou, breakdown, is_hit, length_bucket, size_bucket, summarize
-from .predictor import Grounder
+from .predictor import Grounder, GroundingResult
 
-__all__ = ["EvalReport", "evaluate", "distributed_context", "PREDICTION_KEYS"]
+__all__ = ["EvalReport", "evaluate", "predict_samples", "distributed_context", "PREDICTION_KEYS"]
 
-PREDICTION_KEYS = ("id", "text", "box", "gt_box", "iou", "score", "split")
+PREDICTION_KEYS = ("id", "text", "box", "gt_box", "iou", "score", "split", "found")  # gt_box None: absent
 BOX_TOLERANCE = 1.0  # pixels a ground-truth box may stick out of its image (rounding in annotations)
 
 
@@ -36,14 +36,17 @@ class EvalReport:
     seconds: float = 0.0
 
     @property
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
+        """`metrics.summarize`: count, acc50, acc75, miou over present objects; "absent" when there are any."""
         return summarize(self.records)
 
     def breakdowns(self) -> dict[str, dict[str, dict]]:
-        out = {"box size": breakdown(self.records, lambda r: size_bucket(r["gt_box"]), SIZE_ORDER),
-               "expression length": breakdown(self.records, lambda r: length_bucket(r["text"]), LENGTH_ORDER)}
-        if any("kind" in r for r in self.records):
-            out["expression kind"] = breakdown(self.records, lambda r: r.get("kind"))
+        """The summary by box size, expression length and (where rows have one) kind, over present objects."""
+        present = [r for r in self.records if r["gt_box"] is not None]
+        out = {"box size": breakdown(present, lambda r: size_bucket(r["gt_box"]), SIZE_ORDER),
+               "expression length": breakdown(present, lambda r: length_bucket(r["text"]), LENGTH_ORDER)}
+        if any("kind" in r for r in present):
+            out["expression kind"] = breakdown(present, lambda r: r.get("kind"))
         return out
 
     def predictions(self) -> Iterator[dict[str, Any]]:
@@ -63,39 +66,34 @@ def _groups(samples: Iterable[Sample], size: int) -> Iterator[list[tuple[int, Sa
         yield group
 
 
-def _box_outside(box: tuple[float, ...], size_wh: tuple[int, int]) -> bool:
+def _box_outside(box: tuple[float, ...] | None, size_wh: tuple[int, int]) -> bool:
+    if box is None:  # an absent object's row
+        return False
     w, h, tol = *size_wh, BOX_TOLERANCE
     return box[0] < -tol or box[1] < -tol or box[2] > w + tol or box[3] > h + tol
 
 
-def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, rank: int = 0, world_size: int = 1,
-             progress: bool = True, limit: int | None = None) -> EvalReport:
-    """Predict every sample of `dataset` (this rank's share of it) and score the predictions.
+def predict_samples(grounder: Grounder, dataset: Dataset, desc: str = "predict", rank: int = 0, world_size: int = 1,
+                    progress: bool = True, limit: int | None = None
+                    ) -> Iterator[tuple[int, Sample, GroundingResult]]:
+    """(position in the dataset, sample, the grounder's answer) for every usable sample (this rank's share).
 
     Consecutive samples of one image share its backbone pass, and the descriptions of several images go to
     `grounder.predict_batch` together, up to `grounder.batch_size` of them (its answers equal `predict`'s).
     Problems (unreadable image, box outside its image, malformed rows reported by the reader) are
-    recorded in `report.issues` and the sample is skipped; with a strict dataset they raise `DataError`.
+    recorded in `dataset.issues` and the sample is skipped; with a strict dataset they raise `DataError`.
     """
-    start = time.perf_counter()
-    records: list[dict[str, Any]] = []
     samples: Iterable[Sample] = dataset
     if limit is not None:
         samples = (s for i, s in zip(range(limit), dataset))
-    bar = tqdm(desc=f"eval {split or ''}".strip(), unit="sample", disable=not progress or rank != 0,
-               dynamic_ncols=True)
+    bar = tqdm(desc=desc, unit="sample", disable=not progress or rank != 0, dynamic_ncols=True)
     pending: list[tuple[Any, list[tuple[int, Sample]], int]] = []  # (image, its usable samples, group size)
 
-    def predict_pending() -> None:
+    def predict_pending() -> Iterator[tuple[int, Sample, GroundingResult]]:
         answers = grounder.predict_batch([(image, [s.text for _, s in kept]) for image, kept, _ in pending])
         for (_, kept, n_group), results in zip(pending, answers):
             for (i, s), r in zip(kept, results):
-                record = {"index": i, "id": s.id, "text": s.text, "box": list(r.box), "gt_box": list(s.box),
-                          "iou": box_iou(r.box, s.box), "score": r.score, "hit": is_hit(r.box, s.box),
-                          "split": s.split if s.split is not None else split}
-                if "kind" in s.meta:
-                    record["kind"] = s.meta["kind"]
-                records.append(record)
+                yield i, s, r
             bar.update(n_group)
         pending.clear()
 
@@ -118,11 +116,31 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
         if not kept:
             continue
         if sum(len(k) for _, k, _ in pending) + len(kept) > grounder.batch_size:
-            predict_pending()
+            yield from predict_pending()
         pending.append((image, kept, len(group)))
     if pending:
-        predict_pending()
+        yield from predict_pending()
     bar.close()
+
+
+def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, rank: int = 0, world_size: int = 1,
+             progress: bool = True, limit: int | None = None) -> EvalReport:
+    """Predict every sample of `dataset` (this rank's share of it, see `predict_samples`) and score the
+    predictions. A present object's row is a hit when the answer is found and its box has IoU >= 0.5; an
+    absent object's row (`Sample.box` None) when the answer is "not found" (`found` false).
+    """
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    for i, s, r in predict_samples(grounder, dataset, f"eval {split or ''}".strip(), rank, world_size, progress,
+                                   limit):
+        present = s.box is not None
+        record = {"index": i, "id": s.id, "text": s.text, "box": list(r.box),
+                  "gt_box": list(s.box) if present else None, "iou": box_iou(r.box, s.box) if present else None,
+                  "score": r.score, "hit": r.found and is_hit(r.box, s.box) if present else not r.found,
+                  "split": s.split if s.split is not None else split, "found": r.found}
+        if "kind" in s.meta:
+            record["kind"] = s.meta["kind"]
+        records.append(record)
     # the reader's problems and ours, in file order (Dataset.report raises instead in strict mode)
     return EvalReport(split, records, list(dataset.issues), time.perf_counter() - start)
 

@@ -58,18 +58,29 @@ def length_bucket(text: str) -> str:
     return "1-2 words" if n <= 2 else "3-5 words" if n <= 5 else "6-9 words" if n <= 9 else "10+ words"
 
 
-def summarize(records: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Count, Acc@0.5, Acc@0.75 (as fractions) and mean IoU over records with "box" and "gt_box"."""
-    n = hits50 = hits75 = 0
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Count, Acc@0.5, Acc@0.75 (as fractions) and mean IoU over records with "box" and "gt_box"; an answer
+    "not found" (`"found": false`) to a present object is a miss with IoU 0. Records of absent objects
+    (`"gt_box": None`) are left out of those and summarised apart, when there are any, as
+    `"absent": {"count", "not_found"}` (the share of them answered "not found", the right answer)."""
+    n = hits50 = hits75 = absent = not_found = 0
     iou_sum = 0.0
     for r in records:
+        found = r.get("found", True)
+        if r["gt_box"] is None:
+            absent += 1
+            not_found += not found
+            continue
         n += 1
-        hits50 += is_hit(r["box"], r["gt_box"], 0.5)
-        hits75 += is_hit(r["box"], r["gt_box"], 0.75)
-        iou_sum += box_iou(r["box"], r["gt_box"])
-    if n == 0:
-        return {"count": 0, "acc50": 0.0, "acc75": 0.0, "miou": 0.0}
-    return {"count": n, "acc50": hits50 / n, "acc75": hits75 / n, "miou": iou_sum / n}
+        if found:
+            hits50 += is_hit(r["box"], r["gt_box"], 0.5)
+            hits75 += is_hit(r["box"], r["gt_box"], 0.75)
+            iou_sum += box_iou(r["box"], r["gt_box"])
+    out: dict[str, Any] = {"count": n, "acc50": hits50 / n if n else 0.0, "acc75": hits75 / n if n else 0.0,
+                           "miou": iou_sum / n if n else 0.0}
+    if absent:
+        out["absent"] = {"count": absent, "not_found": not_found / absent}
+    return out
 
 
 SIZE_ORDER = ("small", "medium", "large")

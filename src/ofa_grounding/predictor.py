@@ -15,13 +15,14 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
 import torch
 from PIL import Image
 
+from .calibration import Calibration
 from .config import GenerationConfig, PreprocessConfig
 from .generation import Hypothesis, beam_search, open_vocab_ids
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
@@ -109,15 +110,24 @@ class GroundingResult:
         to the image and not reordered, exactly as the reference decodes them.
     score: the best beam's score as the reference's generator computes it: the mean log-probability of
         its 5 tokens (4 coordinates + end-of-sequence).
-    confidence: exp(mean log-probability of the 4 coordinate tokens), i.e. the geometric mean of the
-        probabilities the model gave each coordinate bin, in (0, 1].
+    confidence: with a calibration (`calibrated` True: the model directory's grounding.json has one, see
+        `ofa-ground calibrate`), the probability that the answer is right: for a box, that it overlaps the
+        described object with IoU >= 0.5; for a "not found" answer from the model (the null box, or an empty
+        description), that the image does not contain the object. An answer marked not found only by
+        `min_confidence` keeps its box's probability. Without a calibration (`calibrated` False) it equals
+        `raw_confidence`: comparable between answers of one model, but no probability.
     tokens: the 4 generated token ids (bins are ids 58457..59456 for OFA's vocabulary).
-    alternatives: the other beams, best first.
+    alternatives: the other beams, best first, with raw confidences (never calibrated).
     found: False ("not found") when the model answers the null box (a model trained with absent objects
         does so for a description that matches nothing in the image; `image.is_null_box`), or when
         `confidence` is below the Grounder's `min_confidence`, if it has one, or when the description is empty
         or whitespace (it describes nothing). The box is the model's answer either way (for an empty
         description the reference's answer to the bare prompt, which we keep for fidelity).
+    raw_confidence: exp(mean log-probability of the 4 coordinate tokens), i.e. the geometric mean of the
+        probabilities the model gave each coordinate bin, in (0, 1]; always present (left out when
+        constructing a result: the same as `confidence`). It ranks answers, but its scale means little:
+        the demo model's right answers have about 0.03, its wrong ones a little less.
+    calibrated: whether `confidence` is the calibrated probability.
     """
 
     text: str
@@ -129,11 +139,26 @@ class GroundingResult:
     alternatives: tuple[Alternative, ...] = field(default=())
     truncated: bool = False  # the text was cut to the model's source length
     found: bool = True
+    raw_confidence: float = math.nan  # not given: the same as `confidence`
+    calibrated: bool = False
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.raw_confidence):
+            object.__setattr__(self, "raw_confidence", self.confidence)
+
+    def confidence_label(self) -> str:
+        """The confidence as the CLI table, --draw and the web page show it: "93 % sure" when calibrated
+        (the probability that the answer is right; "> 99 %" and "< 1 %" at the ends), else "raw 0.031"."""
+        if not self.calibrated:
+            return f"raw {self.confidence:.3f}"
+        p = self.confidence
+        return "> 99 % sure" if p >= 0.995 else "< 1 % sure" if p < 0.005 else f"{math.floor(100 * p + 0.5)} % sure"
 
     def to_dict(self, alternatives: bool = False, tokens: bool = True, truncated: bool = False) -> dict[str, Any]:
         """The result as JSON-able data: the one form every output uses. The CLI's --json and --jsonl take the
         defaults (--alternatives adds `alternatives`); the HTTP service answers with
-        `to_dict(alternatives=True, tokens=False, truncated=True)`. `tokens` also applies to the alternatives."""
+        `to_dict(alternatives=True, tokens=False, truncated=True)`. `tokens` also applies to the alternatives.
+        `raw_confidence` and `calibrated` come last."""
         out: dict[str, Any] = {"text": self.text, "box": list(self.box), "score": self.score,
                                "confidence": self.confidence, "found": self.found}
         if tokens:
@@ -143,6 +168,8 @@ class GroundingResult:
         if alternatives:
             alts = [{**asdict(a), "box": list(a.box), "tokens": list(a.tokens)} for a in self.alternatives]
             out["alternatives"] = alts if tokens else [{k: v for k, v in a.items() if k != "tokens"} for a in alts]
+        out["raw_confidence"] = self.raw_confidence
+        out["calibrated"] = self.calibrated
         return out
 
 
@@ -162,15 +189,18 @@ class Grounder:
                  preprocess: PreprocessConfig | None = None, generation: GenerationConfig | None = None,
                  device: str | torch.device | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  batch_size: int = 8, fuse: bool = True, dtype: str = "fp32", cache_mb: float = 64,
-                 min_confidence: float | None = None) -> None:
+                 min_confidence: float | None = None, calibration: Calibration | None = None) -> None:
         """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `dtype` on `device`,
         with BatchNorm folded unless `fuse` is False, is what runs), or a model already behind the
-        `GroundingModel` interface (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is."""
+        `GroundingModel` interface (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is.
+        `calibration`: makes `GroundingResult.confidence` the probability that the answer is right (boxes,
+        tokens and scores are unchanged); `min_confidence` is then a probability threshold."""
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.min_confidence = min_confidence
+        self.calibration = calibration
         if isinstance(model, OFAModel):
             model = model.prepared_for_inference(dtype, device, fuse=fuse)
         self.model: GroundingModel = model
@@ -192,13 +222,15 @@ class Grounder:
         reads, or a hub id (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME`
         from Hugging Face; see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches).
 
-        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` defaults
-        to the model directory's calibrated value (`grounding.json`), if it has one; pass 0 to turn it off.
+        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` and
+        `calibration` default to the model directory's (`grounding.json`), if it has them; pass
+        `min_confidence=0` or `calibration=None` to turn them off.
         """
         if dtype not in DTYPES:  # before the load: a bad argument should not cost a model load
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         ckpt = load_model(path, cache_dir=cache_dir)
         kwargs.setdefault("min_confidence", ckpt.min_confidence)
+        kwargs.setdefault("calibration", ckpt.calibration)
         if kwargs["min_confidence"] == 0:
             kwargs["min_confidence"] = None
         model = ckpt.model.prepared_for_inference(dtype, device, fuse=fuse, copy=False)  # ours: no second copy
@@ -307,12 +339,16 @@ class Grounder:
             alts = tuple(Alternative(tuple(b), h.score, _confidence(h), tuple(h.tokens[:4]))
                          for b, h in zip(boxes[1:], sample[1:]))
             best = sample[0]
-            confidence = _confidence(best)
             bins = [t - self.tokenizer.bin_offset for t in best.tokens[:4]]
-            found = (self.min_confidence is None or confidence >= self.min_confidence) and \
-                not is_null_box(bins, self.generation.num_bins) and bool(text.strip())
-            results.append(GroundingResult(text, tuple(boxes[0]), best.score, confidence,
-                                           tuple(best.tokens[:4]), size_wh, alts, cut, found))
+            answered = not is_null_box(bins, self.generation.num_bins) and bool(text.strip())
+            result = GroundingResult(text, tuple(boxes[0]), best.score, _confidence(best), tuple(best.tokens[:4]),
+                                     size_wh, alts, cut, answered)
+            if self.calibration is not None:
+                result = replace(result, confidence=self.calibration.apply(result, not_found=not answered),
+                                 calibrated=True)
+            if answered and self.min_confidence is not None and result.confidence < self.min_confidence:
+                result = replace(result, found=False)
+            results.append(result)
         return results
 
     def _search(self, enc: EncoderOutput, batch: int, src_len: int) -> list[list[Hypothesis]]:

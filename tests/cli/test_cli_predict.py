@@ -22,7 +22,8 @@ def test_predict_json(reference_model_dir: Path, reference_dir: Path, reference_
     assert list(out) == ["image", "width", "height", "results"]
     assert (out["image"], out["width"], out["height"]) == (image, 640, 480)
     for r, c in zip(out["results"], cases):
-        assert list(r) == ["text", "box", "score", "confidence", "found", "tokens"]
+        assert list(r) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated"]
+        assert r["calibrated"] is False and r["raw_confidence"] == r["confidence"]
         assert r["text"] == c["text"] and r["tokens"] == c["tokens"]
         assert all(abs(a - b) < 1e-3 for a, b in zip(r["box"], c["box"]))
 
@@ -53,6 +54,33 @@ def test_predict_table(reference_model_dir: Path, reference_dir: Path, capsys: p
     assert main(["predict", "--model", str(reference_model_dir), image, "the red circle on the left"]) == 0
     out = capsys.readouterr().out
     assert "(640x480)" in out and "616.94" in out and "the red circle on the left" in out
+    assert out.splitlines()[1].split()[-2:] == ["confidence", "text"] and " raw 0." in out  # no calibration
+
+
+def test_a_calibrated_model_says_how_sure_everywhere(tiny_model_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """With a calibration in grounding.json, the table, --json, --jsonl and --draw show the same probability."""
+    from PIL import Image
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    constant = {"kind": "constant", "probability": 0.93, "reason": "test"}
+    (model / "grounding.json").write_text(json.dumps({"calibration": {"format": 1, "box": constant,
+                                                                      "not_found": constant}}))
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    assert main(["predict", "--model", str(model), str(image), "the red square", "--alternatives",
+                 "--draw", str(tmp_path / "drawn.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("93 % sure  the red square") and "raw 0." in lines[3]  # alternatives stay raw
+    assert main(["predict", "--model", str(model), str(image), "the red square", "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert r["confidence"] == 0.93 and r["calibrated"] is True and 0 < r["raw_confidence"] < 1
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(json.dumps({"image": str(image), "text": "the red square"}) + "\n")
+    assert main(["predict", "--model", str(model), "--jsonl", str(batch)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["confidence"], row["calibrated"], row["raw_confidence"]) == (0.93, True, r["raw_confidence"])
 
 
 @pytest.mark.slow
@@ -69,7 +97,8 @@ def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert len(rows) == 5
     for row, i in zip((rows[0], rows[3], rows[4]), (0, 6, 1)):
-        assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "found", "tokens"]
+        assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "found", "tokens",
+                             "raw_confidence", "calibrated"]
         assert row["tokens"] == reference_cases[i]["tokens"] and row["text"] == reference_cases[i]["text"]
     assert rows[1]["image"] == "images/missing.png" and "not found" in rows[1]["error"]
     assert "in.jsonl:3" in rows[2]["error"]

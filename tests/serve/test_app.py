@@ -54,7 +54,9 @@ def test_ground_multipart_gives_the_reference_box(client: TestClient, reference_
     (result,) = body["results"]
     assert result["text"] == case["text"]
     assert result["box"] == pytest.approx(case["box"], abs=1e-3)
-    assert set(result) == {"text", "box", "score", "confidence", "found", "truncated", "alternatives"}
+    assert set(result) == {"text", "box", "score", "confidence", "found", "truncated", "alternatives",
+                           "raw_confidence", "calibrated"}
+    assert result["calibrated"] is False and result["raw_confidence"] == result["confidence"]
     assert 0 < result["confidence"] <= 1 and len(result["alternatives"]) == 4
     assert set(result["alternatives"][0]) == {"box", "score", "confidence"}
 
@@ -103,6 +105,7 @@ def test_model_health_docs_and_page(client: TestClient, reference_model_dir: Pat
     assert info["device"] == "cpu" and info["parameters"] == stored and info["image_size"] == 512
     assert info["limits"]["max_texts"] == 16 and info["limits"]["allow_urls"] is False
     assert info["batching"] == {"max_batch": 16, "max_wait_ms": 5.0, "max_queue": 64}
+    assert info["calibrated"] is False
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["queued"] == 0
     assert "/v1/ground" in client.get("/openapi.json").json()["paths"]
@@ -312,3 +315,43 @@ def test_a_png_bomb_is_413_image_too_large(client: TestClient) -> None:
             + chunk(b"IEND", b""))
     _error(client.post("/v1/ground", files={"image": ("bomb.png", bomb, "image/png")}, data={"text": ["a"]}),
            413, "image_too_large")
+
+
+def test_a_calibrated_model_answers_its_probability(tiny_model_dir: Path) -> None:
+    from ofa_grounding import Grounder
+    from ofa_grounding.calibration import Calibration
+
+    constant = {"kind": "constant", "probability": 0.93, "reason": "test"}
+    calibration = Calibration.from_json({"format": 1, "box": constant, "not_found": constant})
+    with _client(Grounder.from_pretrained(tiny_model_dir, calibration=calibration)) as c:
+        (result,) = c.post("/v1/ground", **_multipart(EXAMPLE, "the red circle")).json()["results"]
+        assert c.get("/v1/model").json()["calibrated"] is True
+    assert result["confidence"] == 0.93 and result["calibrated"] is True and result["raw_confidence"] < 0.93
+    assert [list(a) for a in result["alternatives"]] == [["box", "score", "confidence"]] * 4  # raw
+
+
+def test_the_web_page_words_the_confidence_like_the_cli() -> None:
+    """app.js's confidenceText/answerText (run in node) against `GroundingResult.confidence_label`."""
+    import re
+    import shutil
+    import subprocess
+
+    from ofa_grounding.predictor import GroundingResult
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node to run the page's script")
+    script = (ROOT / "src/ofa_grounding/serve/static/app.js").read_text()
+    functions = "\n".join(re.search(rf"^function {name}\(r\) {{.*?^}}", script, re.S | re.M).group(0)
+                          for name in ("confidenceText", "answerText"))
+    cases = [(0.93, True, True), (0.9974, True, False), (0.0031, True, True), (0.0312, False, True),
+             (0.925, True, True), (0.0581, False, False)]
+    js = f"{functions}\nconsole.log(JSON.stringify({json.dumps(cases)}.map(([c, cal, found]) => " \
+         "answerText({confidence: c, calibrated: cal, found: found}))));"
+    page = json.loads(subprocess.run([node, "-e", js], capture_output=True, text=True, check=True).stdout)
+    assert page == ["93 % sure", "not found (> 99 % sure)", "< 1 % sure", "raw score 0.031 (uncalibrated)",
+                    "93 % sure", "not found, raw score 0.058 (uncalibrated)"]
+    for (c, cal, _), words in zip(cases, page):
+        label = GroundingResult("t", (0, 0, 1, 1), -1.0, c, (0, 0, 0, 0), (1, 1), calibrated=cal).confidence_label()
+        assert label in words if cal else label.replace("raw ", "raw score ") in words
+    assert "unsure" not in script

@@ -14,12 +14,13 @@ import argparse
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bench, convert, evaluate, export_onnx, info, make_synthetic, predict, serve, train
+from . import bench, calibrate, convert, evaluate, export_onnx, info, make_synthetic, predict, serve, train
 from .common import handle_error, setup_logging
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (predict, evaluate, train, convert, info, export_onnx, serve, make_synthetic, bench)  # --help's order
+# --help's order
+COMMANDS = (predict, evaluate, calibrate, train, convert, info, export_onnx, serve, make_synthetic, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..errors import CheckpointError, DataError, ImageLoadError
 
@@ -66,8 +67,9 @@ def setup_logging(verbose: bool) -> None:
 
 def min_confidence_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-confidence", type=float, metavar="C",
-                   help="answer 'not found' (found: false) below this confidence (default: the model's calibrated "
-                        "value, if its folder has one (grounding.json); 0 turns it off)")
+                   help="answer 'not found' (found: false) below this confidence, a probability when the model "
+                        "is calibrated (default: the value in the model folder's grounding.json, if any; 0 turns "
+                        "it off)")
 
 
 def precision_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,3 +94,20 @@ def require_extra(extra: str, what: str, *modules: str) -> None:
 
 def pct(x: float) -> str:
     return f"{100 * x:6.2f}"
+
+
+def check_writable_image(path: Path, option: str) -> None:
+    """An image file an option will write, checked before the model loads: a known image extension, a folder
+    that takes it."""
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"{option} {path}: unknown image type {path.suffix or '(no extension)'!r}; use .png or .jpg")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink()

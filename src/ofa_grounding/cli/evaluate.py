@@ -16,7 +16,9 @@ from .loading import load_grounder
 
 def add_parser(sub: Any) -> None:
     e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
-                       description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns. Runs sharded "
+                       description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns, over the rows of "
+                                   "present objects; rows of absent objects (\"box\": null) count as right when "
+                                   "answered 'not found' and are reported on their own line. Runs sharded "
                                    "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
     e.add_argument("--model", help="model directory (default: the bundled demo model)")
     e.add_argument("--data", required=True, type=Path,
@@ -24,7 +26,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
     e.add_argument("--format", choices=FORMATS, help="dataset format (default: from the path)")
     e.add_argument("--images", type=Path, help="REFER: the COCO train2014 image folder")
-    e.add_argument("--out", type=Path, help="write predictions as JSONL (id, text, box, gt_box, iou, score, split)")
+    e.add_argument("--out", type=Path,
+                   help="write predictions as JSONL (id, text, box, gt_box, iou, score, split, found)")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     e.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
     e.add_argument("--limit", type=int, help="evaluate only the first N samples of each split")
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     issues = [i for r in reports for i in r.issues]
     for issue in issues:
         error(f"skipped: {issue}")
-    if sum(r.summary["count"] for r in reports) == 0:
+    if sum(_rows(r.summary) for r in reports) == 0:
         names = ", ".join(str(r.split) for r in reports)
         error(f"--data {args.data}: no usable samples (split {names}"
               + (f"; {len(issues)} skipped, listed above)" if issues else ")"))
@@ -86,12 +89,15 @@ def run(args: argparse.Namespace) -> int:
                           "processes": ctx.world_size, "splits": splits}))
         return EXIT_OK
     print(_summary_table([(str(r.split), r.summary) for r in reports]))
+    absent = [(str(r.split), r.summary["absent"]) for r in reports if "absent" in r.summary]
+    if absent:
+        print(_absent_table(absent))
     for r in reports:
         for title, groups in r.breakdowns().items():
             print(f"\n{r.split}: by {title}")
             print(_summary_table(list(groups.items()), title))
     seconds = sum(r.seconds for r in reports)
-    count = sum(r.summary["count"] for r in reports)
+    count = sum(_rows(r.summary) for r in reports)
     print(f"\n{count} samples in {seconds:.1f} s on {ctx.world_size} process(es)"
           + (f"; {len(issues)} skipped (listed on stderr)" if issues else ""))
     return EXIT_OK
@@ -102,4 +108,17 @@ def _summary_table(rows: list[tuple[str, dict]], first: str = "split") -> str:
     lines = [f"{first:<{width}} {'count':>7} {'Acc@0.5':>8} {'Acc@0.75':>8} {'mIoU':>6}"]
     for name, s in rows:
         lines.append(f"{name:<{width}} {s['count']:>7} {pct(s['acc50']):>8} {pct(s['acc75']):>8} {s['miou']:6.3f}")
+    return "\n".join(lines)
+
+
+def _rows(summary: dict) -> int:
+    return summary["count"] + summary.get("absent", {}).get("count", 0)
+
+
+def _absent_table(rows: list[tuple[str, dict]]) -> str:
+    """Rows of absent objects ("box": null): how many, and the share answered "not found" (the right answer)."""
+    width = max([len("absent")] + [len(name) for name, _ in rows])
+    lines = [f"\n{'absent':<{width}} {'count':>7} {'not found':>9}  (descriptions of objects the image lacks)"]
+    for name, a in rows:
+        lines.append(f"{name:<{width}} {a['count']:>7} {pct(a['not_found']):>9}")
     return "\n".join(lines)

@@ -10,7 +10,16 @@ from typing import Any
 
 from ..config import DEFAULT_MAX_PIXELS
 from ..errors import ImageLoadError
-from .common import EXIT_FAILED, EXIT_OK, UsageError, error, min_confidence_argument, precision_arguments, warn
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    check_writable_image,
+    error,
+    min_confidence_argument,
+    precision_arguments,
+    warn,
+)
 from .loading import load_grounder
 
 JSONL_IMAGES_PER_CALL = 16  # --jsonl: images per predict_batch call
@@ -51,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.image or not args.text:
         raise UsageError("predict needs IMAGE and at least one TEXT (or --jsonl FILE)")
     if args.draw is not None:
-        _check_writable_image(args.draw)
+        check_writable_image(args.draw, "--draw")
     grounder = load_grounder(args)
     results = grounder.predict(args.image, args.text)  # an unreadable image: ImageLoadError, exit 1
     width, height = results[0].image_size
@@ -134,32 +143,19 @@ def _jsonl_row(image: str, result: Any, alternatives: bool) -> dict[str, Any]:
 
 
 def _table(image: str, width: int, height: int, results: list, alternatives: bool) -> str:
+    """Box, score, the confidence as `GroundingResult.confidence_label` words it ("93 % sure" when calibrated,
+    "raw 0.031" when not; the alternatives' are raw), text."""
     lines = [f"{_printable(image)} ({width}x{height})",
-             f"{'x0':>9} {'y0':>9} {'x1':>9} {'y1':>9} {'score':>8} {'conf':>7}  text"]
+             f"{'x0':>9} {'y0':>9} {'x1':>9} {'y1':>9} {'score':>8} {'confidence':>11}  text"]
     for r in results:
-        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence:7.4f}  {_printable(r.text)}"
-                     + ("" if r.found else "  (not found: empty description)" if not r.text.strip() else
-                        "  (not found)"))
+        lines.append(" ".join(f"{v:9.2f}" for v in r.box) + f" {r.score:8.4f} {r.confidence_label():>11}  "
+                     f"{_printable(r.text)}" + ("" if r.found else "  (not found: empty description)"
+                                                if not r.text.strip() else "  (not found)"))
         if alternatives:
             for a in r.alternatives:
-                lines.append(" ".join(f"{v:9.2f}" for v in a.box) + f" {a.score:8.4f} {a.confidence:7.4f}    (alt)")
+                lines.append(" ".join(f"{v:9.2f}" for v in a.box) + f" {a.score:8.4f} {f'raw {a.confidence:.3f}':>11}"
+                             "    (alt)")
     return "\n".join(lines)
-
-
-def _check_writable_image(path: Path) -> None:
-    """--draw's file, checked before the model loads: a known image extension, a folder that takes it."""
-    from PIL import Image
-
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise UsageError(f"--draw {path}: unknown image type {path.suffix or '(no extension)'!r}; use .png or .jpg")
-    existed = path.exists()
-    try:
-        with path.open("ab"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--draw {path}: cannot write ({exc.strerror or exc})") from None
-    if not existed:
-        path.unlink()
 
 
 def _printable(text: str) -> str:

@@ -86,7 +86,7 @@ class BodyLimit:
 
 def _result_json(r: GroundingResult) -> dict[str, Any]:
     """A result as the service answers it: `GroundingResult.to_dict`'s fields without the token ids, with
-    `truncated` and always the alternatives."""
+    `truncated` and always the alternatives (`confidence` is the calibrated probability when `calibrated`)."""
     return r.to_dict(alternatives=True, tokens=False, truncated=True)
 
 
@@ -197,9 +197,10 @@ _GROUND_BODY = {
             "texts": {"type": "array", "items": {"type": "string"}}}}}}},
     "responses": {"200": {"description": "one result per description, in order", "content": {
         "application/json": {"example": {"width": 640, "height": 480, "results": [
-            {"text": "the red circle", "box": [12.5, 40.0, 98.1, 130.7], "score": -0.21, "confidence": 0.83,
+            {"text": "the red circle", "box": [12.5, 40.0, 98.1, 130.7], "score": -0.21, "confidence": 0.93,
              "found": True, "truncated": False, "alternatives": [{"box": [10.0, 38.2, 99.0, 131.0], "score": -0.9,
-                                                   "confidence": 0.45}]}]}}}}},
+                                                                  "confidence": 0.028}],
+             "raw_confidence": 0.031, "calibrated": True}]}}}}},
 }
 
 
@@ -213,6 +214,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
         "parameters": grounder.num_parameters,
         "dtype": grounder.dtype, "device": str(grounder.device),
         "image_size": grounder.preprocess.patch_image_size, "version": __version__,
+        "calibrated": grounder.calibration is not None,
     }
 
     @asynccontextmanager

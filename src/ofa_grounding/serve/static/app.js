@@ -26,6 +26,20 @@ function useFile(file) {
   setStatus(`${file.name || "image"} ready`);
 }
 
+// The confidence as `GroundingResult.confidence_label` words it: with a calibrated model, the probability
+// that the answer is right ("93 % sure"); without one, the raw score, which is no probability.
+function confidenceText(r) {
+  if (!r.calibrated) return `raw score ${r.confidence.toFixed(3)} (uncalibrated)`;
+  const p = r.confidence;
+  return p >= 0.995 ? "> 99 % sure" : p < 0.005 ? "< 1 % sure" : `${Math.floor(100 * p + 0.5)} % sure`;
+}
+
+// "93 % sure" for a box, "not found (97 % sure)" for a "not found" answer.
+function answerText(r) {
+  if (r.found !== false) return confidenceText(r);
+  return r.calibrated ? `not found (${confidenceText(r)})` : `not found, ${confidenceText(r)}`;
+}
+
 function drawResults(response) {
   const { width, height, results } = response;
   const boxes = $("boxes");
@@ -47,7 +61,7 @@ function drawResults(response) {
     const label = document.createElement("span");
     label.className = "label";
     label.style.background = colour;
-    label.textContent = `${r.text} (${r.confidence.toFixed(2)}${r.found === false ? ", not found" : ""})`;
+    label.textContent = r.found === false ? `${r.text}: ${answerText(r)}` : `${r.text} (${answerText(r)})`;
     if (r.found === false) box.classList.add("not-found");
     box.append(label);
     boxes.append(box);
@@ -57,10 +71,9 @@ function drawResults(response) {
     swatch.className = "swatch";
     swatch.style.background = colour;
     row.insertCell().append(swatch);
-    row.insertCell().textContent = r.text + (r.truncated ? " (truncated)" : "") +
-      (r.found === false ? " (not found: the model is unsure)" : "");
+    row.insertCell().textContent = r.text + (r.truncated ? " (truncated)" : "");
     row.insertCell().textContent = r.box.map((v) => v.toFixed(1)).join(", ");
-    row.insertCell().textContent = r.confidence.toFixed(3);
+    row.insertCell().textContent = answerText(r);
     row.insertCell().textContent = r.score.toFixed(3);
   });
   $("results").hidden = false;
@@ -118,5 +131,6 @@ $("texts").addEventListener("keydown", (e) => {
 });
 
 fetch("/v1/model").then((r) => r.json()).then((m) => {
-  $("model-info").textContent = `${m.name} · ${m.preset} · ${(m.parameters / 1e6).toFixed(1)}M parameters · ${m.dtype} on ${m.device}`;
+  $("model-info").textContent = `${m.name} · ${m.preset} · ${(m.parameters / 1e6).toFixed(1)}M parameters · ${m.dtype} on ${m.device}` +
+    (m.calibrated ? " · calibrated confidence" : "");
 }).catch(() => { $("model-info").textContent = ""; });
