@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Copy a trained demo run into the package as the default model, with float16 weights and a model card.
 
-    python scripts/package_demo.py RUN/best --data data/synthetic-40k [--unseen DIR ...] [--out DIR]
+    python scripts/package_demo.py RUN/best --data data/v2-bench data/v1-bench [--unseen DIR ...] [--out DIR]
 
-Scores the float16 copy (what ships) on the benchmark's test split and on the test split of each --unseen
-benchmark (seeds never trained or tuned on), beside the trivial baselines; calibrates "not found" on absent
-objects (scripts/calibrate_confidence.py); writes the numbers, the run's training command, its samples
-seen and wall time into the model folder's README.md.
+Saves the float16 copy (what ships), calibrates its confidence on the first --data's val split (`ofa-ground
+calibrate --write`, held out on its test split, with a reliability plot), scores it on the test split of each
+--data and --unseen benchmark (seeds never trained or tuned on) beside the trivial baselines, and writes the
+model card (README.md): what it knows (every word of its training descriptions), what it cannot do, the
+numbers, the run's training command, its samples seen and wall time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -37,11 +39,69 @@ def _eval(model: Path, data: Path) -> dict:
     return json.loads(proc.stdout)["splits"]["test"]
 
 
+def _calibrate(model: Path, data: Path, plot: Path | None) -> dict:
+    """Fit the confidence calibration on DATA's val split, held out on its test split; store it in MODEL."""
+    cmd = [sys.executable, "-m", "ofa_grounding.cli", "calibrate", "--model", str(model), "--data", str(data),
+           "--split", "val", "--test-split", "test", "--write", "--json", "--no-progress"]
+    if plot:
+        cmd += ["--plot", str(plot)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
 def _baselines(data: Path) -> dict[str, float]:
     from ofa_grounding.synthetic import baseline_accuracies
 
     rows = [json.loads(line) for line in (data / "test.jsonl").open(encoding="utf-8")]
     return baseline_accuracies(rows)
+
+
+def _words(table: dict | tuple) -> list[str]:
+    values = table.values() if isinstance(table, dict) else [table]
+    return [w for ws in values for w in ws]
+
+
+def knows_section(worlds: list[str]) -> list[str]:
+    """What the model was trained on, word by word, and what it cannot do: from the worlds' vocabularies."""
+    from ofa_grounding import synthetic, synthetic_v2
+
+    tables = [synthetic.VOCABULARY if w == "v1" else synthetic_v2.VOCABULARY for w in worlds]
+
+    def union(key: str) -> str:
+        seen: list[str] = []
+        for t in tables:
+            seen += [w for w in _words(t.get(key, ())) if w not in seen]
+        return ", ".join(seen)
+
+    wide = "v2" in worlds
+    lines = ["## What it knows", "",
+             f"Trained on `make-synthetic` scenes ({' and '.join('--world ' + w for w in worlds)}; "
+             "[docs/evaluation.md](../../../../docs/evaluation.md#synthetic-worlds)): flat coloured shapes on "
+             + ("light, dark, gradient, textured or noisy backgrounds, canvases of any size with aspect ratios 1:3 "
+                "to 3:1, shapes at any rotation, filled, striped, dotted or outlined." if wide else
+                "light square canvases, upright shapes, filled, striped or dotted."),
+             "The words of its training descriptions (anything else is either ignored or answered \"not found\"):",
+             "",
+             f"- colours: {union('colours')}",
+             f"- shapes: {union('shapes')}",
+             f"- sizes: {union('sizes')}",
+             f"- superlatives: the {union('superlatives')} ...",
+             f"- relations: ... {union('relations')} ...",
+             f"- ordinals: the {union('ordinals')} ... from the left / right / top / bottom",
+             f"- extremes: the {union('extremes')} ..."]
+    if wide:
+        lines += [f"- nouns without a shape: the red {union('generic nouns')}",
+                  "- word orders: \"the circle that is red\", \"red circle\", upper case, a final full stop",
+                  f"- carriers and questions: {', '.join(c.format('...') for c in synthetic_v2.CARRIERS)}",
+                  "- descriptions of absent objects, answered \"not found\" (also with words it never saw, e.g. "
+                  "\"the gold circle\", \"the red heart\")"]
+    lines += ["", "## What it cannot do", "",
+              "- Photos and real objects: it has only seen flat synthetic shapes (load one of OFA's checkpoints for "
+              "photos).",
+              "- Words outside the list above: an unknown word is ignored, or the answer is \"not found\".",
+              "- Tiny objects: the image is resized to 128 x 128 pixels, so an object a few pixels wide there "
+              "(e.g. under ~25 px on a 640 px-wide image) is often missed.",
+              "- More than one box per description (\"all the circles\"), counting, text in images, 3D scenes."]
+    return lines
 
 
 def _train_args(config: dict) -> list[str]:
@@ -74,9 +134,13 @@ def _kind_table(result: dict) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_model", type=Path, help="the run's best/ (or last/) model directory")
-    ap.add_argument("--data", type=Path, required=True, help="the synthetic benchmark (its test split scores)")
+    ap.add_argument("--data", type=Path, nargs="+", required=True,
+                    help="benchmarks whose test splits score it (the first also calibrates: val fits, test holds out)")
     ap.add_argument("--unseen", type=Path, nargs="*", default=[], help="benchmarks of seeds never trained on")
+    ap.add_argument("--worlds", default="v1,v2", help="the make-synthetic worlds it was trained on (for the card)")
     ap.add_argument("--out", type=Path, default=ROOT / "src" / "ofa_grounding" / "models" / "demo")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "demo-confidence.png",
+                    help="the calibration's reliability plot")
     ap.add_argument("--machine", default="", help="where the run trained (for the card)")
     ap.add_argument("--wall-minutes", type=float, help="the run's wall time (train_demo.sh's stages.tsv has it)")
     ap.add_argument("--stage", default=STAGE1_NOTE, help="which stage of scripts/train_demo.sh the run is and its "
@@ -94,10 +158,14 @@ def main() -> int:
     earlier = _training_history(Path(cfg["model"]))
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it
         earlier = earlier.split(command)[0].strip().removeprefix(EARLIER).strip() or None
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    save_checkpoint(args.out, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
-                    metadata={"source": "ofa-grounding scripts/train_demo.sh"}, dtype=torch.float16)
+    with tempfile.TemporaryDirectory() as tmp:  # what ships, calibrated there, then moved into place
+        staged = Path(tmp) / "model"
+        save_checkpoint(staged, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
+                        metadata={"source": "ofa-grounding scripts/train_demo.sh"}, dtype=torch.float16)
+        calib = _calibrate(staged, args.data[0], args.plot)
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        shutil.copytree(staged, args.out)
     log_rows = list(csv.DictReader((run / "log.csv").open()))
     val = [(r["step"], r["val_acc50"]) for r in log_rows if r["val_acc50"]]
     size = (args.out / "model.safetensors").stat().st_size
@@ -107,46 +175,47 @@ def main() -> int:
     with safe_open(str(weights), "pt") as f:
         shipped_step = (f.metadata() or {}).get("step", "?")
 
-    calib = subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate_confidence.py"), str(args.out),
-                            "--data", str(args.data), "--n", "1000"], capture_output=True, text=True, check=True)
-    conf = json.loads(calib.stdout)
-    results = {"benchmark (seed 0)": (_eval(args.out, args.data), _baselines(args.data))}
+    results = {}
+    for data in args.data:
+        results[f"{data.name} (test)"] = (_eval(args.out, data), _baselines(data))
     for unseen in args.unseen:
-        results[f"unseen ({unseen.name})"] = (_eval(args.out, unseen), _baselines(unseen))
+        results[f"{unseen.name} (test, unseen seed)"] = (_eval(args.out, unseen), _baselines(unseen))
 
     lines = [
         "# demo: the default model of ofa-grounding",
         "",
-        "Trained by this project from scratch on its synthetic referring-expression benchmark: flat coloured",
-        "shapes and the words of that benchmark, not real photos (for those, load one of OFA's published",
-        "checkpoints). Architecture: the `demo` preset (3-stage resnet18-style backbone at width 16, d 128, 4",
-        "heads, 2+2 layers, 128 px images, OFA's `entangle_position_embedding`, OFA's vocabulary), 9.4 M",
-        f"parameters; weights stored in float16 ({size / 1e6:.1f} MB), loaded as float32.",
+        "Trained by this project on its synthetic referring-expression scenes: flat coloured shapes and the",
+        "words listed below, not real photos (for those, load one of OFA's published checkpoints). Architecture:",
+        "the `demo` preset (3-stage resnet18-style backbone at width 16, d 128, 4 heads, 2+2 layers, 128 px",
+        "images, OFA's `entangle_position_embedding`, OFA's vocabulary), 9.4 M parameters; weights stored in",
+        f"float16 ({size / 1e6:.1f} MB), loaded as float32.",
+        "",
+        *knows_section(args.worlds.split(",")),
         "",
         "## Scores (this float16 copy, test splits, beam 5)",
         "",
-        "| benchmark | samples | Acc@0.5 | Acc@0.75 | mIoU | best trivial baseline |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| benchmark | samples | Acc@0.5 | Acc@0.75 | mIoU | absent: \"not found\" | best trivial baseline |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, (r, base) in results.items():
         best = max(base.items(), key=lambda kv: kv[1])
+        absent = f"{100 * r['absent']['not_found']:.1f} % of {r['absent']['count']}" if "absent" in r else "-"
         lines.append(f"| {name} | {r['count']} | {100 * r['acc50']:.1f} % | {100 * r['acc75']:.1f} % | "
-                     f"{r['miou']:.3f} | {100 * best[1]:.1f} % ({best[0]}) |")
+                     f"{r['miou']:.3f} | {absent} | {100 * best[1]:.1f} % ({best[0]}) |")
     for name, (r, _) in results.items():
         lines += ["", f"By expression kind, {name}:", "", *_kind_table(r)]
-    t = conf["test"]
+    held = calib["held_out"]
+    half = held["at_least_half"]
     lines += [
         "",
-        "## Not found",
+        "## Confidence",
         "",
-        "Trained with 10 % descriptions of absent objects (`train --absent-rate 0.1`), answered with the null box",
-        "(`found: false`). On the benchmark's test split, "
-        f"{conf['test']['positives']} descriptions of present objects and {conf['test']['negatives']} of absent "
-        "ones (`scripts/calibrate_confidence.py`):",
-        f"\"not found\" precision {100 * t['learned']['not_found_precision']:.1f} %, recall "
-        f"{100 * t['learned']['not_found_recall']:.1f} %; present objects answered found "
-        f"{100 * t['learned']['positives_found']:.1f} %.",
-        f"Confidence separates hits from misses with AUROC {t['auroc_hit_vs_miss']:.3f}.",
+        "`confidence` is the probability that the answer is right (a box: IoU >= 0.5 with the true one; \"not",
+        "found\": the object is absent), calibrated by `ofa-ground calibrate` on the val split of "
+        f"`{args.data[0].name}` ({calib['fit']['answers']} answers) and stored in `grounding.json`. On its test "
+        f"split ({held['answers']} answers, held out): expected calibration error {held['raw_ece']:.3f} "
+        f"(raw) -> {held['ece']:.3f}, AUROC right vs wrong {held['raw_auroc']:.3f} -> {held['auroc']:.3f}; "
+        f"{100 * half['answers']:.1f} % of answers at >= 0.5, {100 * (half['right'] or 0):.1f} % of those right.",
         "",
         "## Training",
         "",

@@ -20,31 +20,36 @@ def _copy_without_weights(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_modelscope_directory_loads_fp16_upcast(reference_model_dir: Path) -> None:
-    ckpt = load_checkpoint(reference_model_dir)
+def test_modelscope_directory_loads_fp16_upcast(small_model_dir: Path) -> None:
+    """The small fixture is stored like OFA's ModelScope checkpoints (float16, three tied names, no buckets)."""
+    ckpt = load_checkpoint(small_model_dir)
     params = dict(ckpt.model.named_parameters())
     assert all(p.dtype == torch.float32 for p in params.values())
-    stored = torch.load(reference_model_dir / "pytorch_model.bin", weights_only=True)
+    stored = torch.load(small_model_dir / "pytorch_model.bin", weights_only=True)
+    assert stored["encoder.layers.0.fc1.weight"].dtype == torch.float16
     assert torch.equal(params["encoder.layers.0.fc1.weight"], stored["encoder.layers.0.fc1.weight"].float())
     # tied: one tensor for encoder, decoder and output projection
     assert ckpt.model.encoder.embed_tokens.weight is ckpt.model.decoder.embed_tokens.weight
-    assert ckpt.model.num_parameters() == 33_488_336 - 1765 * 256 - 2 * 256 * 2 - 4 * 6892 * 4
+    # the reference's unique parameters (the fixture's cases.json, provenance) less the decoder's parts for image
+    # tokens, which grounding never feeds it: image positions (42 x 42 + 1) x d, code_layernorm_embedding and
+    # image_pos_ln (weight and bias each), one image bias table of 6892 buckets x 2 heads per layer
+    assert ckpt.model.num_parameters() == 7_846_258 - 1765 * 64 - 2 * 64 * 2 - 1 * 6892 * 2
     assert ckpt.generation.beam_size == 5 and ckpt.generation.constraint_range == (58457, 59457)
-    assert ckpt.preprocess.patch_image_size == 512 and ckpt.preprocess.mean == (0.5, 0.5, 0.5)
+    assert ckpt.preprocess.patch_image_size == 256 and ckpt.preprocess.mean == (0.5, 0.5, 0.5)
 
 
 @pytest.mark.slow
-def test_safetensors_round_trip_gives_identical_answers(reference_model_dir: Path, reference_dir: Path,
+def test_safetensors_round_trip_gives_identical_answers(small_model_dir: Path, small_reference_dir: Path,
                                                         tmp_path: Path) -> None:
-    ckpt = load_checkpoint(reference_model_dir)
-    out = save_checkpoint(tmp_path / "ours", ckpt.model, reference_model_dir, ckpt.preprocess, ckpt.generation)
+    ckpt = load_checkpoint(small_model_dir)
+    out = save_checkpoint(tmp_path / "ours", ckpt.model, small_model_dir, ckpt.preprocess, ckpt.generation)
     assert {p.name for p in out.iterdir()} == {"config.json", "configuration.json", "model.safetensors",
                                                "vocab.json", "merges.txt"}
     again = load_checkpoint(out)
     for (k, a), (_, b) in zip(ckpt.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.equal(a, b), k
     assert again.generation == ckpt.generation and again.preprocess == ckpt.preprocess
-    image = reference_dir / "images/scene_640x480.png"
+    image = small_reference_dir / "images/scene_rgb_320x240.png"
     a = Grounder(ckpt.model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation).predict(image, "a blue square")
     b = Grounder.from_pretrained(out / "model.safetensors").predict(image, "a blue square")
     assert a == b
@@ -64,9 +69,9 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
-def test_missing_tokenizer_file(reference_model_dir: Path, tmp_path: Path) -> None:
-    d = _copy_without_weights(reference_model_dir, tmp_path / "m")
-    (d / "pytorch_model.bin").symlink_to(reference_model_dir / "pytorch_model.bin")
+def test_missing_tokenizer_file(small_model_dir: Path, tmp_path: Path) -> None:
+    d = _copy_without_weights(small_model_dir, tmp_path / "m")
+    (d / "pytorch_model.bin").symlink_to(small_model_dir / "pytorch_model.bin")
     (d / "merges.txt").unlink()
     with pytest.raises(CheckpointError, match="missing tokenizer file merges.txt"):
         load_checkpoint(d)
@@ -77,14 +82,14 @@ def _write_state(d: Path, state: dict) -> None:
 
 
 @pytest.mark.slow
-def test_missing_unexpected_and_misshaped_keys(reference_model_dir: Path, tmp_path: Path) -> None:
-    state = torch.load(reference_model_dir / "pytorch_model.bin", weights_only=True)
-    d = _copy_without_weights(reference_model_dir, tmp_path / "m")
+def test_missing_unexpected_and_misshaped_keys(small_model_dir: Path, tmp_path: Path) -> None:
+    state = torch.load(small_model_dir / "pytorch_model.bin", weights_only=True)
+    d = _copy_without_weights(small_model_dir, tmp_path / "m")
 
     broken = dict(state)
-    del broken["encoder.layers.2.fc1.bias"]
+    del broken["encoder.layers.0.fc1.bias"]
     _write_state(d, broken)
-    with pytest.raises(CheckpointError, match=r"missing: encoder\.layers\.2\.fc1\.bias"):
+    with pytest.raises(CheckpointError, match=r"missing: encoder\.layers\.0\.fc1\.bias"):
         load_checkpoint(d)
 
     broken = dict(state)
@@ -94,9 +99,10 @@ def test_missing_unexpected_and_misshaped_keys(reference_model_dir: Path, tmp_pa
         load_checkpoint(d)
 
     broken = dict(state)
-    broken["encoder.image_proj.weight"] = torch.zeros(256, 512)
+    assert state["encoder.image_proj.weight"].shape == (64, 1024)
+    broken["encoder.image_proj.weight"] = torch.zeros(64, 512)
     _write_state(d, broken)
-    with pytest.raises(CheckpointError, match=r"wrong shape: encoder\.image_proj\.weight \(256, 512\)"):
+    with pytest.raises(CheckpointError, match=r"wrong shape: encoder\.image_proj\.weight \(64, 512\)"):
         load_checkpoint(d)
 
     broken = dict(state)
@@ -106,9 +112,9 @@ def test_missing_unexpected_and_misshaped_keys(reference_model_dir: Path, tmp_pa
         load_checkpoint(d)
 
 
-def test_config_of_another_size_is_a_shape_error(reference_model_dir: Path, tmp_path: Path) -> None:
-    d = _copy_without_weights(reference_model_dir, tmp_path / "m")
-    (d / "pytorch_model.bin").symlink_to(reference_model_dir / "pytorch_model.bin")
+def test_config_of_another_size_is_a_shape_error(small_model_dir: Path, tmp_path: Path) -> None:
+    d = _copy_without_weights(small_model_dir, tmp_path / "m")
+    (d / "pytorch_model.bin").symlink_to(small_model_dir / "pytorch_model.bin")
     config = json.loads((d / "config.json").read_text())
     config["encoder_ffn_dim"] = 2048
     (d / "config.json").write_text(json.dumps(config))
@@ -189,17 +195,17 @@ def test_hf_directory_as_transformers_saves_it(tiny_model_dir: Path, tmp_path: P
     assert _same_weights(back.model, ours.model)
 
 
-def test_describe_counts_every_parameter_once(reference_model_dir: Path) -> None:
+def test_describe_counts_every_parameter_once(small_model_dir: Path) -> None:
     from ofa_grounding.checkpoint import describe
 
-    ckpt = load_checkpoint(reference_model_dir)
+    ckpt = load_checkpoint(small_model_dir)
     info = describe(ckpt)
     params = info["parameters"]
     assert params["total"] == sum(p.numel() for p in ckpt.model.parameters())
     assert params["total"] == sum(v for k, v in params.items() if k != "total")
-    # OFA-tiny's token table: 59,457 ids x 256 (design notes c.2), counted once although three names share it
-    assert params["token embeddings"] == 59457 * 256
-    assert info["preset"] == "tiny" and info["layout"] == "modelscope" and info["stored_dtype"] == "float16"
+    # the token table: 59,457 ids x d_model 64, counted once although three names share it
+    assert params["token embeddings"] == 59457 * 64
+    assert info["preset"] is None and info["layout"] == "modelscope" and info["stored_dtype"] == "float16"
     assert info["vocabulary"] == {"size": 59457, "bins": 1000, "first_bin": 58457}
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import parity_params
 from ofa_grounding.image import (
     ImageLoadError,
     bins_to_box,
@@ -35,16 +36,17 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.reference
 def test_pixels_match_reference_golden(reference_dir: Path, golden: dict) -> None:
     for case, name in (("fixed", "scene_640x480.png"), ("wide", "edge_wide_1200x200.png")):
         pixels = image_to_tensor(load_image(reference_dir / "images" / name), 512, (0.5,) * 3, (0.5,) * 3)
         assert torch.equal(pixels, torch.from_numpy(golden[f"{case}/patch_image"])), case  # bit-exact
 
 
-def test_exif_orientation_applied_to_files(reference_dir: Path) -> None:
-    path = reference_dir / "images/edge_exif_orient6_400x300.jpg"
-    assert Image.open(path).size == (400, 300)
-    assert load_image(path).size == (300, 400)
+def test_exif_orientation_applied_to_files(small_reference_dir: Path) -> None:
+    path = small_reference_dir / "images/scene_exif6_jpeg_240x160.jpg"  # EXIF Orientation 6
+    assert Image.open(path).size == (240, 160)
+    assert load_image(path).size == (160, 240)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "1", "RGB"])
@@ -100,15 +102,24 @@ def test_pixel_limit_checked_before_decoding(tmp_path: Path) -> None:
     assert load_image(big, max_pixels=None).size == (4000, 3000)
 
 
-def test_box_formula_matches_reference(reference_cases: list[dict]) -> None:
+@pytest.mark.parametrize("ref", parity_params())
+def test_box_formula_matches_reference(ref: Path) -> None:
+    """The reference's boxes from its bins, bit for bit: the small fixture (256 px) and the large one (512 px)."""
+    import json
+
     from ofa_grounding.image import resize_ratios
 
-    for case in reference_cases:
-        w, h = (512 / case["w_resize_ratio"], 512 / case["h_resize_ratio"])
+    doc = json.loads((ref / "cases.json").read_text(encoding="utf-8"))
+    settings = json.loads((ref / doc["model_dir"] / "configuration.json").read_text(encoding="utf-8"))
+    side = settings["model"]["patch_image_size"]
+    assert side == (256 if ref.name == "small-reference" else 512)
+    assert doc["cases"]
+    for case in doc["cases"]:
+        w, h = (side / case["w_resize_ratio"], side / case["h_resize_ratio"])
         size = (round(w), round(h))
-        ratios = resize_ratios(size, 512)
+        ratios = resize_ratios(size, side)
         assert ratios == (case["w_resize_ratio"], case["h_resize_ratio"]), case["id"]
-        box = bins_to_box(torch.tensor([case["bins"]]), torch.tensor([ratios]), 1000, 512)
+        box = bins_to_box(torch.tensor([case["bins"]]), torch.tensor([ratios]), 1000, side)
         assert box[0].tolist() == case["box"], case["id"]  # bit-exact float32 arithmetic
 
 

@@ -32,6 +32,7 @@ ENCODER_ATOL = 2e-4  # encoder output, values up to 4.3 [7.0e-5]; position embed
 LOGITS_ATOL = 3e-4  # raw decoder logits of all 5 steps x 5 beams, values up to 5 [1.3e-4]
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("case", ["fixed", "wide"])
 def test_golden_intermediates(case: str, reference_grounder, golden: dict) -> None:
     g = reference_grounder

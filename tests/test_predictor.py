@@ -1,4 +1,5 @@
-"""Parity of whole queries with the reference (../shared/reference/cases.json), and the Python API."""
+"""Parity of whole queries with the reference (../shared/reference/cases.json: tests marked `reference`), and the
+Python API on the small in-repo fixture (tests/fixtures/small-reference, also the reference's answers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DEVICE, reference_dirs, require
+from conftest import DEVICE, reference_params, require
 from ofa_grounding import Grounder, GroundingResult, ImageLoadError
 
 BOX_TOL = 1e-3  # pixels
@@ -27,7 +28,7 @@ def _load(ref: Path) -> tuple[Grounder, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ref", reference_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("ref", reference_params())
 def test_every_reference_case(ref: Path) -> None:
     grounder, cases = _load(ref)
     assert cases
@@ -52,23 +53,25 @@ def test_every_reference_case(ref: Path) -> None:
 
 
 @pytest.mark.slow
-def test_image_inputs_agree(reference_grounder: Grounder, reference_dir: Path) -> None:
-    path = reference_dir / "images/scene_640x480.png"
-    text = "the red circle on the left"
-    by_path = reference_grounder.predict(path, text)
-    by_str = reference_grounder.predict(str(path), text)
-    by_bytes = reference_grounder.predict(path.read_bytes(), text)
-    by_pil = reference_grounder.predict(Image.open(path), text)
-    by_array = reference_grounder.predict(np.asarray(Image.open(path).convert("RGB")), text)
+def test_image_inputs_agree(small_grounder: Grounder, small_reference_dir: Path, small_cases: list[dict]) -> None:
+    case = next(c for c in small_cases if c["image"] == "images/scene_rgb_320x240.png")
+    path, text = small_reference_dir / case["image"], case["text"]
+    by_path = small_grounder.predict(path, text)
+    assert by_path.tokens == tuple(case["tokens"])  # the reference's answer
+    by_str = small_grounder.predict(str(path), text)
+    by_bytes = small_grounder.predict(path.read_bytes(), text)
+    by_pil = small_grounder.predict(Image.open(path), text)
+    by_array = small_grounder.predict(np.asarray(Image.open(path).convert("RGB")), text)
     for other in (by_str, by_bytes, by_pil, by_array):
         assert other.tokens == by_path.tokens and other.box == by_path.box
 
 
-def test_several_descriptions_match_single_calls(reference_grounder: Grounder, reference_dir: Path,
-                                                 reference_cases: list[dict]) -> None:
+def test_several_descriptions_match_single_calls(small_grounder: Grounder, small_reference_dir: Path,
+                                                 small_cases: list[dict]) -> None:
     """A list of texts (different token lengths, so padded together) gives each text's single answer."""
-    cases = [c for c in reference_cases if c["image"] == "images/scene_640x480.png"][:8]
-    results = reference_grounder.predict(reference_dir / cases[0]["image"], [c["text"] for c in cases])
+    cases = [c for c in small_cases if c["image"] == "images/scene_rgb_320x240.png"]
+    assert len(cases) >= 3
+    results = small_grounder.predict(small_reference_dir / cases[0]["image"], [c["text"] for c in cases])
     assert isinstance(results, list) and len(results) == len(cases)
     assert len({len(c["input_ids"]) for c in cases}) > 1
     for r, c in zip(results, cases):
@@ -78,9 +81,9 @@ def test_several_descriptions_match_single_calls(reference_grounder: Grounder, r
         assert abs(r.score - c["score"]) < SCORE_TOL
 
 
-def test_result_fields(reference_grounder: Grounder, reference_dir: Path) -> None:
-    r = reference_grounder.predict(reference_dir / "images/portrait_333x500.png", "a dog lying on the grass")
-    assert r.image_size == (333, 500)
+def test_result_fields(small_grounder: Grounder, small_reference_dir: Path) -> None:
+    r = small_grounder.predict(small_reference_dir / "images/scene_portrait_150x300.png", "a dog lying on the grass")
+    assert r.image_size == (150, 300)
     assert len(r.box) == 4 and all(isinstance(v, float) for v in r.box)
     assert 0 < r.confidence <= 1
     assert len(r.alternatives) == 4
@@ -95,30 +98,31 @@ def test_result_fields(reference_grounder: Grounder, reference_dir: Path) -> Non
     assert made.raw_confidence == 0.25 and not made.calibrated
 
 
-def test_modelscope_compatible_call(reference_grounder: Grounder, reference_dir: Path,
-                                    reference_cases: list[dict]) -> None:
-    case = reference_cases[0]
-    out = reference_grounder({"image": str(reference_dir / case["image"]), "text": case["text"]})
+def test_modelscope_compatible_call(small_grounder: Grounder, small_reference_dir: Path,
+                                    small_cases: list[dict]) -> None:
+    case = small_cases[0]
+    out = small_grounder({"image": str(small_reference_dir / case["image"]), "text": case["text"]})
     assert set(out) == {"boxes", "scores"}
     np.testing.assert_allclose(out["boxes"], [case["box"]], atol=BOX_TOL, rtol=0)
     assert len(out["scores"]) == 1 and 0 < out["scores"][0] <= 1  # a real confidence, not the constant 1.0
     with pytest.raises(TypeError, match="image"):
-        reference_grounder({"text": "x"})
+        small_grounder({"text": "x"})
 
 
-def test_long_text_is_truncated_and_flagged(reference_grounder: Grounder, reference_cases: list[dict]) -> None:
-    long_case = next(c for c in reference_cases if c["id"] == "p042")
-    ids, cut = reference_grounder.encode_text(long_case["text"])
+def test_long_text_is_truncated_and_flagged(small_grounder: Grounder, small_cases: list[dict]) -> None:
+    long_case = next(c for c in small_cases if c["id"] == "s06")
+    ids, cut = small_grounder.encode_text(long_case["text"])
     assert cut and len(ids) == 258 and ids == long_case["input_ids"]
-    assert reference_grounder.encode_text("a blue square") == (reference_cases[1]["input_ids"], False)
+    short = next(c for c in small_cases if c["text"] == "a blue square")
+    assert small_grounder.encode_text("a blue square") == (short["input_ids"], False)
 
 
-def test_text_must_be_a_string(reference_grounder: Grounder, reference_dir: Path) -> None:
+def test_text_must_be_a_string(small_grounder: Grounder, small_reference_dir: Path) -> None:
     with pytest.raises(TypeError, match="string"):
-        reference_grounder.predict(reference_dir / "images/scene_640x480.png", [b"bytes"])
+        small_grounder.predict(small_reference_dir / "images/scene_rgb_320x240.png", [b"bytes"])
 
 
-def test_tiny_model_end_to_end(tiny_model_dir: Path, reference_dir: Path) -> None:
+def test_tiny_model_end_to_end(tiny_model_dir: Path) -> None:
     """Another size, other weights, another image size: runs and decodes 4 bins into pixel boxes."""
     g = Grounder.from_pretrained(tiny_model_dir)
     assert g.preprocess.patch_image_size == 128
@@ -138,6 +142,7 @@ def _mixed_cases(cases: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.reference
 def test_batch_of_mixed_images_matches_reference_and_single_calls(reference_dir: Path,
                                                                   reference_cases: list[dict]) -> None:
     """Images of different sizes, texts of different token lengths, in one batch: every answer is the
@@ -156,38 +161,40 @@ def test_batch_of_mixed_images_matches_reference_and_single_calls(reference_dir:
         assert [a.tokens for a in one.alternatives] == [a.tokens for a in r.alternatives], c["id"]
 
 
-def test_predict_batch_keeps_the_shape_of_each_item(reference_grounder: Grounder, reference_dir: Path) -> None:
-    scene, tiny = reference_dir / "images/scene_640x480.png", reference_dir / "images/tiny_97x61.png"
-    out = reference_grounder.predict_batch([(scene, "the red circle"), (tiny, ["a", "the blue square"]),
-                                            (scene, ["the green star"])])
-    assert isinstance(out[0], GroundingResult) and out[0].image_size == (640, 480)
-    assert [r.text for r in out[1]] == ["a", "the blue square"] and out[1][0].image_size == (97, 61)
+def test_predict_batch_keeps_the_shape_of_each_item(small_grounder: Grounder, small_reference_dir: Path) -> None:
+    scene = small_reference_dir / "images/scene_rgb_320x240.png"
+    tiny = small_reference_dir / "images/scene_tiny_23x17.png"
+    out = small_grounder.predict_batch([(scene, "the red circle"), (tiny, ["a", "the blue square"]),
+                                        (scene, ["the green star"])])
+    assert isinstance(out[0], GroundingResult) and out[0].image_size == (320, 240)
+    assert [r.text for r in out[1]] == ["a", "the blue square"] and out[1][0].image_size == (23, 17)
     assert len(out[2]) == 1 and out[2][0].text == "the green star"
-    assert reference_grounder.predict_batch([]) == []
+    assert small_grounder.predict_batch([]) == []
 
 
 @pytest.mark.slow
-def test_feature_cache_reuses_the_backbone_by_content(reference_dir: Path) -> None:
-    path = reference_dir / "images/scene_640x480.png"
-    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", cache_mb=8)
+def test_feature_cache_reuses_the_backbone_by_content(small_reference_dir: Path, small_model_dir: Path) -> None:
+    path = small_reference_dir / "images/scene_rgb_320x240.png"
+    g = Grounder.from_pretrained(small_model_dir, cache_mb=8)
     first = g.predict(path, "the red circle")
     assert (g.cache.hits, g.cache.misses, len(g.cache)) == (0, 1, 1)
     again = g.predict(path.read_bytes(), "the red circle")  # same pixels, another input type
     assert (g.cache.hits, len(g.cache)) == (1, 1)
     assert again.tokens == first.tokens and again.box == first.box
-    g.predict(reference_dir / "images/square_512x512.png", "a")
+    g.predict(small_reference_dir / "images/scene_square_256x256.png", "a")
     assert len(g.cache) == 2 and g.cache.bytes <= g.cache.max_bytes
     one = g.cache.bytes // 2
     g.cache.max_bytes = one  # room for one entry: the least recently used goes
     g.predict(path, "x")
-    g.predict(reference_dir / "images/tiny_97x61.png", "a")
+    g.predict(small_reference_dir / "images/scene_tiny_23x17.png", "a")
     assert len(g.cache) == 1 and g.cache.bytes == one
-    off = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", cache_mb=0)
+    off = Grounder.from_pretrained(small_model_dir, cache_mb=0)
     off.predict(path, "a")
     assert len(off.cache) == 0
 
 
 @pytest.mark.slow
+@pytest.mark.reference
 def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, reference_cases: list[dict]) -> None:
     """bf16 is not exact. On this random-weight fixture many bins are near-ties, so about half the cases
     keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; docs/speed.md); a broken bf16 path
@@ -209,8 +216,9 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     assert all(0 < r.confidence <= 1 and all(math.isfinite(v) for v in r.box) for r in results)
 
 
-def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(reference_dir: Path, reference_cases: list[dict],
-                                                     monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(small_model_dir: Path, small_reference_dir: Path,
+                                                     small_cases: list[dict], monkeypatch: pytest.MonkeyPatch,
+                                                     caplog) -> None:
     """Where the CPU has no bfloat16 units (AVX2-only x86, forced here by the documented switch), bf16 is
     emulated and oneDNN's bf16 convolution refuses to run: the Grounder says so and runs fp32 (exact)."""
     import logging
@@ -221,19 +229,19 @@ def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(reference_dir: Path, referen
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")
     assert not cpu_bf16_supported()
     with caplog.at_level(logging.WARNING, logger="ofa_grounding"):
-        g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16")
+        g = Grounder.from_pretrained(small_model_dir, dtype="bf16")
     assert g.dtype == "fp32" and "no bfloat16 units" in caplog.text and "running fp32" in caplog.text
     assert g.model.ofa.encoder.layers[0].fc1.weight.dtype == torch.float32
-    case = reference_cases[0]
-    r = g.predict(reference_dir / case["image"], case["text"])
+    case = small_cases[0]
+    r = g.predict(small_reference_dir / case["image"], case["text"])
     assert box_overlap(r.box, case["box"]) > 0.999 and r.tokens == tuple(case["tokens"])
 
 
-def test_bad_dtype_and_batch_size(reference_model_dir: Path) -> None:
+def test_bad_dtype_and_batch_size(small_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="dtype must be one of"):
-        Grounder.from_pretrained(reference_model_dir, dtype="int8")
+        Grounder.from_pretrained(small_model_dir, dtype="int8")
     with pytest.raises(ValueError, match="batch_size"):
-        Grounder.from_pretrained(reference_model_dir, batch_size=0)
+        Grounder.from_pretrained(small_model_dir, batch_size=0)
 
 
 def test_min_confidence_marks_unsure_answers_not_found(tiny_model_dir: Path, tmp_path: Path) -> None:

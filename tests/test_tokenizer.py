@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import parity_params
 from ofa_grounding.tokenizer import ASSETS_DIR, OFATokenizer, pre_caption
 
 PROMPT = ' which region does the text " {} " describe?'
@@ -58,8 +59,11 @@ def test_truncation(tok: OFATokenizer) -> None:
     assert len(ids) == 258 and ids[0] == 0 and ids[-1] == 2
 
 
-def test_matches_reference_ids(tok: OFATokenizer, reference_cases: list[dict]) -> None:
-    for case in reference_cases:
+@pytest.mark.parametrize("ref", parity_params())
+def test_matches_reference_ids(tok: OFATokenizer, ref: Path) -> None:
+    cases = json.loads((ref / "cases.json").read_text(encoding="utf-8"))["cases"]
+    assert cases
+    for case in cases:
         assert tok.grounding_ids(case["text"], PROMPT, 256) == case["input_ids"], case["id"]
 
 

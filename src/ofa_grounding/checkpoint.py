@@ -83,6 +83,7 @@ class LoadedCheckpoint:
     stored_dtype: str = "float32"  # the weights' precision in the file (loading upcasts to float32)
     min_confidence: float | None = None  # ours: a calibrated "not found" threshold (grounding.json), if any
     calibration: Calibration | None = None  # ours: the fitted confidence calibration (grounding.json), if any
+    card: str | None = None  # the model directory's README.md (its model card: what it was trained on), if any
 
 
 def _read_json(path: Path) -> dict:
@@ -279,7 +280,19 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     model = _build(config, state)
     log.info("loaded %s (%d parameters)", weights, model.num_parameters())
     return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored,
-                            read_min_confidence(directory), read_calibration(directory))
+                            read_min_confidence(directory), read_calibration(directory), read_card(directory))
+
+
+MAX_CARD_BYTES = 1 << 20
+
+
+def read_card(directory: Path) -> str | None:
+    """The model card: the directory's README.md (ours and ModelScope's both keep one), at most 1 MiB."""
+    path = Path(directory) / "README.md"
+    if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        return f.read(MAX_CARD_BYTES).decode("utf-8", errors="replace")
 
 
 GROUNDING_FILE = "grounding.json"  # ours, beside the model's files; ModelScope ignores it

@@ -189,18 +189,21 @@ class Grounder:
                  preprocess: PreprocessConfig | None = None, generation: GenerationConfig | None = None,
                  device: str | torch.device | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  batch_size: int = 8, fuse: bool = True, dtype: str = "fp32", cache_mb: float = 64,
-                 min_confidence: float | None = None, calibration: Calibration | None = None) -> None:
+                 min_confidence: float | None = None, calibration: Calibration | None = None,
+                 card: str | None = None) -> None:
         """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `dtype` on `device`,
         with BatchNorm folded unless `fuse` is False, is what runs), or a model already behind the
         `GroundingModel` interface (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is.
         `calibration`: makes `GroundingResult.confidence` the probability that the answer is right (boxes,
-        tokens and scores are unchanged); `min_confidence` is then a probability threshold."""
+        tokens and scores are unchanged); `min_confidence` is then a probability threshold. `card`: the model
+        card's text (what the model was trained on and cannot do), shown by the server and the web page."""
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.min_confidence = min_confidence
         self.calibration = calibration
+        self.card = card
         if isinstance(model, OFAModel):
             model = model.prepared_for_inference(dtype, device, fuse=fuse)
         self.model: GroundingModel = model
@@ -231,6 +234,7 @@ class Grounder:
         ckpt = load_model(path, cache_dir=cache_dir)
         kwargs.setdefault("min_confidence", ckpt.min_confidence)
         kwargs.setdefault("calibration", ckpt.calibration)
+        kwargs.setdefault("card", ckpt.card)
         if kwargs["min_confidence"] == 0:
             kwargs["min_confidence"] = None
         model = ckpt.model.prepared_for_inference(dtype, device, fuse=fuse, copy=False)  # ours: no second copy

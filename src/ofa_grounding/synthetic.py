@@ -110,6 +110,15 @@ def resolve(expr: dict[str, Any], objects: Sequence[SceneObject], min_gap: float
     raise ValueError(f"unknown expression kind {kind!r}")
 
 
+# Every word a v1 description uses ("the <size> <colour> <shape>", then the kind's words), for model cards.
+VOCABULARY = {"colours": {c: (c,) for c in COLORS}, "shapes": {s: (s,) for s in SHAPES},
+              "sizes": {"small": ("small",), "large": ("large",)},
+              "superlatives": {"largest": ("largest",), "smallest": ("smallest",)},
+              "relations": {r: (r, f"to the {r}") if r in ("left of", "right of") else (r,) for r in RELATIONS},
+              "ordinals": ORDINALS,
+              "extremes": {"left": ("leftmost",), "right": ("rightmost",), "top": ("topmost",),
+                           "bottom": ("bottommost",)}}
+
 _MIN_GAP = 8.0  # pixels between centres along an axis for an order or a relation to count as clear
 
 

@@ -12,20 +12,20 @@ import pytest
 from ofa_grounding.cli import main
 
 
-def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir: Path, tmp_path: Path,
+def test_exit_codes_and_one_line_errors(small_model_dir: Path, small_reference_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
-    image = str(reference_dir / "images/scene_640x480.png")
+    image = str(small_reference_dir / "images/scene_rgb_320x240.png")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     runs = {
         2: [["predict", "--model", str(tmp_path), image, "x"],  # not a checkpoint
-            ["predict", "--model", str(reference_model_dir), image],  # no text
-            ["predict", "--model", str(reference_model_dir), "--jsonl", str(tmp_path / "none.jsonl")],
-            ["predict", "--model", str(reference_model_dir), image, "x", "--jsonl", "f"],
-            ["predict", "--model", str(reference_model_dir), "--device", "nonsense", image, "x"],
-            ["predict", "--model", str(reference_model_dir), "--cache-mb", "-1", image, "x"]],
-        1: [["predict", "--model", str(reference_model_dir), str(bad), "x"],
-            ["predict", "--model", str(reference_model_dir), str(tmp_path / "nope.png"), "x"]],
+            ["predict", "--model", str(small_model_dir), image],  # no text
+            ["predict", "--model", str(small_model_dir), "--jsonl", str(tmp_path / "none.jsonl")],
+            ["predict", "--model", str(small_model_dir), image, "x", "--jsonl", "f"],
+            ["predict", "--model", str(small_model_dir), "--device", "nonsense", image, "x"],
+            ["predict", "--model", str(small_model_dir), "--cache-mb", "-1", image, "x"]],
+        1: [["predict", "--model", str(small_model_dir), str(bad), "x"],
+            ["predict", "--model", str(small_model_dir), str(tmp_path / "nope.png"), "x"]],
     }
     for code, argvs in runs.items():
         for argv in argvs:
@@ -40,12 +40,12 @@ def test_exit_codes_and_one_line_errors(reference_model_dir: Path, reference_dir
 
 
 @pytest.mark.slow
-def test_console_script_runs(reference_model_dir: Path, reference_dir: Path) -> None:
-    image = str(reference_dir / "images/tiny_97x61.png")
-    proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", "predict", "--model", str(reference_model_dir),
+def test_console_script_runs(small_model_dir: Path, small_reference_dir: Path) -> None:
+    image = str(small_reference_dir / "images/scene_tiny_23x17.png")
+    proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", "predict", "--model", str(small_model_dir),
                            image, "a blue square", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["width"] == 97
+    assert json.loads(proc.stdout)["width"] == 23
 
 
 def test_missing_extras_name_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -48,9 +48,14 @@ def test_convert_round_trips_every_layout(tiny_model_dir: Path, tmp_path: Path, 
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "e"), "--to", "hf"]) == 2
 
 
-def test_info_prints_a_summary(reference_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["info", str(reference_model_dir)]) == 0
+def test_info_prints_a_summary(small_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", str(small_model_dir)]) == 0
     out = capsys.readouterr().out
-    assert "preset tiny" in out and "resnet50 backbone, d_model 256, 4+4 layers" in out
+    assert "modelscope layout, preset (none: custom architecture), stored as float16" in out
+    assert "resnet18 backbone, d_model 64, 1+1 layers, 2 heads, ffn 256" in out
     assert "token embeddings" in out and "59,457 ids (1000 location bins from id 58457)" in out
-    assert "beam 5" in out and "512 px" in out
+    assert "beam 5" in out and "256 px" in out
+    from ofa_grounding import DEFAULT_MODEL
+
+    assert main(["info", str(DEFAULT_MODEL)]) == 0  # the bundled model: an architecture with a preset's name
+    assert "ours layout, preset demo, stored as float16" in capsys.readouterr().out

@@ -12,15 +12,16 @@ import pytest
 from ofa_grounding.cli import main
 
 
-def test_predict_json(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+def test_predict_json(small_model_dir: Path, small_reference_dir: Path, small_cases: list[dict],
                       capsys: pytest.CaptureFixture) -> None:
-    image = str(reference_dir / "images/scene_640x480.png")
-    cases = reference_cases[:2]
-    assert main(["predict", "--model", str(reference_model_dir), image, cases[0]["text"], cases[1]["text"],
+    image = str(small_reference_dir / "images/noise_rgb_200x150.png")
+    cases = small_cases[:2]
+    assert all(c["image"] == "images/noise_rgb_200x150.png" for c in cases)
+    assert main(["predict", "--model", str(small_model_dir), image, cases[0]["text"], cases[1]["text"],
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out) == ["image", "width", "height", "results"]
-    assert (out["image"], out["width"], out["height"]) == (image, 640, 480)
+    assert (out["image"], out["width"], out["height"]) == (image, 200, 150)
     for r, c in zip(out["results"], cases):
         assert list(r) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated"]
         assert r["calibrated"] is False and r["raw_confidence"] == r["confidence"]
@@ -28,32 +29,32 @@ def test_predict_json(reference_model_dir: Path, reference_dir: Path, reference_
         assert all(abs(a - b) < 1e-3 for a, b in zip(r["box"], c["box"]))
 
 
-def test_json_and_jsonl_give_the_api_results_to_dict(reference_grounder, reference_model_dir: Path,
-                                                     reference_dir: Path, reference_cases: list[dict],
+def test_json_and_jsonl_give_the_api_results_to_dict(small_grounder, small_model_dir: Path,
+                                                     small_reference_dir: Path, small_cases: list[dict],
                                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """One result-to-JSON for every output: --json's results are `GroundingResult.to_dict`, field for field and
     in order, and a --jsonl line is the same with the input's image first and the image's size after the text."""
-    image = reference_dir / reference_cases[0]["image"]
-    texts = [reference_cases[0]["text"], "the blue square"]
-    expected = [json.loads(json.dumps(r.to_dict(alternatives=True))) for r in reference_grounder.predict(image, texts)]
-    assert main(["predict", "--model", str(reference_model_dir), str(image), *texts, "--json", "--alternatives"]) == 0
+    image = small_reference_dir / small_cases[0]["image"]
+    texts = [small_cases[0]["text"], "the blue square"]
+    expected = [json.loads(json.dumps(r.to_dict(alternatives=True))) for r in small_grounder.predict(image, texts)]
+    assert main(["predict", "--model", str(small_model_dir), str(image), *texts, "--json", "--alternatives"]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     assert results == expected and [list(r) for r in results] == [list(e) for e in expected]
     batch = tmp_path / "in.jsonl"
     batch.write_text("".join(json.dumps({"image": str(image), "text": t}) + "\n" for t in texts))
-    assert main(["predict", "--model", str(reference_model_dir), "--jsonl", str(batch), "--alternatives"]) == 0
+    assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(batch), "--alternatives"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    width, height = reference_grounder.load_image(image).size
+    width, height = small_grounder.load_image(image).size
     for row, e in zip(rows, expected, strict=True):
         assert row == {"image": str(image), "width": width, "height": height, **e}
         assert list(row) == ["image", "text", "width", "height", *list(e)[1:]]
 
 
-def test_predict_table(reference_model_dir: Path, reference_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    image = str(reference_dir / "images/scene_640x480.png")
-    assert main(["predict", "--model", str(reference_model_dir), image, "the red circle on the left"]) == 0
+def test_predict_table(small_model_dir: Path, small_reference_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    image = str(small_reference_dir / "images/scene_rgb_320x240.png")  # case s04: (44.20, 213.33, 171.69, 224.62)
+    assert main(["predict", "--model", str(small_model_dir), image, "the red circle on the left"]) == 0
     out = capsys.readouterr().out
-    assert "(640x480)" in out and "616.94" in out and "the red circle on the left" in out
+    assert "(320x240)" in out and "171.69" in out and "the red circle on the left" in out
     assert out.splitlines()[1].split()[-2:] == ["confidence", "text"] and " raw 0." in out  # no calibration
 
 
@@ -84,35 +85,35 @@ def test_a_calibrated_model_says_how_sure_everywhere(tiny_model_dir: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_predict_jsonl(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+def test_predict_jsonl(small_model_dir: Path, small_reference_dir: Path, small_cases: list[dict],
                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    shutil.copytree(reference_dir / "images", tmp_path / "images")
-    lines = [json.dumps({"image": reference_cases[i]["image"], "text": reference_cases[i]["text"]})
-             for i in (0, 6, 1)]  # scene, portrait, scene again: grouped per image, printed in order
+    shutil.copytree(small_reference_dir / "images", tmp_path / "images")
+    lines = [json.dumps({"image": small_cases[i]["image"], "text": small_cases[i]["text"]})
+             for i in (0, 7, 1)]  # noise, portrait, noise again: grouped per image, printed in order
     lines.insert(1, json.dumps({"image": "images/missing.png", "text": "x"}))
     lines.insert(2, "{broken json")
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    assert main(["predict", "--model", str(reference_model_dir), "--jsonl", str(tmp_path / "in.jsonl")]) == 1
+    assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(tmp_path / "in.jsonl")]) == 1
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert len(rows) == 5
-    for row, i in zip((rows[0], rows[3], rows[4]), (0, 6, 1)):
+    for row, i in zip((rows[0], rows[3], rows[4]), (0, 7, 1)):
         assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "found", "tokens",
                              "raw_confidence", "calibrated"]
-        assert row["tokens"] == reference_cases[i]["tokens"] and row["text"] == reference_cases[i]["text"]
+        assert row["tokens"] == small_cases[i]["tokens"] and row["text"] == small_cases[i]["text"]
     assert rows[1]["image"] == "images/missing.png" and "not found" in rows[1]["error"]
     assert "in.jsonl:3" in rows[2]["error"]
     assert len(captured.err.strip().splitlines()) == 2  # one line per failed input
 
 
 @pytest.mark.slow
-def test_predict_precision_modes(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+def test_predict_precision_modes(small_model_dir: Path, small_reference_dir: Path, small_cases: list[dict],
                                  capsys: pytest.CaptureFixture) -> None:
     from ofa_grounding.metrics import box_overlap
 
-    case = reference_cases[0]
+    case = small_cases[0]
     for dtype in ("fp32", "bf16"):
-        assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), case["text"],
+        assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), case["text"],
                      "--json", "--dtype", dtype, "--cache-mb", "0"]) == 0
         out = json.loads(capsys.readouterr().out)
         box = out["results"][0]["box"]
@@ -121,18 +122,18 @@ def test_predict_precision_modes(reference_model_dir: Path, reference_dir: Path,
         else:  # not exact (random weights: near-tied bins, even x1 < x0 as in the reference), but in the image
             assert all(0 <= v <= side for v, side in zip(box, [out["width"], out["height"]] * 2)), box
     with pytest.raises(SystemExit):
-        main(["predict", "--model", str(reference_model_dir), "--dtype", "int8", "x.png", "t"])
+        main(["predict", "--model", str(small_model_dir), "--dtype", "int8", "x.png", "t"])
 
 
-def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(reference_model_dir: Path, reference_dir: Path,
-                                                                   reference_cases: list[dict],
+def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(small_model_dir: Path, small_reference_dir: Path,
+                                                                   small_cases: list[dict],
                                                                    monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture) -> None:
     from ofa_grounding.backbone import NO_CPU_BF16_ENV
 
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")  # what an AVX2-only CPU answers
-    case = reference_cases[0]
-    assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), case["text"],
+    case = small_cases[0]
+    assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), case["text"],
                  "--json", "--dtype", "bf16", "--cache-mb", "0"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["results"][0]["tokens"] == case["tokens"]
@@ -142,7 +143,7 @@ def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(reference_mod
 
 
 @pytest.mark.slow
-def test_predict_draw_writes_the_boxes(reference_model_dir: Path, tmp_path: Path,
+def test_predict_draw_writes_the_boxes(small_model_dir: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
 
@@ -150,7 +151,7 @@ def test_predict_draw_writes_the_boxes(reference_model_dir: Path, tmp_path: Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "shapes.png"
     out = tmp_path / "drawn.png"
-    assert main(["predict", "--model", str(reference_model_dir), str(example), "the red circle", "the blue square",
+    assert main(["predict", "--model", str(small_model_dir), str(example), "the red circle", "the blue square",
                  "--json", "--draw", str(out)]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     drawn, original = Image.open(out).convert("RGB"), Image.open(example).convert("RGB")
@@ -164,10 +165,10 @@ def test_predict_draw_writes_the_boxes(reference_model_dir: Path, tmp_path: Path
         # the outline's colour on the box's left edge, half-way down (labels sit above the box)
         assert drawn.getpixel((round(x0) + 1, round((y0 + y1) / 2))) == rgb or \
             drawn.getpixel((round(x1) - 1, round((y0 + y1) / 2))) == rgb
-    assert main(["predict", "--model", str(reference_model_dir), str(example), "x", "--draw",
+    assert main(["predict", "--model", str(small_model_dir), str(example), "x", "--draw",
                  str(tmp_path / "missing-dir" / "o.png")]) == 2
     assert "--draw" in capsys.readouterr().err
-    assert main(["predict", "--model", str(reference_model_dir), "--jsonl", "x.jsonl", "--draw", "o.png"]) == 2
+    assert main(["predict", "--model", str(small_model_dir), "--jsonl", "x.jsonl", "--draw", "o.png"]) == 2
 
 
 def test_min_confidence_not_found_in_table_and_json(tiny_model_dir: Path, tmp_path: Path,
@@ -189,14 +190,14 @@ def test_min_confidence_not_found_in_table_and_json(tiny_model_dir: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_empty_description_is_not_found(reference_model_dir: Path, reference_dir: Path, reference_cases: list[dict],
+def test_empty_description_is_not_found(small_model_dir: Path, small_reference_dir: Path, small_cases: list[dict],
                                         capsys: pytest.CaptureFixture) -> None:
-    case = next(c for c in reference_cases if not c["text"].strip())
-    assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), case["text"],
+    case = next(c for c in small_cases if not c["text"].strip())
+    assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), case["text"],
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["found"] is False and result["tokens"] == case["tokens"]
-    assert main(["predict", "--model", str(reference_model_dir), str(reference_dir / case["image"]), " "]) == 0
+    assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), " "]) == 0
     assert "not found: empty description" in capsys.readouterr().out
 
 

@@ -1,4 +1,5 @@
-"""The HTTP service through FastAPI's test client: every endpoint and every error path."""
+"""The HTTP service through FastAPI's test client: every endpoint and every error path (on the small in-repo
+fixture, tests/fixtures/small-reference, whose cases hold the reference's answers)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ EXAMPLE = ROOT / "examples" / "shapes.png"
 
 
 @pytest.fixture(scope="module")
-def client(reference_grounder) -> Iterator[TestClient]:
-    with TestClient(create_app(reference_grounder, model_name="fixture")) as c:
+def client(small_grounder) -> Iterator[TestClient]:
+    with TestClient(create_app(small_grounder, model_name="fixture")) as c:
         yield c
 
 
@@ -42,10 +43,10 @@ def _error(response, status: int, code: str) -> str:
     return body["error"]["message"]
 
 
-def test_ground_multipart_gives_the_reference_box(client: TestClient, reference_dir: Path,
-                                                  reference_cases: list[dict]) -> None:
-    case = reference_cases[0]
-    image = reference_dir / case["image"]
+def test_ground_multipart_gives_the_reference_box(client: TestClient, small_reference_dir: Path,
+                                                  small_cases: list[dict]) -> None:
+    case = small_cases[0]
+    image = small_reference_dir / case["image"]
     response = client.post("/v1/ground", **_multipart(image, case["text"]))
     assert response.status_code == 200, response.text
     body = response.json()
@@ -61,16 +62,16 @@ def test_ground_multipart_gives_the_reference_box(client: TestClient, reference_
     assert set(result["alternatives"][0]) == {"box", "score", "confidence"}
 
 
-def test_results_are_the_api_results_to_dict(reference_grounder, reference_dir: Path,
-                                             reference_cases: list[dict]) -> None:
+def test_results_are_the_api_results_to_dict(small_grounder, small_reference_dir: Path,
+                                             small_cases: list[dict]) -> None:
     """One result-to-JSON for every output: the service answers `GroundingResult.to_dict` (no token ids, with
     `truncated` and the alternatives), field for field and in the same order."""
-    image = reference_dir / reference_cases[0]["image"]
-    texts = [reference_cases[0]["text"], "the red circle " * 200]  # the second one is truncated
+    image = small_reference_dir / small_cases[0]["image"]
+    texts = [small_cases[0]["text"], "the red circle " * 200]  # the second one is truncated
     expected = [r.to_dict(alternatives=True, tokens=False, truncated=True)
-                for r in reference_grounder.predict(image, texts)]
+                for r in small_grounder.predict(image, texts)]
     assert [e["truncated"] for e in expected] == [False, True]
-    with _client(reference_grounder, max_text_chars=10_000) as c:
+    with _client(small_grounder, max_text_chars=10_000) as c:
         results = c.post("/v1/ground", **_multipart(image, *texts)).json()["results"]
     assert results == json.loads(json.dumps(expected))
     assert [list(r) for r in results] == [list(e) for e in expected]
@@ -78,13 +79,13 @@ def test_results_are_the_api_results_to_dict(reference_grounder, reference_dir: 
 
 
 @pytest.mark.slow
-def test_ground_json_several_texts_in_order(client: TestClient, reference_grounder, reference_dir: Path,
-                                            reference_cases: list[dict]) -> None:
-    image = reference_dir / reference_cases[0]["image"]
-    texts = [c["text"] for c in reference_cases if c["image"] == reference_cases[0]["image"]][:3]
+def test_ground_json_several_texts_in_order(client: TestClient, small_grounder, small_reference_dir: Path,
+                                            small_cases: list[dict]) -> None:
+    image = small_reference_dir / small_cases[0]["image"]
+    texts = [c["text"] for c in small_cases if c["image"] == small_cases[0]["image"]][:3]
     texts.append("a description of my own")
     b64 = base64.b64encode(image.read_bytes()).decode()
-    expected = [r.box for r in reference_grounder.predict(image, texts)]
+    expected = [r.box for r in small_grounder.predict(image, texts)]
     for payload in ({"image": b64, "texts": texts}, {"image": "data:image/png;base64," + b64, "texts": texts}):
         response = client.post("/v1/ground", json=payload)
         assert response.status_code == 200, response.text
@@ -96,13 +97,13 @@ def test_ground_json_several_texts_in_order(client: TestClient, reference_ground
     assert len(one) == 1 and one[0]["box"] == pytest.approx(list(expected[0]), abs=1e-4)
 
 
-def test_model_health_docs_and_page(client: TestClient, reference_model_dir: Path) -> None:
+def test_model_health_docs_and_page(client: TestClient, small_model_dir: Path) -> None:
     from ofa_grounding.checkpoint import load_checkpoint
 
     info = client.get("/v1/model").json()
-    assert info["name"] == "fixture" and info["preset"] == "tiny" and info["dtype"] == "fp32"
-    stored = sum(p.numel() for p in load_checkpoint(reference_model_dir).model.parameters())  # before BN folding
-    assert info["device"] == "cpu" and info["parameters"] == stored and info["image_size"] == 512
+    assert info["name"] == "fixture" and info["preset"] == "custom" and info["dtype"] == "fp32"  # d_model 64
+    stored = sum(p.numel() for p in load_checkpoint(small_model_dir).model.parameters())  # before BN folding
+    assert info["device"] == "cpu" and info["parameters"] == stored and info["image_size"] == 256
     assert info["limits"]["max_texts"] == 16 and info["limits"]["allow_urls"] is False
     assert info["batching"] == {"max_batch": 16, "max_wait_ms": 5.0, "max_queue": 64}
     assert info["calibrated"] is False
@@ -155,8 +156,8 @@ def test_other_request_errors(client: TestClient) -> None:
     assert client.get("/v1/ground").status_code == 405
 
 
-def test_size_limits_are_413(reference_grounder) -> None:
-    with _client(reference_grounder, max_request_bytes=1000, max_pixels=10_000) as c:
+def test_size_limits_are_413(small_grounder) -> None:
+    with _client(small_grounder, max_request_bytes=1000, max_pixels=10_000) as c:
         _error(c.post("/v1/ground", **_multipart(EXAMPLE, "a")), 413, "request_too_large")  # by Content-Length
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
@@ -174,14 +175,14 @@ def test_size_limits_are_413(reference_grounder) -> None:
         assert "200x100" in message
 
 
-def test_image_url_only_when_enabled(reference_grounder, tmp_path: Path) -> None:
+def test_image_url_only_when_enabled(small_grounder, tmp_path: Path) -> None:
     (tmp_path / "shapes.png").write_bytes(EXAMPLE.read_bytes())
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/shapes.png"
     try:
-        with _client(reference_grounder, allow_urls=True) as c:
+        with _client(small_grounder, allow_urls=True) as c:
             ok = c.post("/v1/ground", json={"image_url": url, "texts": ["the red circle"]})
             assert ok.status_code == 200 and ok.json()["width"] == 640, ok.text
             _error(c.post("/v1/ground", json={"image_url": url + "-missing", "texts": ["a"]}), 422, "unreadable_image")
@@ -192,12 +193,12 @@ def test_image_url_only_when_enabled(reference_grounder, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_concurrent_requests_share_model_calls_and_get_their_own_answers(reference_grounder) -> None:
+def test_concurrent_requests_share_model_calls_and_get_their_own_answers(small_grounder) -> None:
     """While the model is busy, waiting requests pile up and run as one batch; each gets its own results."""
     texts = [["the red circle"], ["the blue square", "the green triangle"], ["the small yellow circle"],
              ["the shape at the top"]]
-    expected = [[r.box for r in reference_grounder.predict(EXAMPLE, t)] for t in texts]
-    with _client(reference_grounder) as c:
+    expected = [[r.box for r in small_grounder.predict(EXAMPLE, t)] for t in texts]
+    with _client(small_grounder) as c:
         batcher = c.app.state.batcher
         release, calls = threading.Event(), []
         original = batcher.run
@@ -228,8 +229,8 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(referen
         assert health["batches"] == 2 and health["requests"] == 4 and health["largest_batch"] == 4
 
 
-def test_full_queue_answers_503_with_retry_after(reference_grounder) -> None:
-    with _client(reference_grounder, max_queue=1) as c:
+def test_full_queue_answers_503_with_retry_after(small_grounder) -> None:
+    with _client(small_grounder, max_queue=1) as c:
         batcher = c.app.state.batcher
         release, started = threading.Event(), threading.Event()
         original = batcher.run
@@ -254,8 +255,8 @@ def test_full_queue_answers_503_with_retry_after(reference_grounder) -> None:
         assert c.get("/healthz").json()["rejected"] == 1
 
 
-def test_model_failure_is_a_json_500_for_that_batch_only(reference_grounder) -> None:
-    with TestClient(create_app(reference_grounder), raise_server_exceptions=False) as c:
+def test_model_failure_is_a_json_500_for_that_batch_only(small_grounder) -> None:
+    with TestClient(create_app(small_grounder), raise_server_exceptions=False) as c:
         batcher = c.app.state.batcher
         original, batcher.run = batcher.run, lambda items: (_ for _ in ()).throw(RuntimeError("boom"))
         message = _error(c.post("/v1/ground", **_multipart(EXAMPLE, "a")), 500, "internal_error")
@@ -271,13 +272,13 @@ def test_openapi_documents_both_request_formats(client: TestClient) -> None:
     assert json.dumps(spec)  # serialisable
 
 
-def test_empty_description_answers_not_found_like_the_api(client: TestClient, reference_grounder,
-                                                          reference_dir: Path, reference_cases: list[dict]) -> None:
+def test_empty_description_answers_not_found_like_the_api(client: TestClient, small_grounder,
+                                                          small_reference_dir: Path, small_cases: list[dict]) -> None:
     """An empty or blank description describes nothing: API, CLI and server all answer found: false, with the
-    reference's box for the bare prompt (kept for fidelity; parity cases p037-p039)."""
-    case = next(c for c in reference_cases if not c["text"].strip())
-    image = reference_dir / case["image"]
-    api = reference_grounder.predict(image, case["text"])
+    reference's box for the bare prompt (kept for fidelity; parity cases s01 here, p037-p039 in ../shared)."""
+    case = next(c for c in small_cases if not c["text"].strip())
+    image = small_reference_dir / case["image"]
+    api = small_grounder.predict(image, case["text"])
     assert not api.found and api.tokens == tuple(case["tokens"])
     b64 = base64.b64encode(image.read_bytes()).decode()
     for texts in ([case["text"]], ["  "]):
@@ -355,3 +356,21 @@ def test_the_web_page_words_the_confidence_like_the_cli() -> None:
         label = GroundingResult("t", (0, 0, 1, 1), -1.0, c, (0, 0, 0, 0), (1, 1), calibrated=cal).confidence_label()
         assert label in words if cal else label.replace("raw ", "raw score ") in words
     assert "unsure" not in script
+
+
+def test_the_model_card_is_served_and_linked_from_the_page(tiny_model_dir: Path) -> None:
+    from ofa_grounding import Grounder
+
+    bundled = Grounder.from_pretrained()
+    assert bundled.card and "## " in bundled.card  # the bundled model's README.md
+    with _client(bundled) as c:
+        info = c.get("/v1/model").json()
+        card = c.get(info["card"])
+        page = c.get("/").text
+    assert info["card"] == "/v1/model/card" and card.status_code == 200
+    assert card.headers["content-type"].startswith("text/plain") and card.text == bundled.card
+    assert 'href="/v1/model/card"' in page and "What this model knows" in page
+    without = Grounder.from_pretrained(tiny_model_dir, card=None)
+    with _client(without) as c:
+        assert c.get("/v1/model").json()["card"] is None
+        _error(c.get("/v1/model/card"), 404, "no_model_card")

@@ -54,8 +54,8 @@ def _serving(grounder, model_name: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server_url(reference_grounder) -> Iterator[str]:
-    with _serving(reference_grounder, "fixture") as url:
+def server_url(small_grounder) -> Iterator[str]:
+    with _serving(small_grounder, "fixture") as url:
         yield url
 
 
@@ -78,7 +78,7 @@ def test_page_draws_the_box_the_api_returns(server_url: str) -> None:
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
             page.goto(server_url + "/")
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('tiny')")
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('custom')")
             page.set_input_files("#file", str(EXAMPLE))
             page.fill("#texts", text)
             page.click("#ground")

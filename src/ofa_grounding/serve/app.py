@@ -27,7 +27,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -215,6 +215,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
         "dtype": grounder.dtype, "device": str(grounder.device),
         "image_size": grounder.preprocess.patch_image_size, "version": __version__,
         "calibrated": grounder.calibration is not None,
+        "card": "/v1/model/card" if grounder.card else None,
     }
 
     @asynccontextmanager
@@ -267,6 +268,13 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
         return {**model_info, "limits": limits,
                 "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                              "max_queue": config.max_queue}}
+
+    @app.get("/v1/model/card", summary="The model card: what the model was trained on and cannot do",
+             response_class=PlainTextResponse, responses={404: {"description": "the model has no card"}})
+    async def model_card() -> PlainTextResponse:
+        if not grounder.card:
+            raise APIError(404, "no_model_card", "the loaded model has no model card (README.md in its directory)")
+        return PlainTextResponse(grounder.card, media_type="text/plain; charset=utf-8")
 
     @app.get("/healthz", summary="Liveness and counters")
     async def healthz() -> dict[str, Any]:
