@@ -189,7 +189,7 @@ def candidate_expressions(target: int, objects: Sequence[SceneObject], rng: rand
     return out
 
 
-def _simple_expressions(objects: Sequence[SceneObject], rng: random.Random, count: int) -> list[tuple[int, dict]]:
+def simple_expressions(objects: Sequence[SceneObject], rng: random.Random, count: int) -> list[tuple[int, dict]]:
     """Up to `count` (target, attribute expression) pairs, one per object, each picking out its object alone."""
     out: list[tuple[int, dict]] = []
     for target in rng.sample(range(len(objects)), len(objects)):
@@ -363,7 +363,7 @@ def _scene_samples(seed: int, index: int, size: tuple[int, int], per_scene: int,
                         "kind": kind, "target": target, "expression": expr})
     if simple and split == "train":
         simple_rng = random.Random(f"ofa-grounding-synthetic/{seed}/{index}/simple")
-        for target, expr in _simple_expressions(objects, simple_rng, simple):
+        for target, expr in simple_expressions(objects, simple_rng, simple):
             samples.append({"text": render_text(expr, simple_rng), "box": list(objects[target].box),
                             "split": split, "kind": "simple", "target": target, "expression": expr})
     return image, objects, samples

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from .synthetic import SceneObject, candidate_expressions, resolve
+from .synthetic import SceneObject, candidate_expressions, simple_expressions
 
 __all__ = ["COLORS", "SHAPES", "VOCABULARY", "absent_description", "make_scene", "render_text", "scene_samples"]
 
@@ -379,10 +379,6 @@ def absent_description(objects: Sequence[SceneObject], rng: random.Random) -> di
     return {"kind": "absent", "words": words}
 
 
-_SIMPLE_KEYS = (("shape",), ("color",), ("color", "shape"), ("size", "shape"), ("size", "color"),
-                ("size", "color", "shape"))
-
-
 def scene_samples(seed: int, index: int, per_scene: int, simple: int, absent: int, split: str, max_side: int,
                   rng: random.Random) -> tuple[Image.Image, list[SceneObject], dict[str, Any], list[dict]]:
     """Scene `index` and its descriptions: up to `per_scene` hard ones (attribute, relation, ordinal,
@@ -408,17 +404,8 @@ def scene_samples(seed: int, index: int, per_scene: int, simple: int, absent: in
     # scenes get up to `simple` more, not counted as benchmark rows.
     fallback = not samples
     easy = (simple if split == "train" else 0) + fallback
-    for target in rng.sample(range(len(objects)), len(objects)):
-        if easy <= 0:
-            break
-        t = objects[target]
-        full = {"size": t.size, "color": t.color, "shape": t.shape}
-        unique = [{k: full[k] for k in keys} for keys in _SIMPLE_KEYS
-                  if resolve({"kind": "attribute", "desc": {k: full[k] for k in keys}}, objects) == [target]]
-        if unique:
-            samples.append({"kind": "simple", "target": target, "extra": not fallback,
-                            "expression": {"kind": "attribute", "desc": rng.choice(unique)}})
-            fallback, easy = False, easy - 1
+    for k, (target, expr) in enumerate(simple_expressions(objects, rng, easy)):
+        samples.append({"kind": "simple", "target": target, "extra": not (fallback and k == 0), "expression": expr})
     for _ in range(absent):
         expr = absent_description(objects, rng)
         if expr:
