@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"bench.py: error: {problem}", file=sys.stderr)
         return 2
+    if warning := ours.noisy_warning(args):
+        print(f"bench.py: warning: {warning}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         images = ours.image_set(args.images, Path(tmp))
         common = [__file__, "--model", str(args.model), "--iters", str(args.iters), "--threads", str(args.threads),

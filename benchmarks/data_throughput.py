@@ -46,7 +46,7 @@ def main() -> int:
         for group in _groups(samples, grounder.batch_size):
             image = grounder.load_image(group[0][1].image)
             pixels = grounder.image_tensor(image)
-            ids = [grounder.encode_text(s.text) for _, s in group]
+            ids = [grounder.tokenize_text(s.text) for _, s in group]
             prepared.append((pixels, image.size, [s.text for _, s in group], ids))
         return time.perf_counter() - start, prepared
 

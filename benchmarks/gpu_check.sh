@@ -50,7 +50,7 @@ tests/test_model.py tests/test_predictor.py -k 'not cpu_without'"
 step make-tiny.txt 60 "$PY - <<'EOF'
 from ofa_grounding.checkpoint import save_checkpoint
 from ofa_grounding.loader import load_model
-c = load_model('tiny', allow_preset=True)
+c = load_model('preset:tiny', allow_preset=True)
 save_checkpoint('$TMP/tiny', c.model, c.tokenizer_dir, c.preprocess, c.generation)
 EOF"
 step bench-tiny.txt 150 "$OFA bench --model $TMP/tiny --device $DEVICE --dtypes fp32,bf16 --iters $ITERS --json"

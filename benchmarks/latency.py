@@ -62,7 +62,7 @@ def worker_ours(model: str, image: str, text: str, iters: int) -> dict:
         t0 = time.perf_counter()
         rgb = g.load_image(image)
         pixels = g.image_tensor(rgb)
-        ids, cut = g.encode_text(text)
+        ids, cut = g.tokenize_text(text)
         t1 = time.perf_counter()
         features, grid = g.model.image_features(pixels.unsqueeze(0))  # the backbone, no feature cache
         enc, src_len = g.encode_texts(features, grid, [ids])

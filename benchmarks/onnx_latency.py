@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ofa_grounding import Grounder
-from ofa_grounding.checkpoint import load_checkpoint
+from ofa_grounding.checkpoint import read_checkpoint
 from ofa_grounding.onnx_export import export_onnx, onnx_grounder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def main() -> None:
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="ofa-onnx-"))
         t0 = time.perf_counter()
-        export_onnx(load_checkpoint(args.model), folder)
+        export_onnx(read_checkpoint(args.model), folder)
         print(f"export: {time.perf_counter() - t0:.1f} s -> {folder}")
     runtimes = {"torch": Grounder.from_pretrained(args.model, cache_mb=0),
                 "onnxruntime": onnx_grounder(folder, threads=2, cache_mb=0)}

@@ -28,7 +28,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="training data (any format `train` reads)")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--model", default="demo", help="preset or model directory (default: demo)")
+    ap.add_argument("--model", default="preset:demo",
+                    help="preset:NAME (random weights) or a model name as train --model takes (default: preset:demo)")
     ap.add_argument("--teacher", help="also time the update with this teacher's forward pass")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -39,7 +40,7 @@ def main() -> int:
     if args.device == "cpu":
         torch.set_num_threads(2)
     from ofa_grounding.data import open_dataset
-    from ofa_grounding.generation import open_vocab_ids
+    from ofa_grounding.generation import allowed_token_ids
     from ofa_grounding.image import normalize_batch
     from ofa_grounding.loader import load_model
     from ofa_grounding.train.data import GroundingTrainSet, collate
@@ -65,7 +66,7 @@ def main() -> int:
 
     batch = {k: v.to(device) for k, v in collate([train_set[i] for i in range(args.batch_size)]).items()}
     pixels = normalize_batch(batch["pixels"], pre.mean, pre.std)
-    vocab = open_vocab_ids(gen, model.config.vocab_size, device)
+    vocab = allowed_token_ids(gen, model.config.vocab_size, device)
     column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=device)
     column[vocab] = torch.arange(len(vocab), device=device)
     target = column[batch["target"].view(-1)]

@@ -29,7 +29,7 @@ RUNS = {
               "--augment", "flip,jitter", "--accum", "2", "--val", "{data}", "--val-limit", "4", "--eval-every", "3"],
     "cells": ["train", "--model", "{teacher}", "--max-steps", "5", "--attr-weight", "0.5", "--pointer-weight", "0.3",
               "--group-by-image", "2", "--bin-sigma", "2", "--absent-rate", "0.2", "--augment", "flip"],
-    "preset": ["train", "--model", "demo", "--max-steps", "3", "--smooth-bins", "--image-size", "64", "--bf16"],
+    "preset": ["train", "--model", "preset:demo", "--max-steps", "3", "--smooth-bins", "--image-size", "64", "--bf16"],
     "distill": ["distill", "--teacher", "{teacher}", "--student", "{student}", "--max-steps", "4",
                 "--hidden-weight", "0.5", "--accum", "2"],
     "cache": ["distill", "--teacher", "{teacher}", "--student", "{student}", "--max-steps", "4", "--attn-weight", "0",
@@ -42,9 +42,9 @@ MAKE_INPUTS = """
 import sys
 from pathlib import Path
 import torch
-from ofa_grounding.checkpoint import init_weights, save_checkpoint
+from ofa_grounding.checkpoint import save_checkpoint
 from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
-from ofa_grounding.model import OFAModel
+from ofa_grounding.model import OFAModel, init_weights
 from ofa_grounding.synthetic import write_synthetic
 from ofa_grounding.tokenizer import ASSETS_DIR
 

@@ -57,9 +57,9 @@ run_arm() {  # arm: train every seed (at once with PARALLEL=1), then score each
     grep -q "^$arm	$seed	" "$OUT/results.tsv" 2>/dev/null && continue
     local resume=(); [ -d "$OUT/$arm-s$seed/last" ] && resume=(--resume)
     if [ "$arm" = finetuned ]; then
-      cmd=("$OFA" train --model demo)
+      cmd=("$OFA" train --model preset:demo)
     else
-      cmd=("$OFA" distill --teacher "$TEACHER" --student demo --teacher-bf16)
+      cmd=("$OFA" distill --teacher "$TEACHER" --student preset:demo --teacher-bf16)
     fi
     if [ "$PARALLEL" = 1 ]; then
       "${cmd[@]}" "${COMMON[@]}" --seed "$seed" --out "$OUT/$arm-s$seed" "${resume[@]}" \
@@ -79,7 +79,7 @@ finetuned_pid=
 if [ ! -d "$TEACHER" ]; then
   [ -n "${TEACHER_PRESET:-}" ] || { echo "no teacher at $TEACHER (set TEACHER_PRESET to train one)" >&2; exit 2; }
   if [ "$PARALLEL" = 1 ]; then run_arm finetuned > "$OUT/finetuned-arm.log" 2>&1 & finetuned_pid=$!; fi
-  "$OFA" train --model "$TEACHER_PRESET" "${RECIPE[@]}" --max-steps "${TEACHER_STEPS:-10000}" \
+  "$OFA" train --model "preset:$TEACHER_PRESET" "${RECIPE[@]}" --max-steps "${TEACHER_STEPS:-10000}" \
     --batch-size "${TEACHER_BATCH:-64}" --lr "${TEACHER_LR:-5e-4}" --save-every 1000 --seed 0 --out "$OUT/teacher-run"
   cp -r "$OUT/teacher-run/last" "$TEACHER"
 fi

@@ -31,7 +31,7 @@ from torch import nn
 from ofa_grounding.checkpoint import save_checkpoint
 from ofa_grounding.data import open_dataset
 from ofa_grounding.evaluate import evaluate
-from ofa_grounding.generation import open_vocab_ids
+from ofa_grounding.generation import allowed_token_ids
 from ofa_grounding.image import normalize_batch
 from ofa_grounding.metrics import box_iou
 from ofa_grounding.predictor import Grounder
@@ -45,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--model", default="demo")
+    ap.add_argument("--model", default="preset:demo")
     ap.add_argument("--max-steps", type=int, required=True)
     ap.add_argument("--schedule-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -94,7 +94,7 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fused=True)
     total = args.schedule_steps or args.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, args.warmup))
-    vocab_ids = open_vocab_ids(gen, model.config.vocab_size)
+    vocab_ids = allowed_token_ids(gen, model.config.vocab_size)
     column = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
     column[vocab_ids] = torch.arange(len(vocab_ids))
     model.train()

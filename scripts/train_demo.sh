@@ -47,7 +47,7 @@ fi
 #    output) and smooth bin embeddings; 10 % of the samples describe an absent object, answered with the null
 #    box ("not found"). 32 samples per step.
 if [ -z "${STAGE1_FROM:-}" ]; then
-  stage stage1 32 "$STEPS" "$OFA" train --model demo --data "$TRAIN" --val "$BENCH" --val-split val --val-limit 1000 \
+  stage stage1 32 "$STEPS" "$OFA" train --model preset:demo --data "$TRAIN" --val "$BENCH" --val-split val --val-limit 1000 \
     --out "$OUT/stage1" --max-steps "$STEPS" --batch-size 32 --lr 1e-3 --warmup-ratio 0.006 $BF16 --augment flip \
     --cache-images --bin-sigma 12 --attr-weight 1 --pointer-weight 1 --smooth-bins --absent-rate 0.1 \
     --eval-every 2000 --save-every 1000 --seed 1 --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} --no-progress

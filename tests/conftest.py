@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ofa_grounding.checkpoint import init_weights, save_checkpoint
+from ofa_grounding.checkpoint import save_checkpoint
 from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
-from ofa_grounding.model import OFAModel
+from ofa_grounding.model import OFAModel, init_weights
 from ofa_grounding.tokenizer import ASSETS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

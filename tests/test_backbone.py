@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ofa_grounding import backbone
+from ofa_grounding import backbone, hardware
 from ofa_grounding.backbone import ResNet
 
 
@@ -29,13 +29,13 @@ def test_folding_batchnorm_keeps_the_output() -> None:
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not backbone._onednn_post_ops(), reason="this torch build has no oneDNN fused convolutions")
+@pytest.mark.skipif(not hardware.onednn_post_ops(), reason="this torch build has no oneDNN fused convolutions")
 def test_onednn_post_ops_equal_the_eager_fused_path_bitwise(monkeypatch: pytest.MonkeyPatch) -> None:
     """Convolution + residual sum + ReLU in one oneDNN call gives the same float32 bits as three eager ops."""
     net, images = _randomised_resnet().fuse_for_inference_(), torch.randn(2, 3, 64, 48)
     with torch.inference_mode():
         fused = net(images)
-        monkeypatch.setattr(backbone, "_onednn_post_ops", lambda: False)
+        monkeypatch.setattr(backbone, "onednn_post_ops", lambda: False)
         eager = net(images)
     if torch.get_num_threads() >= 2:
         assert torch.equal(fused, eager)

@@ -104,8 +104,44 @@ def test_bench_runs_end_to_end_on_a_small_model(tiny_model_dir: Path, tmp_path: 
     assert raw["ours"][0]["single"]["n"] == 10 and raw["ours"][0]["batch16"]["n"] >= 3
 
 
+def test_every_number_in_the_table_has_a_label() -> None:
+    """Each line of numbers starts with what they are (the max used to sit on a line of its own, unlabelled)."""
+    table = bench.format_table([_row("ours fp32", 1.0), _row("ours bf16", 0.5)], _row("reference", 2.0), "head")
+    for line in table.splitlines()[2:]:
+        assert line[:34].strip(), f"unlabelled line: {line!r}"
+    lines = table.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("single query, median of 10 runs")))
+    assert lines[at + 1].split()[:2] == ["min", "90.0ms"] and lines[at + 2].split()[:2] == ["max", "200.0ms"]
+
+
+def test_few_iterations_are_allowed_with_a_warning(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """--iters 1 to 4 run (the heavier scenarios as often, not 3 times), warning that the medians are noisy;
+    --iters 0 is refused."""
+    assert {k: n for k, (*_, n) in bench.plan(["a.png"] * 16, 1).items()} == {"single": 1, "five": 1, "batch16": 1}
+    assert {k: n for k, (*_, n) in bench.plan(["a.png"] * 16, 3).items()} == {"single": 3, "five": 3, "batch16": 3}
+    assert {k: n for k, (*_, n) in bench.plan(["a.png"] * 16, 10).items()} == {"single": 10, "five": 5,
+                                                                                 "batch16": 3}
+    commands = []
+
+    def fake_worker(cmd: list[str], env: dict | None = None) -> dict:
+        commands.append(cmd)
+        return {**_row("ours fp32", 1.0), "torch": "x"}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    monkeypatch.setattr(bench, "image_set", lambda images, tmp: ["a.png"] * 16)
+    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "3", "--dtypes", "fp32"]) == 0
+    captured = capsys.readouterr()
+    assert commands[0][commands[0].index("--iters") + 1] == "3"
+    assert "ofa-ground: warning: --iters 3: medians over fewer than 5 runs are noisy" in captured.err
+    assert "single query, median" in captured.out
+    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "5", "--dtypes", "fp32"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "0"]) == 2
+    assert capsys.readouterr().err == "ofa-ground: error: --iters must be at least 1, got 0\n"
+
+
 def test_bench_bad_arguments(tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "3"]) == 2
     assert main(["bench", "--model", str(tiny_model_dir), "--dtypes", "fp16"]) == 2
     assert main(["bench", "--model", str(tmp_path / "nope")]) == 2
 

@@ -80,6 +80,44 @@ def test_sharding_takes_disjoint_groups(tmp_path: Path) -> None:
     assert not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 9
 
 
+def test_ranks_reports_merge_into_the_single_process_one(tmp_path: Path) -> None:
+    """What rank 0 makes of every rank's report under torchrun (`DistributedContext.gather` -> `EvalReport.merge`)."""
+    from ofa_grounding.distributed import DistributedContext
+    from ofa_grounding.evaluate import EvalReport
+
+    rows = [{"image": "a.png" if i % 3 else "b.png", "text": f"good {i}", "box": [1, 1, 40, 40]} for i in range(9)]
+    rows.append({"image": "missing.png", "text": "good 9", "box": [1, 1, 2, 2]})
+    path = _write(tmp_path, rows)
+    model = StandIn({r["text"]: r["box"] for r in rows})
+    whole = evaluate(model, read_jsonl(path), "test", progress=False)
+    parts = [evaluate(model, read_jsonl(path), "test", progress=False, rank=r, world_size=2) for r in (0, 1)]
+    merged = EvalReport.merge(parts)
+    assert merged.records == whole.records and merged.split == "test"
+    assert [str(i) for i in merged.issues] == [str(i) for i in whole.issues]
+    assert DistributedContext().gather(whole) is whole  # one process: nothing to gather
+
+
+def test_the_progress_bar_has_the_number_of_samples_as_its_total(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """eval's bar says "n/N" (it had no total), and reaches N though some samples are skipped as unusable."""
+    rows = [{"image": "a.png", "text": f"good {i}", "box": [10, 10, 50, 50]} for i in range(4)]
+    rows += [{"image": "missing.png", "text": "good 4", "box": [1, 1, 2, 2]},
+             {"image": "b.png", "text": "good 5", "box": [10, 10, 80, 40]}]  # sticks out of the 50x50 image
+    path = _write(tmp_path, rows)
+    model = StandIn({r["text"]: r["box"] for r in rows})
+    report = evaluate(model, read_jsonl(path), "test")
+    err = capsys.readouterr().err
+    assert len(report.records) == 4 and len(report.issues) == 2  # the counting pass leaves no extra issues
+    assert "eval test: 100%" in err and "| 6/6 [" in err, err
+    evaluate(model, read_jsonl(path), "test", limit=3)
+    assert "| 3/3 [" in capsys.readouterr().err
+    # groups (runs of one image, at most 4): a.png's four, missing.png, b.png; rank 0 of 2 takes the 1st and 3rd
+    report = evaluate(model, read_jsonl(path), "test", rank=0, world_size=2)
+    assert len(report.records) == 4 and "| 5/5 [" in capsys.readouterr().err
+    evaluate(model, read_jsonl(path), "test", progress=False)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("syn")

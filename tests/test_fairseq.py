@@ -11,7 +11,7 @@ import torch
 
 from fairseq_writer import write_fairseq
 from ofa_grounding import Grounder
-from ofa_grounding.checkpoint import CheckpointError, full_state_dict, load_checkpoint
+from ofa_grounding.checkpoint import CheckpointError, full_state_dict, read_checkpoint
 from ofa_grounding.fairseq import from_fairseq_key, read_fairseq, to_fairseq_key
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
@@ -39,7 +39,7 @@ def test_name_table_both_directions(fairseq_name: str, our_name: str) -> None:
 
 
 def test_every_key_round_trips(tiny_model_dir: Path) -> None:
-    state = full_state_dict(load_checkpoint(tiny_model_dir).model)
+    state = full_state_dict(read_checkpoint(tiny_model_dir).model)
     fairseq_names = [to_fairseq_key(k) for k in state]
     assert [from_fairseq_key(k) for k in fairseq_names] == list(state)
     assert not any(s in k for k in fairseq_names for s in ("mid_layer_norm", ".cross_attn.", "cross_attn_layer_norm"))
@@ -48,7 +48,7 @@ def test_every_key_round_trips(tiny_model_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fairseq_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ckpt = load_checkpoint(tiny_model_dir)
+    ckpt = read_checkpoint(tiny_model_dir)
     path = tmp_path_factory.mktemp("fairseq") / "refcoco_tiny_best.pt"
     return write_fairseq(path, full_state_dict(ckpt.model), ckpt.model.config, ckpt.preprocess, ckpt.generation)
 
@@ -58,7 +58,7 @@ def test_fairseq_file_loads_with_the_same_weights_and_answers(fairseq_file: Path
     assert "encoder.version" in raw["model"] and "decoder.layers.0.encoder_attn.q_proj.weight" in raw["model"]
     assert raw["cfg"]["model"]["encoder_embed_dim"] == 32 and raw["cfg"]["task"]["patch_image_size"] == 128
 
-    ours, theirs = load_checkpoint(tiny_model_dir), load_checkpoint(fairseq_file)
+    ours, theirs = read_checkpoint(tiny_model_dir), read_checkpoint(fairseq_file)
     assert theirs.layout == "fairseq" and theirs.model.config == ours.model.config
     assert theirs.preprocess.patch_image_size == 128 and theirs.generation.constraint_range == (58457, 59457)
     a, b = ours.model.state_dict(), theirs.model.state_dict()
@@ -76,7 +76,7 @@ def test_old_checkpoints_with_an_argparse_namespace(fairseq_file: Path, tmp_path
     state, model_args, task_args = read_fairseq(tmp_path / "old.pt")
     assert model_args["encoder_layers"] == 2 and task_args["patch_image_size"] == 128
     assert "decoder.layers.0.cross_attn.k_proj.weight" in state and "encoder.version" not in state
-    assert load_checkpoint(tmp_path / "old.pt").model.config.d_model == 32
+    assert read_checkpoint(tmp_path / "old.pt").model.config.d_model == 32
 
 
 class _Exploit:
@@ -91,21 +91,21 @@ def test_the_unpickler_refuses_anything_else(fairseq_file: Path, tmp_path: Path)
     raw["extra_state"]["payload"] = _Exploit()
     torch.save(raw, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match=r"refused to unpickle: it names (posix|os)\.system"):
-        load_checkpoint(tmp_path / "evil.pt")
+        read_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
 
 
 def test_not_a_fairseq_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
     torch.save({"encoder.embed_tokens.weight": torch.zeros(3, 2)}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not a fairseq checkpoint"):
-        load_checkpoint(tmp_path / "plain.pt")
+        read_checkpoint(tmp_path / "plain.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="cannot read as a fairseq checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
+        read_checkpoint(tmp_path / "junk.pt")
     raw = {"model": {"encoder.embed_tokens.weight": torch.zeros(3, 2)}, "cfg": None, "args": None}
     torch.save(raw, tmp_path / "nocfg.pt")
     with pytest.raises(CheckpointError, match="without its configuration"):
-        load_checkpoint(tmp_path / "nocfg.pt")
+        read_checkpoint(tmp_path / "nocfg.pt")
 
 
 def test_wrong_vocabulary_is_named(fairseq_file: Path, tmp_path: Path) -> None:
@@ -114,4 +114,4 @@ def test_wrong_vocabulary_is_named(fairseq_file: Path, tmp_path: Path) -> None:
         raw["model"][k] = raw["model"][k][:21128]  # the size of the Chinese BERT vocabulary
     torch.save(raw, tmp_path / "zh.pt")
     with pytest.raises(CheckpointError, match="21128 token embeddings"):
-        load_checkpoint(tmp_path / "zh.pt")
+        read_checkpoint(tmp_path / "zh.pt")

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ofa_grounding.config import GenerationConfig
-from ofa_grounding.generation import beam_search, open_vocab_ids
+from ofa_grounding.generation import allowed_token_ids, beam_search
 
 V = 20  # toy vocabulary: 0..3 specials, ids 10..19 play the bins
 CFG = GenerationConfig(beam_size=3, max_len_b=4, min_len=4, no_repeat_ngram_size=3, constraint_range=(10, 20))
@@ -24,7 +24,7 @@ def _fixed(logits_row: torch.Tensor, vocab_ids: torch.Tensor | None = None):
 
 
 def test_exactly_four_tokens_then_eos_and_scores() -> None:
-    ids = open_vocab_ids(CFG, V)
+    ids = allowed_token_ids(CFG, V)
     table = torch.full((5, V), -5.0)
     table[:, 12] = 3.0
     table[:, 15] = 2.0 + 0.1 * torch.arange(5)  # the runner-up is cheapest at the last coordinate
@@ -54,7 +54,7 @@ def test_bos_and_unk_stay_open_under_the_constraint() -> None:
     logits = torch.full((V,), -5.0)
     logits[3] = 5.0  # <unk> is not masked by the reference's range constraint
     logits[1] = 9.0  # <pad> is always banned
-    ids = open_vocab_ids(CFG, V)
+    ids = allowed_token_ids(CFG, V)
     step = _fixed(logits, ids)
     best = beam_search(step, 1, CFG, src_len=5, vocab_size=V, vocab_ids=ids)[0][0]
     assert best.tokens[:3] == [3, 3, 3] and best.tokens[3] != 3 and 1 not in best.tokens
@@ -63,7 +63,7 @@ def test_bos_and_unk_stay_open_under_the_constraint() -> None:
 def test_full_vocabulary_equals_restricted_vocabulary() -> None:
     torch.manual_seed(0)
     table = torch.randn(6, V)  # logits depend on the step: look them up by the number of calls
-    ids = open_vocab_ids(CFG, V)
+    ids = allowed_token_ids(CFG, V)
 
     def make(vocab_ids):
         count = [0]
@@ -129,7 +129,7 @@ def test_repeated_ngrams_are_banned_by_hand() -> None:
 def test_nan_logits_end_only_their_own_sample() -> None:
     """A NaN logit makes its row's log-softmax NaN, read as -inf (the reference's rule): that sample gets no
     hypothesis, the other sample of the batch is unaffected."""
-    ids = open_vocab_ids(CFG, V)
+    ids = allowed_token_ids(CFG, V)
     row = torch.linspace(0, 1, V)[ids]
 
     def step(tokens: torch.Tensor, reorder: torch.Tensor | None) -> torch.Tensor:

@@ -18,7 +18,8 @@ HF_ID = "OFA-Sys/ofa-tiny"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("MODELSCOPE_CACHE", "HF_HUB_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "OFA_GROUND_OFFLINE"):
+    for var in ("MODELSCOPE_CACHE", "HF_HUB_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "OFA_GROUNDING_OFFLINE",
+                "OFA_GROUND_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default caches live under an empty home
 
@@ -60,8 +61,13 @@ def test_missing_while_offline_says_where_to_put_files(tmp_path: Path, monkeypat
     with pytest.raises(CheckpointError, match=f"hf:{HF_ID}: not in the Hugging Face cache and offline mode is on"):
         resolve_model("hf:" + HF_ID, cache_dir=tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setenv("OFA_GROUND_OFFLINE", "true")
+    monkeypatch.setenv("OFA_GROUNDING_OFFLINE", "true")
     with pytest.raises(CheckpointError, match="offline mode is on"):
+        resolve_model(MS_ID, cache_dir=tmp_path)
+    monkeypatch.delenv("OFA_GROUNDING_OFFLINE")
+    monkeypatch.setenv("OFA_GROUND_OFFLINE", "1")  # the old name: still read, for a release, with a warning
+    with pytest.warns(DeprecationWarning, match="OFA_GROUNDING_OFFLINE"), \
+            pytest.raises(CheckpointError, match="offline mode is on"):
         resolve_model(MS_ID, cache_dir=tmp_path)
 
 

@@ -20,7 +20,6 @@ from ofa_grounding.model import (
     image_grid_buckets,
     image_grid_ids,
 )
-from ofa_grounding.predictor import _ieee_fp32
 
 # Absolute tolerances against golden.npz, with the largest differences measured on this project's
 # machines in brackets. The golden tensors come from the reference on another machine: there our
@@ -39,7 +38,7 @@ def test_golden_intermediates(case: str, reference_grounder, golden: dict) -> No
     ids = torch.tensor(golden[f"{case}/input_ids"])[None].to(g.device)
     pixels = torch.from_numpy(golden[f"{case}/patch_image"])[None].to(g.device)
     steps: list[torch.Tensor] = []
-    with torch.inference_mode(), _ieee_fp32():  # no TF32 on GPUs (OFA_TEST_DEVICE=cuda)
+    with torch.inference_mode():  # no TF32 on GPUs (OFA_TEST_DEVICE=cuda): the fp32 Grounder turned it off
         features = g.model.ofa.encoder.embed_images(pixels)  # the backbone alone
         embeds, grid = g.model.image_features(pixels)  # from here on the interface the Grounder uses
         enc = g.model.encode(ids, embeds, grid)
@@ -90,7 +89,7 @@ def test_image_bucket_anchors() -> None:
 @pytest.fixture(scope="module")
 def tiny() -> OFAModel:
     torch.manual_seed(1)
-    from ofa_grounding.checkpoint import init_weights
+    from ofa_grounding.model import init_weights
 
     return init_weights(OFAModel(OFAConfig(**TINY_CONFIG)), std=0.3).eval()
 
@@ -98,7 +97,7 @@ def tiny() -> OFAModel:
 @pytest.fixture(scope="module")
 def entangled() -> OFAModel:
     torch.manual_seed(1)
-    from ofa_grounding.checkpoint import init_weights
+    from ofa_grounding.model import init_weights
 
     return init_weights(OFAModel(OFAConfig(**TINY_CONFIG, entangle_position_embedding=True)), std=0.3).eval()
 
@@ -158,9 +157,9 @@ def test_unsupported_configuration_is_refused() -> None:
 
 def test_recorded_attention_matches_the_fused_path(tiny_model_dir) -> None:
     """Distillation's explicit attention (probabilities recorded) computes what the fused kernel does."""
-    from ofa_grounding.checkpoint import load_checkpoint
+    from ofa_grounding.checkpoint import read_checkpoint
 
-    model = load_checkpoint(tiny_model_dir).model.eval()
+    model = read_checkpoint(tiny_model_dir).model.eval()
     ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1]])
     images = torch.randn(2, 3, 64, 64)
     prev = torch.tensor([[0, 58500, 58600, 58700, 58800]] * 2)
@@ -284,9 +283,9 @@ def test_bad_inference_arguments(tiny: OFAModel) -> None:
 
 
 def test_image_index_equals_repeated_images(tiny_model_dir) -> None:
-    from ofa_grounding.checkpoint import load_checkpoint
+    from ofa_grounding.checkpoint import read_checkpoint
 
-    model = load_checkpoint(tiny_model_dir).model.eval()
+    model = read_checkpoint(tiny_model_dir).model.eval()
     ids = torch.tensor([[0, 100, 200, 2], [0, 300, 2, 1], [0, 5, 6, 2]])
     images = torch.randn(2, 3, 64, 64)
     index = torch.tensor([1, 0, 1])
@@ -295,3 +294,32 @@ def test_image_index_equals_repeated_images(tiny_model_dir) -> None:
         shared = model(ids, images, prev, image_index=index)
         repeated = model(ids, images[index], prev)
     torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-5)
+
+
+def test_meta_model_skips_init_on_this_thread_only() -> None:
+    """Loading builds the model on the meta device without initialising it through a per-thread torch function
+    mode: torch.nn.init is never patched, and another thread initialising meanwhile draws real numbers."""
+    import threading
+
+    from ofa_grounding.model import _SkipInit, meta_model
+
+    originals = {name: getattr(torch.nn.init, name) for name in dir(torch.nn.init)}
+    drawn: dict[str, torch.Tensor] = {}
+
+    def other_thread() -> None:
+        t = torch.zeros(64)
+        torch.nn.init.normal_(t)
+        torch.nn.init.kaiming_uniform_(w := torch.zeros(8, 8))
+        drawn.update(t=t, w=w)
+
+    with torch.device("meta"), _SkipInit():
+        skipped = torch.nn.init.normal_(torch.empty(64))
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert skipped.is_meta
+    assert drawn["t"].device.type == "cpu" and drawn["t"].std() > 0.5 and drawn["w"].abs().sum() > 0
+    assert {name: getattr(torch.nn.init, name) for name in dir(torch.nn.init)} == originals
+    model = meta_model(OFAConfig(**TINY_CONFIG))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert torch.nn.init.normal_(torch.zeros(64)).std() > 0.5  # and after: as usual

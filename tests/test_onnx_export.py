@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import parity_params
 from ofa_grounding import Grounder
-from ofa_grounding.checkpoint import load_checkpoint
+from ofa_grounding.checkpoint import read_checkpoint
 from ofa_grounding.cli import main
-from ofa_grounding.onnx_export import GRAPHS, export_onnx, onnx_grounder
+from ofa_grounding.onnx_export import GRAPHS, _quiet_known_tracer_warnings, export_onnx, onnx_grounder
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
 
@@ -24,7 +26,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
 
     def export(model_dir: Path) -> Path:
         if model_dir not in done:
-            done[model_dir] = export_onnx(load_checkpoint(model_dir), tmp_path_factory.mktemp("onnx"))
+            done[model_dir] = export_onnx(read_checkpoint(model_dir), tmp_path_factory.mktemp("onnx"))
         return done[model_dir]
 
     return export
@@ -89,15 +91,56 @@ def test_cli_export_and_predict(tiny_model_dir: Path, tmp_path: Path, capsys: py
     assert "not an export-onnx folder" in capsys.readouterr().err
 
 
+def test_export_keeps_a_non_empty_folder_and_prints_no_tracer_warnings(
+        tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """As `convert`: a non-empty output folder is refused (exit 2, one line) unless --overwrite; the two
+    TracerWarnings every export used to print are silenced (issue 28)."""
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export-onnx", str(tiny_model_dir), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ofa-ground: error: {out} exists and is not empty (use --overwrite to replace it)\n"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["export-onnx", str(tiny_model_dir), str(out / "notes.txt")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:
+        # the filters a user's process has: torch's own, hiding TracerWarnings from torch.* (pytest drops it
+        # when it restores the filters after collection), and ours from ofa_grounding shown each time
+        torch.jit.TracerWarning.ignore_lib_warnings()
+        warnings.filterwarnings("always", category=torch.jit.TracerWarning, module=r"ofa_grounding\.")
+        assert main(["export-onnx", str(tiny_model_dir), str(out), "--overwrite"]) == 0
+    assert (out / "decoder_step.onnx").stat().st_size > 0 and (out / "notes.txt").read_text() == "mine"
+    tracer = [(w.filename, w.lineno, str(w.message)) for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert not tracer, tracer
+    assert "TracerWarning" not in capsys.readouterr().err
+
+
+def test_only_the_known_tracer_warnings_are_silenced_and_only_inside() -> None:
+    known = "Converting a tensor to a Python boolean might cause the trace to be incorrect. We can't record ..."
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _quiet_known_tracer_warnings():
+            warnings.warn_explicit(known, torch.jit.TracerWarning, "model.py", 1, module="ofa_grounding.model")
+            warnings.warn_explicit("Converting a tensor to a Python index", torch.jit.TracerWarning, "model.py", 2,
+                                   module="ofa_grounding.model")
+            warnings.warn_explicit(known, torch.jit.TracerWarning, "other.py", 3, module="someone.else")
+            warnings.warn_explicit(known, UserWarning, "model.py", 4, module="ofa_grounding.model")
+        warnings.warn_explicit(known, torch.jit.TracerWarning, "model.py", 5, module="ofa_grounding.model")
+    assert [w.lineno for w in caught] == [2, 3, 4, 5]
+    assert warnings.filters == before
+
+
 @pytest.mark.slow
 def test_a_model_with_entangled_positions_exports_and_matches_torch(tmp_path: Path) -> None:
     """The demo preset entangles positions in the decoder too: each step's position embedding is an input of
     the step graph (zeros for OFA's published models)."""
     import torch
 
-    from ofa_grounding.checkpoint import init_weights, save_checkpoint
+    from ofa_grounding.checkpoint import save_checkpoint
     from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
-    from ofa_grounding.model import OFAModel
+    from ofa_grounding.model import OFAModel, init_weights
     from ofa_grounding.tokenizer import ASSETS_DIR
 
     torch.manual_seed(3)
@@ -110,7 +153,7 @@ def test_a_model_with_entangled_positions_exports_and_matches_torch(tmp_path: Pa
     directory = save_checkpoint(tmp_path / "m", model, ASSETS_DIR, PreprocessConfig(patch_image_size=64,
                                                                                    max_image_size=64),
                                 GenerationConfig())
-    out = export_onnx(load_checkpoint(directory), tmp_path / "onnx")
+    out = export_onnx(read_checkpoint(directory), tmp_path / "onnx")
     texts = ["the red circle", "the blue square on the right", "a"]
     ours = onnx_grounder(out).predict(EXAMPLE, texts)
     torch_results = Grounder.from_pretrained(directory).predict(EXAMPLE, texts)

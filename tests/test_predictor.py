@@ -38,7 +38,7 @@ def test_every_reference_case(ref: Path) -> None:
                 grounder.predict(ref / case["image"], case["text"])
             assert "\n" not in str(info.value)
             continue
-        ids, _ = grounder.encode_text(case["text"])
+        ids, _ = grounder.tokenize_text(case["text"])
         assert ids == case["input_ids"], case["id"]
         r = grounder.predict(ref / case["image"], case["text"])
         assert r.tokens == tuple(case["tokens"]), case["id"]
@@ -111,10 +111,10 @@ def test_modelscope_compatible_call(small_grounder: Grounder, small_reference_di
 
 def test_long_text_is_truncated_and_flagged(small_grounder: Grounder, small_cases: list[dict]) -> None:
     long_case = next(c for c in small_cases if c["id"] == "s06")
-    ids, cut = small_grounder.encode_text(long_case["text"])
+    ids, cut = small_grounder.tokenize_text(long_case["text"])
     assert cut and len(ids) == 258 and ids == long_case["input_ids"]
     short = next(c for c in small_cases if c["text"] == "a blue square")
-    assert small_grounder.encode_text("a blue square") == (short["input_ids"], False)
+    assert small_grounder.tokenize_text("a blue square") == (short["input_ids"], False)
 
 
 def test_text_must_be_a_string(small_grounder: Grounder, small_reference_dir: Path) -> None:
@@ -199,7 +199,7 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     """bf16 is not exact. On this random-weight fixture many bins are near-ties, so about half the cases
     keep fp32's tokens (46.6 % over all 73; 94.3 % on a trained model; docs/speed.md); a broken bf16 path
     agrees ~never. The backbone and encoder run in bf16, the decoder and the shared token table in fp32."""
-    from ofa_grounding.backbone import cpu_bf16_supported
+    from ofa_grounding.hardware import cpu_bf16_supported
     from ofa_grounding.metrics import box_overlap
 
     if DEVICE == "cpu" and not cpu_bf16_supported():
@@ -223,7 +223,7 @@ def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(small_model_dir: Path, small
     emulated and oneDNN's bf16 convolution refuses to run: the Grounder says so and runs fp32 (exact)."""
     import logging
 
-    from ofa_grounding.backbone import NO_CPU_BF16_ENV, cpu_bf16_supported
+    from ofa_grounding.hardware import NO_CPU_BF16_ENV, cpu_bf16_supported
     from ofa_grounding.metrics import box_overlap
 
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")
@@ -274,3 +274,10 @@ def test_model_folder_carries_its_calibrated_threshold(tiny_model_dir: Path, tmp
     (model / "grounding.json").write_text(json.dumps({"min_confidence": "high"}))
     with pytest.raises(CheckpointError, match="min_confidence must be a number"):
         Grounder.from_pretrained(model)
+
+
+def test_encode_text_is_a_deprecated_alias_of_tokenize_text(small_grounder: Grounder) -> None:
+    """`tokenize_text` tokenises, `encode_texts` runs the encoder; the old name warns for a release."""
+    with pytest.warns(DeprecationWarning, match="tokenize_text"):
+        old = small_grounder.encode_text("a blue square")
+    assert old == small_grounder.tokenize_text("a blue square")

@@ -56,7 +56,7 @@ def _check(r, case: dict) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_single_query_matches_the_reference(grounder: Grounder, case: dict) -> None:
-    ids, _ = grounder.encode_text(case["text"])
+    ids, _ = grounder.tokenize_text(case["text"])
     assert ids == case["input_ids"], case["id"]
     r = grounder.predict(FIXTURE / case["image"], case["text"])
     _check(r, case)

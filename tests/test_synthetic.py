@@ -120,3 +120,20 @@ def test_absent_expressions_name_no_object_of_the_scene(bench: Path) -> None:
             assert resolve(expr, objects) == [], text
             hard += color in colors and shape in shapes
     assert hard >= 50  # about half name a colour and a shape the scene has, never together
+
+
+def test_make_synthetic_shows_progress_unless_told_not_to(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """make-synthetic was silent for minutes: a bar on stderr counts the samples as scenes are drawn (issue 28);
+    --no-progress and the library's default leave it out, and the files are the same either way."""
+    from ofa_grounding.cli import main
+
+    args = ["--world", "v1", "--n", "12", "--seed", "2", "--size", "64", "--json"]
+    assert main(["make-synthetic", str(tmp_path / "shown"), *args]) == 0
+    captured = capsys.readouterr()
+    assert "drawing: 100%" in captured.err and "| 12/12 [" in captured.err, captured.err
+    assert "drawing:" not in captured.out and json.loads(captured.out)["counts"]
+    assert main(["make-synthetic", str(tmp_path / "quiet"), *args, "--no-progress"]) == 0
+    assert "drawing:" not in capsys.readouterr().err
+    write_synthetic(tmp_path / "library", 12, seed=2, size=(64, 64))
+    assert "drawing:" not in capsys.readouterr().err
+    assert _digest(tmp_path / "shown") == _digest(tmp_path / "quiet") == _digest(tmp_path / "library")

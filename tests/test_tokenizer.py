@@ -137,9 +137,9 @@ def test_a_chinese_model_directory_loads_predicts_and_converts(zh_vocab: Path, t
 
     from conftest import TINY_CONFIG
     from ofa_grounding import Grounder
-    from ofa_grounding.checkpoint import init_weights, load_checkpoint, save_checkpoint
+    from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint
     from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
-    from ofa_grounding.model import OFAModel
+    from ofa_grounding.model import OFAModel, init_weights
     from ofa_grounding.tokenizer import OFAChineseTokenizer
 
     torch.manual_seed(0)
@@ -149,12 +149,12 @@ def test_a_chinese_model_directory_loads_predicts_and_converts(zh_vocab: Path, t
     generation = GenerationConfig(constraint_range=(vocab_size - 1000, vocab_size))
     out = save_checkpoint(tmp_path / "zh", model, zh_vocab.parent, preprocess, generation)
     assert (out / "vocab.txt").is_file() and not (out / "vocab.json").exists()
-    ckpt = load_checkpoint(out)
+    ckpt = read_checkpoint(out)
     assert isinstance(ckpt.tokenizer, OFAChineseTokenizer) and ckpt.preprocess.prompt == ZH_PROMPT
     g = Grounder.from_pretrained(out)
-    assert g.encode_text(ZH_CASES[0][0])[0] == [0, *ZH_CASES[0][1], 2]
+    assert g.tokenize_text(ZH_CASES[0][0])[0] == [0, *ZH_CASES[0][1], 2]
     result = g.predict(Path(__file__).resolve().parents[1] / "examples" / "shapes.png", "红色的圆")
     assert all(vocab_size - 1000 <= t < vocab_size for t in result.tokens)
-    again = load_checkpoint(save_checkpoint(tmp_path / "zh-hf", ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess,
+    again = read_checkpoint(save_checkpoint(tmp_path / "zh-hf", ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess,
                                             ckpt.generation, layout="hf"))
     assert isinstance(again.tokenizer, OFAChineseTokenizer) and again.preprocess.language == "zh"

@@ -8,6 +8,7 @@
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .errors import CheckpointError, ImageLoadError
+from .model_names import bundled_models
 from .presets import get_preset, list_presets
 
 __version__ = "0.1.0"
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 # Imported on first use (PEP 562): these need torch, which takes seconds to import; `ofa-ground --help`
 # and the configuration classes do not.
 _LAZY = {"DEFAULT_MODEL": "loader", "Alternative": "predictor", "Calibration": "calibration", "Grounder": "predictor",
-         "GroundingResult": "predictor", "load_checkpoint": "checkpoint", "load_model": "loader"}
+         "GroundingResult": "predictor", "load_model": "loader",
+         "load_checkpoint": "checkpoint"}  # deprecated (warns when called): load_model; gone in the next release
 
 
 def __getattr__(name: str):
@@ -26,5 +28,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DEFAULT_MODEL", "Alternative", "Calibration", "CheckpointError", "GenerationConfig", "Grounder",
-           "GroundingResult", "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "get_preset",
-           "list_presets", "load_checkpoint", "load_model"]
+           "GroundingResult", "ImageLoadError", "OFAConfig", "PreprocessConfig", "__version__", "bundled_models",
+           "get_preset", "list_presets", "load_model"]

@@ -6,14 +6,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from .config import RESNET_LAYERS
+from .hardware import NO_CPU_BF16_ENV, cpu_bf16_supported, onednn_bf16_supported, onednn_post_ops
 
+# NO_CPU_BF16_ENV and cpu_bf16_supported: aliases of hardware.py's, kept importable from here
+# (scripts/train_demo.sh imports backbone.cpu_bf16_supported).
 __all__ = ["NO_CPU_BF16_ENV", "ResNet", "cpu_bf16_supported", "drop_path", "linear_rates"]
 
 
@@ -29,30 +29,6 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1.0 - rate
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask / keep
-
-
-NO_CPU_BF16_ENV = "OFA_GROUNDING_NO_CPU_BF16"
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes in bfloat16 natively (x86: AVX-512 BF16 or AMX; Arm: the BF16 extension) and
-    oneDNN's bfloat16 kernels run on it. Elsewhere bfloat16 is emulated (slower than float32) or, for oneDNN's
-    convolutions, refused. `OFA_GROUNDING_NO_CPU_BF16=1` answers no on any CPU (to test that path)."""
-    if os.environ.get(NO_CPU_BF16_ENV, "") not in ("", "0"):
-        return False
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: oneDNN's own check above is all we have
-        return True
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
-
-
-def _onednn_post_ops() -> bool:
-    """Whether this torch build has oneDNN's convolution with fused post-ops (the op torch.compile's CPU
-    backend emits; private, so checked rather than assumed)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 def _conv_relu(conv: nn.Conv2d, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
@@ -129,8 +105,8 @@ class ResNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.fused:
             images = images.contiguous(memory_format=torch.channels_last)
-            if images.device.type == "cpu" and _onednn_post_ops() and not images.requires_grad and \
-                    (images.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            if images.device.type == "cpu" and onednn_post_ops() and not images.requires_grad and \
+                    (images.dtype != torch.bfloat16 or onednn_bf16_supported()):
                 x = self.maxpool(_conv_relu(self.conv1, images))
                 for block in (*self.layer1, *self.layer2, *self.layer3):
                     x = block.forward_fused(x)

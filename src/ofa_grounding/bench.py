@@ -28,6 +28,7 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 SCENARIOS = ("single", "five", "batch16")
+FEW_ITERS = 5  # fewer single-query runs than this: warn that the medians are noisy
 TEXTS = ("the red circle on the left", "a large blue square", "the green star below the circle",
          "the smallest object", "the yellow triangle to the right of the blue square")
 
@@ -64,9 +65,12 @@ def timed(fn, iters: int) -> dict[str, float]:
 
 
 def plan(images: list[str], iters: int) -> dict:
-    """What each scenario runs: (image(s), text(s), repetitions)."""
-    return {"single": (images[0], TEXTS[0], iters), "five": (images[0], list(TEXTS), max(3, iters // 2)),
-            "batch16": ([(img, TEXTS[i % len(TEXTS)]) for i, img in enumerate(images[:16])], max(3, iters // 4))}
+    """What each scenario runs: (image(s), text(s), repetitions). The heavier scenarios repeat half and a
+    quarter as often, at least 3 times (or `iters` times when that is fewer)."""
+    least = min(iters, 3)
+    return {"single": (images[0], TEXTS[0], iters), "five": (images[0], list(TEXTS), max(least, iters // 2)),
+            "batch16": ([(img, TEXTS[i % len(TEXTS)]) for i, img in enumerate(images[:16])],
+                        max(least, iters // 4))}
 
 
 def worker_ours(model: str | None, images: list[str], iters: int, threads: int, dtype: str, device: str) -> tuple:
@@ -175,9 +179,11 @@ def format_table(rows: list[dict], ref: dict | None, header: str) -> str:
 
     names = {"single": "single query", "five": "5 descriptions, one image", "batch16": "16 mixed images"}
     for key in SCENARIOS:
-        line(f"{names[key]}, median", lambda r, k=key: r[k]["median"], "ms", 1000)
-        line("  min / max", lambda r, k=key: r[k]["min"], "ms", 1000)
-        line("", lambda r, k=key: r[k]["max"], "ms", 1000)
+        runs = {r[key]["n"] for r in everyone}
+        of = f" of {runs.pop()} runs" if len(runs) == 1 else ""
+        line(f"{names[key]}, median{of}", lambda r, k=key: r[k]["median"], "ms", 1000)
+        line("  min", lambda r, k=key: r[k]["min"], "ms", 1000)
+        line("  max", lambda r, k=key: r[k]["max"], "ms", 1000)
     line("5 descriptions: per description", lambda r: r["five"]["median"] / 5, "ms", 1000)
     line("16 images: per image", lambda r: r["batch16"]["median"] / 16, "ms", 1000)
     line("model load", lambda r: r["load_s"], "s ", 1)
@@ -196,20 +202,23 @@ def format_table(rows: list[dict], ref: dict | None, header: str) -> str:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", help="model directory (default: the bundled demo model)")
+    ap.add_argument("--model", help="a model directory, a bundled model's name or a hub id, as predict --model takes "
+                                    "(default: the bundled demo model)")
     ap.add_argument("--images", help="folder of images for the scenarios (default: 16 synthetic scenes of mixed "
                                      "sizes and modes)")
     ap.add_argument("--dtypes", default="fp32,bf16", help="precision modes (default fp32,bf16)")
-    ap.add_argument("--iters", type=int, default=10, help="single-query repetitions (>= 10)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iters", type=int, default=10,
+                    help="single-query repetitions (default 10; at least 1, but medians of fewer than "
+                         f"{FEW_ITERS} are noisy); the other scenarios repeat half and a quarter as often")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of every measured process")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ap.add_argument("--json", action="store_true", help="print the raw measurements as JSON too")
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
     """The first problem with the arguments, as a one-line message, or None."""
-    if args.iters < 10:
-        return "--iters must be at least 10"
+    if args.iters < 1:
+        return f"--iters must be at least 1, got {args.iters}"
     dtypes = [d for d in args.dtypes.split(",") if d]
     bad = [d for d in dtypes if d not in ("fp32", "bf16")]
     if bad or not dtypes:
@@ -217,6 +226,13 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     for path, what in ((args.model, "--model"), (args.images, "--images")):
         if path is not None and not Path(path).is_dir():
             return f"{what} {path}: not a folder"
+    return None
+
+
+def noisy_warning(args: argparse.Namespace) -> str | None:
+    """A one-line warning when the arguments give unreliable numbers, or None."""
+    if args.iters < FEW_ITERS:
+        return f"--iters {args.iters}: medians over fewer than {FEW_ITERS} runs are noisy"
     return None
 
 
@@ -234,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"ofa-ground: error: {problem}", file=sys.stderr)
         return 2
+    if warning := noisy_warning(args):
+        print(f"ofa-ground: warning: {warning}", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         images = image_set(args.images, Path(tmp))

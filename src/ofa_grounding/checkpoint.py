@@ -1,6 +1,6 @@
 """Reading and writing model directories.
 
-Layouts read (see `load_checkpoint`):
+Layouts read (see `read_checkpoint`; callers load models through `loader.load_model`, which uses it):
 - ModelScope OFA directories: `config.json`, `configuration.json`, `vocab.json`, `merges.txt`,
   `pytorch_model.bin` (read with `torch.load(weights_only=True)`, never a bare unpickle);
 - our own directories: the same files with `model.safetensors` instead of `pytorch_model.bin`;
@@ -8,7 +8,7 @@ Layouts read (see `load_checkpoint`):
   keys possibly prefixed `model.`;
 - a `.safetensors` / `.bin` file whose folder holds the other files;
 - OFA's original fairseq `.pt` files (`fairseq.py`: a restricted unpickler and the name mapping).
-Layouts written: ours, modelscope, hf (`save_checkpoint`). Weights stored in float16/bfloat16 are upcast
+Layouts written: safetensors (ours), modelscope, hf (`save_checkpoint`). Weights stored in float16/bfloat16 are upcast
 to float32. Loading is strict: missing, unexpected or mis-shaped keys raise `CheckpointError` naming
 them. The only keys dropped are listed in `_UNUSED_KEYS` (parts of OFA that visual grounding never runs,
 and index tables we recompute).
@@ -16,24 +16,23 @@ and index tables we recompute).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_model
-from torch import nn
 
 from .calibration import Calibration
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
 from .errors import CheckpointError
 from .fairseq import config_from_fairseq, read_fairseq
-from .model import OFAModel
+from .model import OFAModel, meta_model
 from .tokenizer import ASSETS_DIR, OFAChineseTokenizer, OFATokenizer, load_tokenizer
 
 __all__ = [
@@ -41,12 +40,11 @@ __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
     "convert_state_dict",
-    "describe",
     "full_state_dict",
-    "init_weights",
     "load_checkpoint",
-    "load_settings",
-    "load_state_dict",
+    "read_checkpoint",
+    "read_settings",
+    "read_state_dict",
     "read_calibration",
     "read_grounding",
     "read_min_confidence",
@@ -79,7 +77,7 @@ class LoadedCheckpoint:
     generation: GenerationConfig
     path: Path  # the directory or file it came from
     tokenizer_dir: Path  # where its vocab.json / merges.txt are (the package's own for fairseq files)
-    layout: str = "ours"  # ours | modelscope | hf | fairseq
+    layout: str = "safetensors"  # safetensors (ours) | modelscope | hf | fairseq | preset (loader.load_model)
     stored_dtype: str = "float32"  # the weights' precision in the file (loading upcasts to float32)
     min_confidence: float | None = None  # ours: a calibrated "not found" threshold (grounding.json), if any
     calibration: Calibration | None = None  # ours: the fitted confidence calibration (grounding.json), if any
@@ -96,7 +94,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` file or a torch pickle read with `weights_only=True`."""
     path = Path(path)
     try:
@@ -162,45 +160,13 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: OFAModel) -> dict[
     return state
 
 
-def init_weights(model: OFAModel, std: float = 0.02) -> OFAModel:
-    """Fresh weights as OFA initialises them: N(0, std) linear/embedding weights, zero biases and pad row."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=std)
-            torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Embedding):
-            torch.nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-    return model
-
-
-@contextlib.contextmanager
-def _skip_init():
-    """Make torch.nn.init a no-op while modules are built on the meta device: every tensor is replaced by
-    the checkpoint's anyway, and initialising meta tensors pulls in torch's reference-op machinery
-    (about 1.7 s of imports on first use)."""
-    names = ("normal_", "uniform_", "zeros_", "ones_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-             "xavier_normal_", "trunc_normal_", "constant_")
-    saved = {name: getattr(nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
-
-
 def _build(config: OFAConfig, state: dict[str, torch.Tensor]) -> OFAModel:
-    with torch.device("meta"), _skip_init():
-        model = OFAModel(config)
+    model = meta_model(config)  # no initialisation: every tensor is the checkpoint's
     model.load_state_dict(convert_state_dict(state, model), strict=True, assign=True)
     return model.eval()
 
 
-def load_settings(directory: Path) -> tuple[OFAConfig, OFATokenizer | OFAChineseTokenizer, PreprocessConfig,
+def read_settings(directory: Path) -> tuple[OFAConfig, OFATokenizer | OFAChineseTokenizer, PreprocessConfig,
                                            GenerationConfig, bool]:
     """Everything of a model directory but its weights: (config, tokenizer, preprocessing, generation, whether
     a ModelScope `configuration.json` supplied the settings)."""
@@ -246,8 +212,9 @@ def load_settings(directory: Path) -> tuple[OFAConfig, OFATokenizer | OFAChinese
     return config, tokenizer, preprocess, generation, settings_file.is_file()
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Load a model in any layout we read, with its tokenizer and settings.
+def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read a model in any layout we read, with its tokenizer and settings, from a local path (`loader.load_model`
+    is the public entry: it also takes bundled models' names and hub ids).
 
     - a directory with `config.json` and weights (`model.safetensors` or `pytorch_model.bin`): ours,
       ModelScope's (with `configuration.json`) or Hugging Face OFA's (without; keys may carry `model.`);
@@ -273,14 +240,23 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{directory}: not a checkpoint directory (no config.json){hint}")
     if weights is None:
         raise CheckpointError(f"{directory}: no weights file ({' or '.join(WEIGHT_FILES)})")
-    config, tokenizer, preprocess, generation, has_settings_file = load_settings(directory)
-    layout = "hf" if not has_settings_file else "ours" if weights.suffix == ".safetensors" else "modelscope"
-    state = load_state_dict(weights)
+    config, tokenizer, preprocess, generation, has_settings_file = read_settings(directory)
+    layout = "hf" if not has_settings_file else "safetensors" if weights.suffix == ".safetensors" else "modelscope"
+    state = read_state_dict(weights)
     stored = _stored_dtype(state)
     model = _build(config, state)
     log.info("loaded %s (%d parameters)", weights, model.num_parameters())
     return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored,
                             read_min_confidence(directory), read_calibration(directory), read_card(directory))
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Deprecated (to be removed in the next release): `ofa_grounding.load_model`, which reads the same paths and
+    also bundled models' names and hub ids; one layer down, `read_checkpoint`."""
+    warnings.warn("load_checkpoint is deprecated and will be removed in the next release; use "
+                  "ofa_grounding.load_model (or checkpoint.read_checkpoint for a local path)", DeprecationWarning,
+                  stacklevel=2)
+    return read_checkpoint(path)
 
 
 MAX_CARD_BYTES = 1 << 20
@@ -366,45 +342,15 @@ def _stored_dtype(state: dict[str, torch.Tensor]) -> str:
     return max(counts, key=counts.get) if counts else "float32"
 
 
-def describe(ckpt: LoadedCheckpoint) -> dict[str, Any]:
-    """What `ofa-ground info` prints: preset, parameter counts by part, vocabulary and settings."""
-    from .presets import match_preset
-
-    parts = {"backbone": 0, "token embeddings": 0, "positions": 0, "encoder layers": 0, "decoder layers": 0,
-             "other": 0}
-    for name, p in ckpt.model.named_parameters():  # named_parameters yields a tied tensor once
-        if name.startswith("encoder.embed_images."):
-            part = "backbone"
-        elif "embed_tokens" in name:
-            part = "token embeddings"
-        elif name.startswith(("encoder.layers.", "decoder.layers.")):
-            part = f"{name.split('.')[0]} layers"
-        elif "pos" in name:  # position tables, their LayerNorms and projections, relative-bias tables
-            part = "positions"
-        else:
-            part = "other"
-        parts[part] += p.numel()
-    cfg, gen = ckpt.model.config, ckpt.generation
-    return {
-        "layout": ckpt.layout, "path": str(ckpt.path), "stored_dtype": ckpt.stored_dtype,
-        "preset": match_preset(cfg, ckpt.preprocess.patch_image_size),
-        "architecture": {k: getattr(cfg, k) for k in ("resnet_type", "d_model", "encoder_layers", "decoder_layers",
-                                                      "encoder_attention_heads", "decoder_attention_heads",
-                                                      "encoder_ffn_dim", "decoder_ffn_dim")},
-        "parameters": {"total": sum(parts.values()), **parts},
-        "vocabulary": {"size": ckpt.tokenizer.vocab_size, "bins": gen.num_bins,
-                       "first_bin": ckpt.tokenizer.bin_offset},
-        "preprocess": ckpt.preprocess.to_dict(), "generation": gen.to_dict(),
-    }
-
-
-LAYOUTS = ("ours", "modelscope", "hf")
+LAYOUTS = ("safetensors", "modelscope", "hf")  # as `ofa-ground convert --to` names them
+_OLD_LAYOUT_NAMES = {"ours": "safetensors"}  # still accepted by save_checkpoint and save_settings
 _HF_SETTINGS = "ofa_grounding"  # our preprocessing and decoding settings inside an HF config.json
 
 
 def save_settings(directory: str | Path, config: OFAConfig, tokenizer_dir: str | Path, preprocess: PreprocessConfig,
-                  generation: GenerationConfig, layout: str = "ours") -> Path:
-    """Everything of a model directory but its weights (see `save_checkpoint`; `load_settings` reads it)."""
+                  generation: GenerationConfig, layout: str = "safetensors") -> Path:
+    """Everything of a model directory but its weights (see `save_checkpoint`; `read_settings` reads it)."""
+    layout = _OLD_LAYOUT_NAMES.get(layout, layout)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_json = {"model_type": "ofa", **config.to_dict()}
@@ -431,10 +377,10 @@ def save_settings(directory: str | Path, config: OFAConfig, tokenizer_dir: str |
 def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str | Path,
                     preprocess: PreprocessConfig, generation: GenerationConfig,
                     metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None,
-                    layout: str = "ours") -> Path:
-    """Write a model directory in one of `LAYOUTS`.
+                    layout: str = "safetensors") -> Path:
+    """Write a model directory in one of `LAYOUTS` ("ours", the old name of "safetensors", is accepted too).
 
-    - ours: config.json, configuration.json (ModelScope's settings file), model.safetensors, vocab.json,
+    - safetensors (ours): config.json, configuration.json (ModelScope's settings file), model.safetensors, vocab.json,
       merges.txt;
     - modelscope: the same with `pytorch_model.bin` holding every key an OFA checkpoint has (the tied output
       projection, and zero-initialised tensors for the parts grounding never runs): ModelScope's loader
@@ -445,11 +391,12 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
       "ofa_grounding" so that a round trip keeps them.
     `dtype=torch.float16` stores the weights at half size (loading upcasts them).
     """
+    layout = _OLD_LAYOUT_NAMES.get(layout, layout)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if model.encoder.embed_images.fused:
         raise ValueError("this model's backbone was fused for inference (Grounder(fuse=True)); save the model "
-                         "as loaded by load_checkpoint instead")
+                         "as loaded by load_model instead")
     directory = save_settings(directory, model.config, tokenizer_dir, preprocess, generation, layout)
     stored = model
     if dtype is not None and dtype != next(model.parameters()).dtype:
@@ -457,7 +404,7 @@ def save_checkpoint(directory: str | Path, model: OFAModel, tokenizer_dir: str |
         stored.load_state_dict(model.state_dict())
     for name in WEIGHT_FILES:  # one weights file per folder, so that every reader takes the same one
         (directory / name).unlink(missing_ok=True)
-    if layout == "ours":
+    if layout == "safetensors":
         save_model(stored, str(directory / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
     else:
         torch.save(full_state_dict(stored), directory / "pytorch_model.bin")

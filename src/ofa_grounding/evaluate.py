@@ -8,13 +8,12 @@ numbers equal a single-process run's.
 
 from __future__ import annotations
 
-import os
+import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from .data import DataIssue, Dataset, Sample
@@ -22,7 +21,7 @@ from .image import ImageLoadError
 from .metrics import LENGTH_ORDER, SIZE_ORDER, box_iou, breakdown, is_hit, length_bucket, size_bucket, summarize
 from .predictor import Grounder, GroundingResult
 
-__all__ = ["EvalReport", "evaluate", "predict_samples", "distributed_context", "PREDICTION_KEYS"]
+__all__ = ["EvalReport", "evaluate", "predict_samples", "PREDICTION_KEYS"]
 
 PREDICTION_KEYS = ("id", "text", "box", "gt_box", "iou", "score", "split", "found")  # gt_box None: absent
 BOX_TOLERANCE = 1.0  # pixels a ground-truth box may stick out of its image (rounding in annotations)
@@ -52,6 +51,20 @@ class EvalReport:
     def predictions(self) -> Iterator[dict[str, Any]]:
         for r in self.records:
             yield {k: r[k] for k in PREDICTION_KEYS}
+
+    @classmethod
+    def merge(cls, parts: Sequence[EvalReport]) -> EvalReport:
+        """One report from every rank's (`distributed.DistributedContext.gather`): the records in dataset order,
+        each of the reader's issues once (every rank reads the whole file), the slowest rank's time."""
+        records = sorted((r for p in parts for r in p.records), key=lambda r: r["index"])
+        seen: set[str] = set()
+        issues = []
+        for p in parts:
+            for issue in p.issues:
+                if str(issue) not in seen:
+                    seen.add(str(issue))
+                    issues.append(issue)
+        return cls(parts[0].split, records, issues, max(p.seconds for p in parts))
 
 
 def _groups(samples: Iterable[Sample], size: int) -> Iterator[list[tuple[int, Sample]]]:
@@ -86,7 +99,9 @@ def predict_samples(grounder: Grounder, dataset: Dataset, desc: str = "predict",
     samples: Iterable[Sample] = dataset
     if limit is not None:
         samples = (s for i, s in zip(range(limit), dataset))
-    bar = tqdm(desc=desc, unit="sample", disable=not progress or rank != 0, dynamic_ncols=True)
+    show = progress and rank == 0
+    total = _share(dataset, limit, grounder.batch_size, rank, world_size) if show else None
+    bar = tqdm(total=total, desc=desc, unit="sample", disable=not show, dynamic_ncols=True)
     pending: list[tuple[Any, list[tuple[int, Sample]], int]] = []  # (image, its usable samples, group size)
 
     def predict_pending() -> Iterator[tuple[int, Sample, GroundingResult]]:
@@ -106,6 +121,7 @@ def predict_samples(grounder: Grounder, dataset: Dataset, desc: str = "predict",
         except ImageLoadError as exc:
             for _, s in group:
                 dataset.report(_where(s), str(exc))
+            bar.update(len(group))
             continue
         kept = []
         for i, s in group:
@@ -114,6 +130,7 @@ def predict_samples(grounder: Grounder, dataset: Dataset, desc: str = "predict",
             else:
                 kept.append((i, s))
         if not kept:
+            bar.update(len(group))
             continue
         if sum(len(k) for _, k, _ in pending) + len(kept) > grounder.batch_size:
             yield from predict_pending()
@@ -121,6 +138,13 @@ def predict_samples(grounder: Grounder, dataset: Dataset, desc: str = "predict",
     if pending:
         yield from predict_pending()
     bar.close()
+
+
+def _share(dataset: Dataset, limit: int | None, batch_size: int, rank: int, world_size: int) -> int:
+    """How many samples `predict_samples` goes through on `rank` (the progress bar's total): one reading pass
+    over the rows, no images opened. Problems met while counting are reported again by the real pass."""
+    rows = dataset if limit is None else itertools.islice(dataset, limit)
+    return sum(len(group) for g, group in enumerate(_groups(rows, batch_size)) if g % world_size == rank)
 
 
 def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, rank: int = 0, world_size: int = 1,
@@ -148,57 +172,3 @@ def evaluate(grounder: Grounder, dataset: Dataset, split: str | None = None, ran
 def _where(sample: Sample) -> str:
     line = sample.meta.get("line")
     return f"{line} ({sample.id})" if line else f"id {sample.id}"
-
-
-@dataclass
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, report: EvalReport) -> EvalReport | None:
-        """All ranks' records on rank 0, in dataset order (None on the other ranks)."""
-        if self.world_size == 1:
-            return report
-        import torch.distributed as dist
-
-        parts: list[Any] = [None] * self.world_size if self.is_main else None
-        dist.gather_object((report.records, report.issues, report.seconds), parts, dst=0)
-        if not self.is_main:
-            return None
-        records = sorted((r for p in parts for r in p[0]), key=lambda r: r["index"])
-        seen: set[str] = set()
-        issues = []
-        for p in parts:  # every rank reads the whole file, so the reader's issues repeat
-            for issue in p[1]:
-                if str(issue) not in seen:
-                    seen.add(str(issue))
-                    issues.append(issue)
-        return EvalReport(report.split, records, issues, max(p[2] for p in parts))
-
-    def close(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def distributed_context(device: str | None = None) -> DistributedContext:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK; start a process group when there are several."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistributedContext()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = (device or "").startswith("cuda") and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistributedContext(rank, world, local)

@@ -24,7 +24,7 @@ import torch
 
 from .config import GenerationConfig
 
-__all__ = ["Hypothesis", "beam_search", "open_vocab_ids"]
+__all__ = ["Hypothesis", "allowed_token_ids", "beam_search"]
 
 StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -36,8 +36,10 @@ class Hypothesis:
     positional_scores: list[float]  # log-prob of each generated token
 
 
-def open_vocab_ids(cfg: GenerationConfig, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """Sorted ids whose logits the search needs: 0..3 plus the constraint range (None: every id)."""
+def allowed_token_ids(cfg: GenerationConfig, vocab_size: int, device: torch.device | str = "cpu"
+                      ) -> torch.Tensor | None:
+    """The ids decoding may produce, sorted, whose logits the search needs (its `vocab_ids`): 0..3 plus the
+    constraint range, as the reference's constraint leaves them (None: no constraint, every id)."""
     if cfg.constraint_range is None:
         return None
     lo, hi = cfg.constraint_range

@@ -5,7 +5,8 @@ A model already in the cache is used without any network access and without the 
 (we read the caches' documented layouts). Otherwise the hub's own client downloads it (optional extras:
 `pip install 'ofa-grounding[hub]'`), unless offline mode is on: `HF_HUB_OFFLINE=1` (Hugging Face's
 variable; we apply it to ModelScope ids too, as ModelScope 1.x has no offline variable of its own) or
-`OFA_GROUND_OFFLINE=1`. A missing model while offline is an error that says where to put the files.
+`OFA_GROUNDING_OFFLINE=1` (`OFA_GROUND_OFFLINE`, its old name, still works for a release, with a
+DeprecationWarning). A missing model while offline is an error that says where to put the files.
 Caches: `cache_dir` if given, else ModelScope's `MODELSCOPE_CACHE` (default ~/.cache/modelscope/hub;
 models under `models/<org>/<name>`, older clients `<org>/<name>`) and Hugging Face's `HF_HUB_CACHE` /
 `HF_HOME`/hub (default ~/.cache/huggingface/hub; `models--<org>--<name>/snapshots/<revision>`).
@@ -15,19 +16,33 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 from .errors import CheckpointError
 
-__all__ = ["is_offline", "resolve_model"]
+__all__ = ["OFFLINE_ENV", "is_hub_id", "is_offline", "resolve_model"]
 
 _ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _NEEDED = "config.json, configuration.json, pytorch_model.bin (or model.safetensors), vocab.json, merges.txt"
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether `text` has the form of a hub id: `ORG/NAME`, `modelscope:ORG/NAME` or `hf:ORG/NAME`."""
+    return _ID.fullmatch(text.removeprefix("hf:").removeprefix("modelscope:")) is not None
+
+
+OFFLINE_ENV = "OFA_GROUNDING_OFFLINE"
+_OLD_OFFLINE_ENV = "OFA_GROUND_OFFLINE"  # its name before the package's variables shared one prefix
+
+
 def is_offline() -> bool:
+    """Whether offline mode is on: HF_HUB_OFFLINE or OFA_GROUNDING_OFFLINE set to 1, true, yes or on."""
+    if _OLD_OFFLINE_ENV in os.environ:
+        warnings.warn(f"{_OLD_OFFLINE_ENV} is deprecated and will stop working in the next release; set "
+                      f"{OFFLINE_ENV} instead", DeprecationWarning, stacklevel=2)
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "OFA_GROUND_OFFLINE"))
+               for v in ("HF_HUB_OFFLINE", OFFLINE_ENV, _OLD_OFFLINE_ENV))
 
 
 def resolve_model(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

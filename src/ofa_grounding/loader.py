@@ -1,10 +1,11 @@
 """`load_model`: the one path from a name to a loaded model, used by the predictor, the CLI, the server,
 training and distillation.
 
-A name is, in this order: nothing (the demo model shipped in the package), a local directory or file in any
-layout `checkpoint.load_checkpoint` reads, a preset name (fresh weights of that architecture, only where the
-caller asks for it: training from scratch), or a hub id (`hub.resolve_model`: ModelScope `ORG/NAME`, Hugging
-Face `hf:ORG/NAME`, read from the hubs' caches or downloaded).
+What a name means is `model_names.parse_model_name`'s to say: nothing (the bundled demo model), an existing
+directory or file in any layout `checkpoint.read_checkpoint` reads, a bundled model's name (`demo`),
+`preset:NAME` (fresh weights of that architecture, only where the caller asks for it: training from scratch),
+or a hub id (`hub.resolve_model`: ModelScope `ORG/NAME`, Hugging Face `hf:ORG/NAME`, read from the hubs'
+caches or downloaded).
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LoadedCheckpoint, init_weights, load_checkpoint
-from .errors import CheckpointError
+from .checkpoint import LoadedCheckpoint, read_checkpoint
 from .hub import resolve_model
-from .model import OFAModel
-from .presets import get_preset, list_presets
+from .model import OFAModel, init_weights
+from .model_names import BUNDLED_DIR, DEFAULT_MODEL_NAME, PRESET_PREFIX, bundled_models, parse_model_name
+from .presets import get_preset
 from .tokenizer import ASSETS_DIR, OFATokenizer
 
-__all__ = ["DEFAULT_MODEL", "load_model"]
+__all__ = ["DEFAULT_MODEL", "PRESET_PREFIX", "bundled_models", "load_model"]
 
 # Our demo model, trained on the synthetic benchmark and shipped in the package (its README.md there).
-DEFAULT_MODEL = Path(__file__).parent / "models" / "demo"
+DEFAULT_MODEL = BUNDLED_DIR / DEFAULT_MODEL_NAME
 
 
 def load_model(name_or_path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
@@ -32,20 +33,20 @@ def load_model(name_or_path: str | Path | None = None, *, dtype: torch.dtype = t
     """The model, tokenizer and settings `name_or_path` names, with the model's parameters in `dtype` on
     `device` (a trainable `OFAModel`; `OFAModel.prepared_for_inference` makes the inference copy).
 
-    allow_preset: a preset name (`list_presets()`) that is not an existing path gives that architecture with
-        OFA's initialisation and the package's tokenizer (`layout` "preset"); otherwise a preset name is read
-        as a path or hub id like any other name, so that a typo never silently yields random weights.
+    allow_preset: `preset:NAME` gives that architecture with OFA's initialisation and the package's tokenizer
+        (`layout` "preset"), and so, with a deprecation warning, does a bare preset name that is neither a path
+        nor a bundled model; otherwise `preset:NAME` is an error, so that nothing yields random weights by
+        accident.
     Raises `CheckpointError` (one line, naming the problem) for anything that cannot be loaded.
     """
-    if name_or_path is None:
-        if not DEFAULT_MODEL.is_dir():
-            raise CheckpointError("this installation has no bundled demo model; pass a model directory")
-        ckpt = load_checkpoint(DEFAULT_MODEL)
-    elif allow_preset and str(name_or_path) in list_presets() and not Path(name_or_path).exists():
-        preset = get_preset(str(name_or_path))
+    source = parse_model_name(name_or_path, presets_allowed=allow_preset)
+    if source.kind == "preset":
+        preset = get_preset(source.name)
         ckpt = LoadedCheckpoint(init_weights(OFAModel(preset.model)), OFATokenizer.default(), preset.preprocess,
-                                preset.generation, Path(str(name_or_path)), ASSETS_DIR, layout="preset")
+                                preset.generation, Path(PRESET_PREFIX + source.name), ASSETS_DIR, layout="preset")
+    elif source.path is not None:  # an existing path, or a bundled model
+        ckpt = read_checkpoint(source.path)
     else:
-        ckpt = load_checkpoint(resolve_model(name_or_path, cache_dir))
+        ckpt = read_checkpoint(resolve_model(source.name, cache_dir))
     ckpt.model.to(device=device, dtype=dtype)
     return ckpt

@@ -1,6 +1,7 @@
 """OFA encoder-decoder for visual grounding, read top to bottom.
 
-Order: position buckets -> attention -> encoder layer -> decoder layer -> encoder -> decoder -> OFAModel ->
+Order: position buckets -> attention -> encoder layer -> decoder layer -> encoder -> decoder -> OFAModel and
+its construction (`init_weights`: OFA's random initialisation; `meta_model`: no initialisation, for loading) ->
 the inference interface (`GroundingModel`, which the predictor calls; `OFAModel.prepared_for_inference`).
 Module and parameter names follow OFA's checkpoints (`encoder.layers.0.self_attn.q_proj.weight` ...),
 so loading a ModelScope state dict is a strict copy (see checkpoint.py for the few keys it drops).
@@ -25,12 +26,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from .backbone import ResNet, cpu_bf16_supported, drop_path, linear_rates
+from .backbone import ResNet, drop_path, linear_rates
 from .config import OFAConfig
+from .hardware import cpu_bf16_supported
 
 __all__ = ["DTYPES", "AttentionRecord", "DecoderState", "EncoderOutput", "GroundingModel", "OFAForInference",
-           "OFAModel"]
+           "OFAModel", "init_weights", "meta_model"]
 
 log = logging.getLogger(__name__)
 
@@ -636,6 +639,40 @@ class OFAModel(nn.Module):
                 layer.cross_attn.k_proj.to(torch.bfloat16)
                 layer.cross_attn.v_proj.to(torch.bfloat16)
         return OFAForInference(model, dtype, device, stored_parameters)
+
+
+def init_weights(model: OFAModel, std: float = 0.02) -> OFAModel:
+    """Fresh weights as OFA initialises them: N(0, std) linear/embedding weights, zero biases and pad row.
+    In place (module order, so a seeded run draws the same numbers); returns `model`."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=std)
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Embedding):
+            torch.nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+    return model
+
+
+class _SkipInit(TorchFunctionMode):
+    """Within the block, `torch.nn.init`'s functions (the ones torch routes through `__torch_function__`:
+    normal_, uniform_, kaiming_uniform_ ...) return their tensor untouched. A torch function mode, not a
+    patch: modes are per thread, so other threads initialise as usual meanwhile."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def meta_model(cfg: OFAConfig) -> OFAModel:
+    """An `OFAModel` on the meta device whose tensors were never initialised: the structure to load a checkpoint
+    into with `load_state_dict(..., assign=True)`, which replaces every tensor. Initialising meta tensors
+    would be wasted work, and it pulls in torch's reference-op machinery (about 1.5 s of imports on first use)."""
+    with torch.device("meta"), _SkipInit():
+        return OFAModel(cfg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ torch path's own code. Needs the `onnx` extra (onnx, onnxruntime, onnxscript).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import LoadedCheckpoint, load_settings
-from .generation import open_vocab_ids
+from .checkpoint import LoadedCheckpoint, read_settings
+from .generation import allowed_token_ids
 from .model import EncoderOutput, OFAModel
 
 __all__ = ["OnnxModel", "export_onnx", "onnx_grounder"]
@@ -95,6 +98,24 @@ class _DecoderStep(nn.Module):
         return (logits, *new_k, *new_v)
 
 
+# TracerWarnings the export raises on every run, known to be harmless: the size checks in `model.py`
+# (text longer than max_position_embeddings, image grid larger than image_bucket_size) compare traced
+# shapes with Python ints. They only guard against inputs the model cannot take; the traced graph has no
+# branch there, as the eager model has none for valid inputs.
+_BENIGN_TRACER_MESSAGE = r"Converting a tensor to a Python boolean might cause the trace to be incorrect"
+_BENIGN_TRACER_MODULE = r"ofa_grounding\.model$"
+
+
+@contextlib.contextmanager
+def _quiet_known_tracer_warnings() -> Iterator[None]:
+    """Within the block, ignore exactly the known-benign TracerWarnings from `ofa_grounding.model`; every
+    other warning (and these ones from any other module) is shown as usual. Local: the filters are restored."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_BENIGN_TRACER_MESSAGE, category=torch.jit.TracerWarning,
+                                module=_BENIGN_TRACER_MODULE)
+        yield
+
+
 def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> Path:
     """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`."""
     from .checkpoint import save_settings
@@ -108,7 +129,7 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
     steps = int(gen.max_len_b) + 1  # what Grounder prepares for: max_len_a is 0 for grounding
     if gen.max_len_a:
         raise ValueError("ONNX export needs max_len_a = 0 (a fixed number of decoding steps)")
-    output_ids = open_vocab_ids(gen, cfg.vocab_size, torch.device("cpu"))
+    output_ids = allowed_token_ids(gen, cfg.vocab_size, torch.device("cpu"))
     if output_ids is None:
         output_ids = torch.arange(cfg.vocab_size)
     H, dh, n = cfg.decoder_attention_heads, cfg.d_model // cfg.decoder_attention_heads, len(model.decoder.layers)
@@ -156,8 +177,9 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
     }
     # The encoder's functional `forward` is traced (a gather for the image bias, not `infer`'s strided views)
     for name, (module, args, inputs, outputs, axes) in specs.items():
-        torch.onnx.export(module.eval(), args, str(out / f"{name}.onnx"), input_names=inputs,
-                          output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+        with _quiet_known_tracer_warnings():
+            torch.onnx.export(module.eval(), args, str(out / f"{name}.onnx"), input_names=inputs,
+                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
     save_settings(out / "settings", cfg, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation)  # no weights
     meta = {"graphs": list(GRAPHS), "steps": steps, "grid": list(grid), "layers": n, "heads": H, "head_dim": dh,
             "output_ids": output_ids.tolist(), "opset": opset, "parameters": model.num_parameters()}
@@ -199,7 +221,7 @@ class OnnxModel:
         self.steps, self.grid = meta["steps"], tuple(meta["grid"])
         self.layers, self.heads, self.head_dim = meta["layers"], meta["heads"], meta["head_dim"]
         self._parameters = meta["parameters"]
-        self.config, self.tokenizer, self.preprocess, self.generation, _ = load_settings(directory / "settings")
+        self.config, self.tokenizer, self.preprocess, self.generation, _ = read_settings(directory / "settings")
 
     def run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
         return self.sessions[graph].run(None, feeds)

@@ -9,10 +9,10 @@ its inference interface (`model.GroundingModel`); the Grounder never changes a m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +24,8 @@ from PIL import Image
 
 from .calibration import Calibration
 from .config import GenerationConfig, PreprocessConfig
-from .generation import Hypothesis, beam_search, open_vocab_ids
+from .generation import Hypothesis, allowed_token_ids, beam_search
+from .hardware import use_ieee_fp32_on_cuda
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
 from .loader import DEFAULT_MODEL, load_model
 from .model import DTYPES, EncoderOutput, GroundingModel, OFAModel
@@ -35,19 +36,6 @@ __all__ = ["DEFAULT_MODEL", "DTYPES", "Alternative", "FeatureCache", "Grounder",
 log = logging.getLogger(__name__)
 
 Features = tuple[torch.Tensor, tuple[int, int]]  # an image's tokens (P, d) and their grid (h, w)
-
-
-@contextlib.contextmanager
-def _ieee_fp32() -> Any:
-    """No TF32 inside: cuDNN convolves fp32 in TF32 (10-bit mantissas) by default on Ampere and later GPUs,
-    which would move fp32 answers away from the reference's. The previous settings are restored after."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 class FeatureCache:
@@ -191,12 +179,21 @@ class Grounder:
                  batch_size: int = 8, fuse: bool = True, dtype: str = "fp32", cache_mb: float = 64,
                  min_confidence: float | None = None, calibration: Calibration | None = None,
                  card: str | None = None) -> None:
-        """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `dtype` on `device`,
-        with BatchNorm folded unless `fuse` is False, is what runs), or a model already behind the
-        `GroundingModel` interface (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is.
+        """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `dtype` on `device`
+        is what runs), or a model already behind the `GroundingModel` interface
+        (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is. `fuse` (OFAModel only):
+        fold BatchNorm into the convolutions and store the token table in float16 where exact (about 1e-6
+        relative on the backbone's output); False runs the backbone unfused, as the reference does. Either
+        way the model that runs is inference-only (eval mode, no gradients); `fuse` makes nothing trainable.
         `calibration`: makes `GroundingResult.confidence` the probability that the answer is right (boxes,
         tokens and scores are unchanged); `min_confidence` is then a probability threshold. `card`: the model
-        card's text (what the model was trained on and cannot do), shown by the server and the web page."""
+        card's text (what the model was trained on and cannot do), shown by the server and the web page.
+
+        fp32 on a GPU: creating the Grounder turns TF32 off for the whole process (`hardware.use_ieee_fp32_on_cuda`:
+        cuDNN's convolutions, cuBLAS's matmuls), once, and leaves it off: the reference computes in IEEE float32,
+        and TF32 would move the answers. torch keeps these switches per process, not per thread or per call, so
+        flipping them around each call would race with other threads; a program that wants TF32 for other work
+        in the same process (fp32 training between validations, say) sets it back itself, or uses bf16."""
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if batch_size < 1:
@@ -208,6 +205,9 @@ class Grounder:
             model = model.prepared_for_inference(dtype, device, fuse=fuse)
         self.model: GroundingModel = model
         self.device, self.dtype = model.device, model.dtype
+        if self.device.type == "cuda" and self.dtype == "fp32" and use_ieee_fp32_on_cuda():
+            log.info("fp32 on %s: TF32 turned off for this process, for the reference's float32 arithmetic",
+                     self.device)
         self.num_parameters = model.num_parameters()  # as stored (before BatchNorm folding)
         self.cache = FeatureCache(int(cache_mb * 2**20))
         self.tokenizer = tokenizer
@@ -215,15 +215,17 @@ class Grounder:
         self.generation = generation or GenerationConfig()
         self.max_pixels = max_pixels
         self.batch_size = batch_size
-        self._vocab_ids = open_vocab_ids(self.generation, model.config.vocab_size, self.device)
+        self._vocab_ids = allowed_token_ids(self.generation, model.config.vocab_size, self.device)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device | None = None,
                         cache_dir: str | Path | None = None, dtype: str = "fp32", fuse: bool = True,
                         **kwargs: Any) -> Grounder:
-        """Load a model (`loader.load_model`): a directory or file in any layout `checkpoint.load_checkpoint`
-        reads, or a hub id (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME`
-        from Hugging Face; see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches).
+        """Load a model (`loader.load_model`; names as `model_names` reads them): a directory or file in any
+        layout `checkpoint.read_checkpoint` reads, a bundled model's name (`bundled_models()`: "demo"), or a
+        hub id (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME` from Hugging
+        Face; see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches). `preset:NAME`
+        (random weights) is refused: a `CheckpointError`, as for a name that is none of these.
 
         Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` and
         `calibration` default to the model directory's (`grounding.json`), if it has them; pass
@@ -242,11 +244,19 @@ class Grounder:
 
     # -- inputs ---------------------------------------------------------------------------------------
 
-    def encode_text(self, text: str) -> tuple[list[int], bool]:
-        """Encoder ids for one description, and whether the description had to be truncated."""
+    def tokenize_text(self, text: str) -> tuple[list[int], bool]:
+        """One description's token ids as the encoder takes them (prompt, BOS/EOS, cut to the model's source
+        length), and whether the description had to be truncated. Tokenising only: `encode_texts` runs the
+        encoder."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
         return self.tokenizer.encode_query(text, self.preprocess.prompt, self.preprocess.max_src_length)
+
+    def encode_text(self, text: str) -> tuple[list[int], bool]:
+        """Deprecated (to be removed in the next release): `tokenize_text`, its new name (it only tokenises)."""
+        warnings.warn("Grounder.encode_text is deprecated and will be removed in the next release; use "
+                      "Grounder.tokenize_text", DeprecationWarning, stacklevel=2)
+        return self.tokenize_text(text)
 
     def load_image(self, image: ImageInput) -> Image.Image:
         return load_image(image, self.max_pixels)
@@ -272,22 +282,23 @@ class Grounder:
 
         Each distinct image runs the backbone once (repeated images, in this call or earlier ones, come
         from the feature cache); all descriptions are then encoded and decoded `batch_size` at a time,
-        each with its own padding, resize ratios and beams. Returns one entry per pair, shaped like
-        `predict`'s answer (a result for a string, a list for a list of strings).
+        each with its own padding, resize ratios and beams.
+
+        `items`: (image, text) pairs; `image` as for `predict`, `text` a string or a sequence (list, tuple) of
+        strings. Returns a list with one entry per pair, in the order of `items`, shaped like `predict`'s
+        answer: a `GroundingResult` where `text` is a string, a list of `GroundingResult` (one per
+        description, in order; empty for an empty sequence) where it is a sequence, even one of length 1.
+        `predict_batch([])` is `[]`. Every image is loaded before the model runs, so one unreadable or too
+        large image raises (`ImageLoadError`, `ImageTooLargeError`) for the whole call and returns nothing;
+        a description that is not a string raises `TypeError`.
         """
         if not items:
             return []
-        exact = self.device.type == "cuda" and self.dtype == "fp32"
-        with _ieee_fp32() if exact else contextlib.nullcontext():
-            return self._predict_batch(items)
-
-    def _predict_batch(self, items: Sequence[tuple[ImageInput, str | Sequence[str]]]
-                       ) -> list[GroundingResult | list[GroundingResult]]:
         rgbs = [self.load_image(image) for image, _ in items]
         queries: list[tuple[int, str, list[int], bool]] = []
         for i, (_, text) in enumerate(items):
             for t in [text] if isinstance(text, str) else list(text):
-                ids, cut = self.encode_text(t)
+                ids, cut = self.tokenize_text(t)
                 if cut:
                     log.warning("description truncated to %d tokens: %.60r...", self.preprocess.max_src_length, t)
                 queries.append((i, t, ids, cut))
@@ -324,7 +335,7 @@ class Grounder:
 
     def encode_texts(self, image_features: torch.Tensor, grid: tuple[int, int],
                      token_ids: list[list[int]]) -> tuple[EncoderOutput, int]:
-        """The encoder over descriptions (their ids from `encode_text`), row i with image_features[i];
+        """The encoder over descriptions (their ids from `tokenize_text`), row i with image_features[i];
         returns the encoder's output and the padded source length."""
         input_ids = pad_ids(token_ids, self.model.config.pad_token_id)
         return self.model.encode(input_ids, image_features, grid), input_ids.shape[1]

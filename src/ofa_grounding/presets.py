@@ -1,6 +1,6 @@
 """Named architecture presets (OFA's model card sizes), each with its preprocessing and decoding defaults.
 
-A preset describes an architecture, not weights: `init_weights(OFAModel(get_preset("tiny").model))` (what
+A preset describes an architecture, not weights: `model.init_weights(OFAModel(get_preset("tiny").model))` (what
 `ofa-ground train --model tiny` starts from) gives random weights of that shape. Checkpoints carry their own
 `config.json`, which always wins over any preset.
 """

@@ -402,15 +402,18 @@ WORLDS = ("v1", "v2")
 
 def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (256, 256),
                     per_scene: int = 2, simple: int = 0, workers: int = 1, world: str = "v1",
-                    absent: float = 0.5, max_side: int = 1600) -> dict[str, int]:
+                    absent: float = 0.5, max_side: int = 1600, progress: bool = False) -> dict[str, int]:
     """Write `n` samples: OUT/images/<scene>.<png|jpg> and OUT/{train,val,test}.jsonl. Returns counts per split.
 
     `world`: "v1" (square `size` scenes, this module) or "v2" (the wide world, `synthetic_v2`: any canvas up
     to `max_side` pixels, `size` unused; `absent` descriptions of absent objects per scene on average, rows
     with `"box": null`). `simple` adds up to that many easy expressions per train scene (kind "simple"); they
     are not counted in `n` and leave every benchmark row unchanged. `workers` > 1 draws scenes in that many
-    processes; the files are byte-identical to one process's.
+    processes; the files are byte-identical to one process's. `progress` shows a tqdm bar on stderr, counting
+    the `n` samples as their scenes are drawn.
     """
+    from tqdm import tqdm
+
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
     out = Path(out)
@@ -419,6 +422,7 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     block = 64 * max(1, workers)  # scenes drawn ahead: a few more than needed at most, never unbounded
     written, start = 0, 0
+    bar = tqdm(total=n, desc="drawing", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
         while written < n:
             jobs = [(world, seed, index, size, per_scene, simple, absent, max_side)
@@ -437,8 +441,10 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
                            "expression": s["expression"], "image_size": list(image_size), "objects": scene}
                     rows[s["split"]].append(row if world == "v1" else row | {"world": world})
                 written += len(counted)
+                bar.update(len(counted))
             start += block
     finally:
+        bar.close()
         if pool:
             pool.terminate()
     for split, split_rows in rows.items():

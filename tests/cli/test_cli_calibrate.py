@@ -104,3 +104,25 @@ def test_bad_usage_is_one_line_and_exit_2(model: Path, data: Path, tmp_path: Pat
     assert main(["calibrate", "--model", str(model), "--data", str(empty), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "skipped:" in err and "no usable rows to fit on (val)" in err
+
+
+def test_check_measures_the_stored_calibration_without_fitting(model: Path, data: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    assert main(["calibrate", "--model", str(model), "--check", "--data", str(data), "--no-progress"]) == 2
+    assert "has no calibration to check" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(model), "--data", str(data), "--write", "--json", "--no-progress"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    stored = (model / "grounding.json").read_text()
+    assert main(["calibrate", "--model", str(model), "--check", "--data", str(data), "--json", "--no-progress"]) == 0
+    checked = json.loads(capsys.readouterr().out)["checked"]
+    # the test split through the reloaded calibration: what the fit reported on the same rows
+    held = fitted["held_out"]
+    assert checked["split"] == "test" and checked["answers"] == held["answers"] == 9
+    assert checked["ece"] == pytest.approx(held["ece"]) and checked["accuracy"] == pytest.approx(held["accuracy"])
+    assert (model / "grounding.json").read_text() == stored  # nothing written
+    assert main(["calibrate", "--model", str(model), "--check", "--data", str(data), "--split", "val",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("checked on val: 15 answers") and "nothing fitted" in out and "reliability (val" in out
+    assert main(["calibrate", "--model", str(model), "--check", "--write", "--data", str(data)]) == 2
+    assert "--check fits nothing" in capsys.readouterr().err

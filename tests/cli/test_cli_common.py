@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -74,3 +75,117 @@ def test_help_and_version_do_not_import_torch() -> None:
             "assert ofa_grounding.Grounder.__name__ == 'Grounder' and 'torch' in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_computing_command_takes_threads_and_checks_it(small_model_dir: Path, small_reference_dir: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from ofa_grounding.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("predict", "eval", "calibrate", "train", "distill", "serve", "bench"):
+        assert "--threads" in commands[name]._option_string_actions, name
+    image = str(small_reference_dir / "images/scene_tiny_23x17.png")
+    assert main(["predict", "--model", str(small_model_dir), "--threads", "0", image, "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ofa-ground: error: --threads must be at least 1, got 0"
+
+
+def test_set_threads_follows_the_argument_then_omp_then_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ofa_grounding.cli import common
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(common, "default_threads", lambda: 3)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert common.set_threads(2) == 2 and torch.get_num_threads() == 2
+        assert common.set_threads(None) == 3 and torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's (or torchrun's): torch's own setting stays
+        torch.set_num_threads(1)
+        assert common.set_threads(None) == 1 and torch.get_num_threads() == 1
+        assert common.set_threads(2) == 2  # --threads wins over it
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_threads_counts_the_idle_cores_it_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ofa_grounding.cli import common
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(common, "cpu_quota", lambda: None)
+    for idle, threads in ((4.0, 4), (2.6, 3), (1.2, 1), (0.0, 1)):  # idle cores, rounded, at least 1
+        monkeypatch.setattr(common, "idle_cpus", lambda cpus, idle=idle: idle)
+        assert common.default_threads() == threads, idle
+    monkeypatch.setattr(common, "idle_cpus", lambda cpus: 4.0)
+    monkeypatch.setattr(common, "cpu_quota", lambda: 2)  # a container's CPU limit caps it
+    assert common.default_threads() == 2
+    monkeypatch.setattr(common, "idle_cpus", lambda cpus: None)  # no /proc/stat: the load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    assert common.default_threads() == 1
+
+
+def test_idle_cpus_reads_this_machines_counters() -> None:
+    import os
+
+    from ofa_grounding.cli.common import idle_cpus
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat (not Linux)")
+    cpus = os.sched_getaffinity(0)
+    idle = idle_cpus(cpus, seconds=0.05)
+    assert idle is not None and 0 <= idle <= len(cpus)
+
+
+def test_help_shows_every_default() -> None:
+    """Every option with a default to show (not a switch, not None) says it in --help, in its own words or in the
+    " (default: X)" the formatter appends."""
+    import argparse
+
+    from ofa_grounding.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.option_strings and action.nargs != 0 and not action.required \
+                    and action.default not in (None, "", argparse.SUPPRESS):  # argparse prints no help of None
+                assert action.help and "default" in formatter._expand_help(action).lower(), (name, action.dest)
+    train_help = commands["train"].format_help()
+    assert "(default: 5e-05)" in train_help and "(default: 500)" in train_help
+    assert "(default: 0.0001)" in commands["distill"].format_help()  # distill's own defaults
+
+
+def test_a_reader_that_closes_early_ends_quietly_with_141(small_model_dir: Path, small_reference_dir: Path) -> None:
+    """`ofa-ground predict ... | head` ended with "unexpected BrokenPipeError" (issue 28): stdout's reader gone,
+    the command stops quietly with 141 (128 + SIGPIPE, as a Unix tool killed by SIGPIPE)."""
+    image = str(small_reference_dir / "images/scene_rgb_320x240.png")
+    proc = subprocess.Popen([sys.executable, "-m", "ofa_grounding.cli", "predict", "--model", str(small_model_dir),
+                             image, "the red circle", "the blue square", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader goes away before the first line is written: that write must fail
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == "", err
+
+
+class _GonePipe:
+    """A stdout whose reader has gone away."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+
+def test_broken_pipe_in_process_is_141_without_a_message(small_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sys, "stdout", _GonePipe())
+    assert main(["info", str(small_model_dir)]) == 141
+    assert capsys.readouterr().err == ""

@@ -17,9 +17,9 @@ def test_convert_round_trips_every_layout(tiny_model_dir: Path, tmp_path: Path, 
 
     from fairseq_writer import write_fairseq
     from ofa_grounding import Grounder
-    from ofa_grounding.checkpoint import full_state_dict, load_checkpoint
+    from ofa_grounding.checkpoint import full_state_dict, read_checkpoint
 
-    original = load_checkpoint(tiny_model_dir)
+    original = read_checkpoint(tiny_model_dir)
     pt = write_fairseq(tmp_path / "model.pt", full_state_dict(original.model), original.model.config,
                        original.preprocess, original.generation)
     chain = [(str(pt), "safetensors"), ("a", "modelscope"), ("b", "hf"), ("c", "safetensors")]
@@ -28,9 +28,9 @@ def test_convert_round_trips_every_layout(tiny_model_dir: Path, tmp_path: Path, 
         assert main(["convert", src, str(tmp_path / name), "--to", to]) == 0, capsys.readouterr().err
         src = str(tmp_path / name)
     assert "(hf) ->" in capsys.readouterr().out
-    layouts = {n: load_checkpoint(tmp_path / n).layout for n in "abcd"}
-    assert layouts == {"a": "ours", "b": "modelscope", "c": "hf", "d": "ours"}
-    final = load_checkpoint(tmp_path / "d")
+    layouts = {n: read_checkpoint(tmp_path / n).layout for n in "abcd"}
+    assert layouts == {"a": "safetensors", "b": "modelscope", "c": "hf", "d": "safetensors"}
+    final = read_checkpoint(tmp_path / "d")
     a, b = original.model.state_dict(), final.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert final.preprocess == original.preprocess and final.generation == original.generation
@@ -58,4 +58,52 @@ def test_info_prints_a_summary(small_model_dir: Path, capsys: pytest.CaptureFixt
     from ofa_grounding import DEFAULT_MODEL
 
     assert main(["info", str(DEFAULT_MODEL)]) == 0  # the bundled model: an architecture with a preset's name
-    assert "ours layout, preset demo, stored as float16" in capsys.readouterr().out
+    assert "safetensors layout, preset demo, stored as float16" in capsys.readouterr().out
+
+
+def test_models_by_name_in_every_command_that_takes_one(small_reference_dir: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """A bundled model by its plain name (`info demo`, `predict --model demo`); preset:NAME (random weights) and
+    unknown names refused with one line that lists the valid names."""
+    assert main(["info", "demo", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preset"] == "demo" and info["layout"] == "safetensors"
+    image = str(small_reference_dir / "images/scene_tiny_23x17.png")
+    assert main(["predict", "--model", "demo", image, "the red circle", "--json", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["width"] == 23
+    refusals = {("info", "preset:demo"): "random weights, which only train and distill start from",
+                ("convert", "nonsense", "out", "--to", "hf"): "bundled models: demo; hub ids",
+                ("predict", "--model", "nonsense", image, "x"): "--model: nonsense: no such model",
+                ("predict", "--model", "preset:demo", image, "x"): "for the trained demo model write demo",
+                ("calibrate", "--model", "demo", "--data", image, "--write"): "the bundled demo model is part of"}
+    for argv, message in refusals.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+
+
+@pytest.mark.slow
+def test_train_starts_from_a_bundled_model_or_a_preset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`train --model demo`: the bundled weights (with a warning naming preset:demo); `--model preset:demo`: random
+    weights of that architecture. One update at a negligible learning rate keeps the initial weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ofa_grounding import DEFAULT_MODEL
+    from ofa_grounding.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "syn", 8, seed=4, size=(96, 96))
+    shipped = load_file(DEFAULT_MODEL / "model.safetensors")
+    key = "encoder.layers.0.fc1.weight"
+    for model, bundled in (("demo", True), ("preset:demo", False)):
+        out = tmp_path / model.replace(":", "-")
+        argv = ["train", "--model", model, "--data", str(tmp_path / "syn"), "--out", str(out), "--max-steps", "1",
+                "--batch-size", "2", "--lr", "1e-12", "--warmup-ratio", "0", "--threads", "1", "--no-progress"]
+        assert main(argv) == 0, capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert ("write preset:demo" in err) is bundled, err
+        trained = load_file(out / "last" / "model.safetensors")[key].float()
+        assert torch.allclose(trained, shipped[key].float(), atol=1e-3) is bundled
+    assert main(["train", "--model", "preset:nope", "--data", str(tmp_path / "syn"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such preset" in err and "preset:tiny" in err

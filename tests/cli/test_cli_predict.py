@@ -129,7 +129,7 @@ def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(small_model_d
                                                                    small_cases: list[dict],
                                                                    monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture) -> None:
-    from ofa_grounding.backbone import NO_CPU_BF16_ENV
+    from ofa_grounding.hardware import NO_CPU_BF16_ENV
 
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")  # what an AVX2-only CPU answers
     case = small_cases[0]

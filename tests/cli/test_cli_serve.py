@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +25,56 @@ def test_serve_caps_malloc_arenas_unless_told(monkeypatch: pytest.MonkeyPatch) -
     assert cap_malloc_arenas() is False  # the user's setting wins
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert cap_malloc_arenas() is (sys.platform == "linux")
+
+
+def test_server_settings_reach_the_app_typed(small_model_dir: Path) -> None:
+    """`serve --workers N` hands each process a `ServerSettings` (pickled by multiprocessing, as uvicorn's
+    supervisor does with its app factory): the app built from a round-tripped copy has its limits and model."""
+    import pickle
+
+    from fastapi.testclient import TestClient
+
+    from ofa_grounding.serve import ServeConfig, ServerSettings, app_from_settings
+
+    settings = ServerSettings(model=str(small_model_dir), batch_size=3, min_confidence=0.25, threads=None,
+                              service=ServeConfig(max_texts=7, max_batch=5))
+    copy = pickle.loads(pickle.dumps(functools.partial(app_from_settings, settings))).args[0]
+    assert copy == settings
+    with TestClient(app_from_settings(copy)) as client:
+        model = client.get("/v1/model").json()
+    assert model["name"] == str(small_model_dir) and model["limits"]["max_texts"] == 7
+    assert model["batching"]["max_batch"] == 5
+
+
+@pytest.mark.slow
+def test_serve_with_workers_end_to_end(small_model_dir: Path) -> None:
+    """`serve --workers 2`: both processes load the model from the settings they were handed and answer."""
+    import json
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ofa_grounding.cli", "serve", "--model", str(small_model_dir),
+                             "--workers", "2", "--threads", "1", "--port", str(port), "--max-texts", "7"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, model = time.monotonic() + 180, None
+        while model is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=5) as response:
+                    model = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert model is not None, proc.stderr.read() if proc.poll() is not None else "no answer in 180 s"
+        assert model["limits"]["max_texts"] == 7 and model["name"] == str(small_model_dir)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,6 +7,7 @@ import base64
 import http.server
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,11 +99,11 @@ def test_ground_json_several_texts_in_order(client: TestClient, small_grounder, 
 
 
 def test_model_health_docs_and_page(client: TestClient, small_model_dir: Path) -> None:
-    from ofa_grounding.checkpoint import load_checkpoint
+    from ofa_grounding.checkpoint import read_checkpoint
 
     info = client.get("/v1/model").json()
     assert info["name"] == "fixture" and info["preset"] == "custom" and info["dtype"] == "fp32"  # d_model 64
-    stored = sum(p.numel() for p in load_checkpoint(small_model_dir).model.parameters())  # before BN folding
+    stored = sum(p.numel() for p in read_checkpoint(small_model_dir).model.parameters())  # before BN folding
     assert info["device"] == "cpu" and info["parameters"] == stored and info["image_size"] == 256
     assert info["limits"]["max_texts"] == 16 and info["limits"]["allow_urls"] is False
     assert info["batching"] == {"max_batch": 16, "max_wait_ms": 5.0, "max_queue": 64}
@@ -263,6 +264,36 @@ def test_model_failure_is_a_json_500_for_that_batch_only(small_grounder) -> None
         assert message == "RuntimeError: boom"
         batcher.run = original
         assert c.post("/v1/ground", **_multipart(EXAMPLE, "a")).status_code == 200
+
+
+def test_every_request_is_logged_on_one_line_without_its_content(small_grounder, capsys: pytest.CaptureFixture
+                                                                 ) -> None:
+    """serve logged nothing per request (issue 28): method, path, status, milliseconds, and the number of
+    descriptions of a grounding call, on stderr by default; never the uploaded image or texts."""
+    line = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} %s \d+\.\d ms%s"
+    secret = "the secret red circle"
+    with TestClient(create_app(small_grounder, ServeConfig(max_request_bytes=100_000)),
+                    raise_server_exceptions=False) as c:
+        capsys.readouterr()
+        assert c.post("/v1/ground", **_multipart(EXAMPLE, secret, "b")).status_code == 200
+        assert c.post("/v1/ground", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
+                                          "texts": [secret]}).status_code == 200
+        assert c.get("/healthz").status_code == 200
+        assert c.post("/v1/ground", json={"texts": ["a"]}).status_code == 422  # no image
+        assert c.post("/v1/ground", content=b"x" * 200_000).status_code == 413  # refused before the app
+        batcher = c.app.state.batcher
+        original, batcher.run = batcher.run, lambda items: (_ for _ in ()).throw(RuntimeError("boom"))
+        assert c.post("/v1/ground", **_multipart(EXAMPLE, "a")).status_code == 500
+        batcher.run = original
+        err = capsys.readouterr().err
+    expected = [line % ("POST /v1/ground 200", " 2 descriptions"), line % ("POST /v1/ground 200", " 1 description"),
+                line % ("GET /healthz 200", ""), line % ("POST /v1/ground 422", ""), line % ("POST /v1/ground 413", ""),
+                line % ("POST /v1/ground 500", " 1 description")]
+    lines = err.splitlines()
+    assert len(lines) == len(expected), err
+    for got, pattern in zip(lines, expected):
+        assert re.fullmatch(pattern, got), (got, pattern)
+    assert secret not in err and "PNG" not in err
 
 
 def test_openapi_documents_both_request_formats(client: TestClient) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -22,6 +23,7 @@ from conftest import free_port
 from ofa_grounding.serve import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
+STATIC = ROOT / "src" / "ofa_grounding" / "serve" / "static"
 EXAMPLE = ROOT / "examples" / "shapes.png"
 ARTIFACTS = Path(os.environ.get("OFA_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
@@ -57,6 +59,57 @@ def _serving(grounder, model_name: str) -> Iterator[str]:
 def server_url(small_grounder) -> Iterator[str]:
     with _serving(small_grounder, "fixture") as url:
         yield url
+
+
+def _css_rules(css: str) -> list[tuple[str, dict[str, str]]]:
+    """(selector, {property: value}) for every plain rule in `css`, @media blocks flattened."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    css = re.sub(r"@media[^{]*{", "", css)  # an @media block's rules count as rules (worst case)
+    rules = []
+    for selectors, body in re.findall(r"([^{}]+){([^{}]*)}", css):
+        decls = dict((k.strip(), v.strip()) for k, _, v in (d.partition(":") for d in body.split(";")) if v)
+        rules.extend((sel.strip(), decls) for sel in selectors.split(","))
+    return rules
+
+
+def test_hidden_elements_stay_hidden_whatever_their_display_rule() -> None:
+    """Static check (no browser): every element the page starts with `hidden` that some rule gives a
+    `display` must be beaten by a `[hidden] { display: none !important }` rule; otherwise the empty
+    image stage shows a broken-image icon before anything is uploaded (issue 28)."""
+    html = (STATIC / "index.html").read_text()
+    rules = _css_rules((STATIC / "style.css").read_text())
+    hidden = re.findall(r"<(\w+)\b[^>]*\bid=\"([^\"]+)\"[^>]*\bhidden\b", html)
+    assert ("div", "stage") in hidden  # the parse sees the element the review was about
+    displayed = [(tag, id_) for tag, id_ in hidden
+                 if any("display" in decls and re.search(rf"(#{id_}|^{tag})\b(?![-\w])$", sel)
+                        for sel, decls in rules)]
+    assert ("div", "stage") in displayed  # #stage { display: inline-block } is what needs overriding
+    wins = [decls.get("display") for sel, decls in rules if sel == "[hidden]"]
+    assert "none !important" in wins, f"{displayed} have a display rule that overrides `hidden`"
+
+
+@pytest.mark.slow
+def test_nothing_is_shown_before_an_image_is_picked(server_url: str) -> None:
+    """On first load the image stage and the results table take no space: no broken-image icon."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (part of the dev extra)")
+    executable = _chromium()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(server_url + "/")
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('custom')")
+            shown = {sel: (page.evaluate(f"getComputedStyle(document.querySelector('{sel}')).display"),
+                           page.locator(sel).bounding_box())
+                     for sel in ("#stage", "#picture", "#results")}
+            page.set_input_files("#file", str(EXAMPLE))
+            page.wait_for_function("document.getElementById('picture').complete")
+            after = page.locator("#picture").bounding_box()
+        finally:
+            browser.close()
+    assert shown["#stage"][0] == "none" and shown["#results"][0] == "none", shown
+    assert all(box is None for _, box in shown.values()), shown
+    assert after is not None and after["width"] > 0  # picking an image does show it
 
 
 @pytest.mark.slow

@@ -77,8 +77,7 @@ def test_heads_learn_a_fixed_mapping() -> None:
 
 
 def test_smooth_bins_are_smooth() -> None:
-    from ofa_grounding.checkpoint import init_weights
-    from ofa_grounding.model import OFAModel
+    from ofa_grounding.model import OFAModel, init_weights
     from ofa_grounding.presets import get_preset
 
     model = init_weights(OFAModel(get_preset("demo").model))
@@ -94,8 +93,8 @@ def test_train_with_cell_heads_saves_and_resumes_them(tmp_path: Path) -> None:
     data = tmp_path / "syn"
     write_synthetic(data, 24, seed=5, size=(64, 64))
     out = tmp_path / "run"
-    base = ["--model", "demo", "--data", str(data), "--out", str(out), "--max-steps", "4", "--batch-size", "4", "--lr",
-            "1e-3", "--image-size", "64", "--attr-weight", "1", "--pointer-weight", "1", "--smooth-bins",
+    base = ["--model", "preset:demo", "--data", str(data), "--out", str(out), "--max-steps", "4", "--batch-size", "4",
+            "--lr", "1e-3", "--image-size", "64", "--attr-weight", "1", "--pointer-weight", "1", "--smooth-bins",
             "--save-every", "2"]
     done = run_cli([*base, "--stop-at-step", "2"])
     assert done.returncode == 0, done.stderr
@@ -111,9 +110,9 @@ def test_train_with_cell_heads_saves_and_resumes_them(tmp_path: Path) -> None:
     last = dict(zip(header, rows[-1].split(",")))
     assert float(last["attr"]) > 0 and 0 <= float(last["pointer_acc"]) <= 1 and float(last["nll_x0"]) > 0
     # the saved model is plain OFA: no head weights in it
-    from ofa_grounding.checkpoint import load_checkpoint
+    from ofa_grounding.checkpoint import read_checkpoint
 
-    assert not any(k.startswith("cells") for k in load_checkpoint(out / "last").model.state_dict())
+    assert not any(k.startswith("cells") for k in read_checkpoint(out / "last").model.state_dict())
 
 
 @pytest.mark.slow
@@ -122,8 +121,8 @@ def test_cell_heads_refuse_data_without_objects(tmp_path: Path) -> None:
 
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "train.jsonl").write_text(json.dumps({"image": "a.png", "text": "x", "box": [1, 1, 9, 9]}) + "\n")
-    done = run_cli(["--model", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--max-steps", "1",
-                    "--attr-weight", "1"])
+    done = run_cli(["--model", "preset:demo", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                    "--max-steps", "1", "--attr-weight", "1"])
     assert done.returncode == 2 and "need every sample's objects" in done.stderr
     assert "Traceback" not in done.stderr
 

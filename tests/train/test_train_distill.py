@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from training_runs import run_cli
 
 from conftest import TINY_CONFIG
-from ofa_grounding.checkpoint import init_weights, load_checkpoint, save_checkpoint
+from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint
 from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
-from ofa_grounding.model import OFAModel
+from ofa_grounding.model import OFAModel, init_weights
 from ofa_grounding.synthetic import write_synthetic
 from ofa_grounding.tokenizer import ASSETS_DIR
 from ofa_grounding.train.distill import DistillConfig, Distiller, layer_pairs
@@ -44,7 +44,7 @@ def _batch() -> dict[str, torch.Tensor]:
 
 
 def test_gradients_reach_the_student_only(tiny_model_dir: Path) -> None:
-    teacher = load_checkpoint(tiny_model_dir).model
+    teacher = read_checkpoint(tiny_model_dir).model
     student = _student().train()
     distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir)), teacher, student)
     vocab = torch.arange(58457, 59457)
@@ -68,7 +68,7 @@ def test_gradients_reach_the_student_only(tiny_model_dir: Path) -> None:
 def test_hidden_states_are_matched_through_learned_projections(tiny_model_dir: Path) -> None:
     """Teacher d 32, student d 16: one 16 -> 32 projection per mapped layer pair; gradients reach the
     student and the projections, not the teacher; padded text positions do not count."""
-    teacher = load_checkpoint(tiny_model_dir).model
+    teacher = read_checkpoint(tiny_model_dir).model
     student = _student().train()
     distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir), attn_weight=0, hidden_weight=1.0), teacher,
                           student)
@@ -98,8 +98,8 @@ def test_hidden_states_are_matched_through_learned_projections(tiny_model_dir: P
 
 def test_kd_term_vanishes_against_itself(tiny_model_dir: Path) -> None:
     """Teacher == student: the attention term is 0 and the soft-label term is the teacher's entropy."""
-    teacher = load_checkpoint(tiny_model_dir).model
-    student = load_checkpoint(tiny_model_dir).model.eval()
+    teacher = read_checkpoint(tiny_model_dir).model
+    student = read_checkpoint(tiny_model_dir).model.eval()
     distiller = Distiller(DistillConfig(teacher=str(tiny_model_dir), attn_heads="mean"), teacher, student)
     vocab = torch.arange(58457, 59457)
     b = _batch()
@@ -119,6 +119,23 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("student")
     return save_checkpoint(out, _student(), ASSETS_DIR, PreprocessConfig(patch_image_size=128, max_image_size=128),
                            GenerationConfig())
+
+
+def test_the_distill_bar_says_distill_and_validations_are_printed(tiny_model_dir: Path, student_dir: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """distill's progress bar said "train:" (issue 28)."""
+    from ofa_grounding.train.config import TrainConfig
+    from ofa_grounding.train.loop import Trainer
+
+    data = tmp_path / "syn"
+    write_synthetic(data, 8, seed=4, size=(96, 96))
+    cfg = TrainConfig(model=str(student_dir), data=str(data), out=str(tmp_path / "run"), batch_size=4, max_steps=1,
+                      val=str(data), val_limit=2, eval_every=1, distill=DistillConfig(teacher=str(tiny_model_dir)))
+    Trainer(cfg).run()
+    err = capsys.readouterr().err
+    assert "distill: 100%" in err and "train:" not in err, err
+    assert [line.split(": val ")[0] for line in err.splitlines() if ": val " in line] == ["step 1/1"], err
 
 
 @pytest.mark.slow
@@ -146,7 +163,7 @@ def test_distill_runs_resumes_and_logs(tiny_model_dir: Path, student_dir: Path, 
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == 3
     state = json.loads((out / "last/trainer_state.json").read_text())
     assert state["config"]["distill"]["teacher"] == str(tiny_model_dir) and state["config"]["lr"] == 1e-4
-    student = load_checkpoint(out / "last").model
+    student = read_checkpoint(out / "last").model
     assert student.config.d_model == 16  # the student's architecture, not the teacher's
 
 
@@ -191,8 +208,8 @@ def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir:
     logits = load_file(str(cache))["logits"]
     samples = list(open_dataset(data, split="train"))
     assert logits.shape == (len(samples), 2, 5, 1004) and logits.dtype == torch.float16
-    teacher = load_checkpoint(tiny_model_dir).model.eval()
-    pre = load_checkpoint(student_dir).preprocess
+    teacher = read_checkpoint(tiny_model_dir).model.eval()
+    pre = read_checkpoint(student_dir).preprocess
     train_set = GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig())
     batch = collate([train_set.item(5, flip=True)])
     vocab = torch.cat([torch.arange(4), torch.arange(58457, 59457)])

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from training_runs import run_cli, run_killed_after
 
 from ofa_grounding import Grounder
-from ofa_grounding.checkpoint import load_checkpoint
+from ofa_grounding.checkpoint import read_checkpoint
 from ofa_grounding.synthetic import write_synthetic
 from ofa_grounding.train.config import TrainConfig
-from ofa_grounding.train.loop import Trainer
+from ofa_grounding.train.loop import Trainer, validation_line
 from ofa_grounding.train.terms import Forward, LossTerm
 
 
@@ -57,6 +57,32 @@ def test_the_trainer_in_parts(tiny_model_dir: Path, data: Path, tmp_path: Path) 
         Trainer(cfg)
 
 
+def test_each_validation_prints_one_line_with_or_without_the_bar(tiny_model_dir: Path, data: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """train printed no validation results: one labelled line per validation on stderr, also with --no-progress
+    (issue 28); the bar, when shown, is labelled train."""
+    common = dict(model=str(tiny_model_dir), data=str(data), batch_size=4, max_steps=2, val=str(data), val_limit=2,
+                  eval_every=1)
+    Trainer(TrainConfig(**common, out=str(tmp_path / "quiet"), progress=False)).run()
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if ": val " in line]
+    assert [line.split(":")[0] for line in lines] == ["step 1/2", "step 2/2"], captured.err
+    assert lines[0].startswith("step 1/2: val Acc@0.5 ") and " %, mIoU " in lines[0] and "(2 samples" in lines[0]
+    assert "train:" not in captured.err and ": val " not in captured.out
+    Trainer(TrainConfig(**common, out=str(tmp_path / "shown"), progress=True)).run()
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "| 2/2 [" in err and err.count(": val Acc@0.5") == 2, err
+
+
+def test_the_validation_line_labels_every_number() -> None:
+    summary = {"count": 400, "acc50": 0.6431, "acc75": 0.5, "miou": 0.58127, "absent": {"count": 40, "not_found": 0.9}}
+    assert validation_line(1000, 5000, summary, best=True) == (
+        "step 1000/5000: val Acc@0.5 64.3 %, Acc@0.75 50.0 %, mIoU 58.1 % (400 samples; absent objects answered "
+        "not found 90.0 % of 40), best so far")
+    del summary["absent"]
+    assert validation_line(7, 9, summary, best=False).endswith("mIoU 58.1 % (400 samples)")
+
+
 class _NaNTerm(LossTerm):
     """A loss part that makes every gradient NaN."""
 
@@ -92,10 +118,12 @@ def test_short_run_validates_saves_and_loads(tiny_model_dir: Path, data: Path, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["best"] is not None
+    validations = [line.split(": val ")[0] for line in proc.stderr.splitlines() if ": val Acc@0.5 " in line]
+    assert validations == ["step 2/4", "step 4/4"], proc.stderr  # printed with --no-progress too
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,lr,loss") and len(rows) == 5 and rows[2].split(",")[6] != ""
-    before = load_checkpoint(tiny_model_dir).model.state_dict()
-    after = load_checkpoint(out / "last").model.state_dict()
+    before = read_checkpoint(tiny_model_dir).model.state_dict()
+    after = read_checkpoint(out / "last").model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     Grounder.from_pretrained(out / "best").predict(data / "images/000000.png", "the largest star")
     # --modelscope: the ModelScope layout, pytorch_model.bin with every OFA key and no model.safetensors
@@ -174,7 +202,7 @@ def test_time_limit_stops_and_saves_and_image_size_is_kept(tiny_model_dir: Path,
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 1 and summary["out_of_time"]
     assert json.loads((out / "last/trainer_state.json").read_text())["step"] == 1
-    ckpt = load_checkpoint(out / "last")
+    ckpt = read_checkpoint(out / "last")
     assert ckpt.preprocess.patch_image_size == ckpt.preprocess.max_image_size == 64  # the model's was 128
 
 
@@ -218,7 +246,7 @@ def test_two_processes_ddp(tiny_model_dir: Path, data: Path, tmp_path: Path) -> 
     assert single.returncode == 0, single.stderr[-3000:]
     a = load_file(str(tmp_path / "ddp/last/model.safetensors"))
     b = load_file(str(tmp_path / "one/last/model.safetensors"))
-    init = load_checkpoint(tiny_model_dir).model.state_dict()
+    init = read_checkpoint(tiny_model_dir).model.state_dict()
     params = [k for k in a if "running_" not in k and "num_batches" not in k]
     assert max((a[k] - b[k]).abs().max().item() for k in params) < 4e-4
     assert max((a[k] - init[k]).abs().max().item() for k in params) > 5e-5  # both trained
@@ -229,7 +257,7 @@ def test_a_run_directory_is_not_overwritten_unasked(tmp_path: Path) -> None:
     data = tmp_path / "syn"
     write_synthetic(data, 8, seed=4, size=(64, 64))
     out = tmp_path / "run"
-    args = ["--model", "demo", "--data", str(data), "--out", str(out), "--max-steps", "1", "--batch-size", "2",
+    args = ["--model", "preset:demo", "--data", str(data), "--out", str(out), "--max-steps", "1", "--batch-size", "2",
             "--image-size", "64"]
     assert run_cli(args).returncode == 0
     (out / "best").mkdir()

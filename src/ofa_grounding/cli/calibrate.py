@@ -18,11 +18,14 @@ from .common import (
     UsageError,
     check_writable_image,
     error,
+    model_argument,
     pct,
     precision_arguments,
     require_extra,
+    threads_argument,
     warn,
 )
+from .evaluate import BATCH_SIZE_HELP
 from .loading import load_grounder
 
 
@@ -35,10 +38,11 @@ def add_parser(sub: Any) -> None:
                                    "second image of --split when the data has no test split. --write stores it "
                                    "in the model directory's grounding.json, which the Grounder, the CLI, the "
                                    "server and the web page then use.")
-    c.add_argument("--model", help="model directory (default: the bundled demo model, which --write refuses)")
+    model_argument(c, "the bundled demo model, which --write refuses")
     c.add_argument("--data", required=True, type=Path,
                    help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
-    c.add_argument("--split", help="the split to fit on (default: val; all rows when the data has no splits)")
+    c.add_argument("--split", help="the split to fit on (default: val; all rows when the data has no splits); with "
+                                   "--check, the split to check")
     c.add_argument("--test-split", help="the held-out split (default: test if the data has one, else every "
                                         "second image of --split)")
     c.add_argument("--limit", type=int, help="use only the first N rows of each split")
@@ -47,14 +51,18 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--write", action="store_true",
                    help="store the calibration in MODEL/grounding.json (keeping its other keys); MODEL must be a "
                         "writable model directory (for a hub id or a .pt file: ofa-ground convert it first)")
+    c.add_argument("--check", action="store_true",
+                   help="fit nothing: report how the model's stored calibration holds on --split (default: test "
+                        "if the data has one, else all rows), e.g. data of a seed or source it was not fitted on")
     c.add_argument("--plot", type=Path, metavar="FILE.png", help="write a reliability plot (needs the plot extra)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    c.add_argument("--batch-size", type=int, default=8, help="descriptions decoded together (default 8)")
-    c.add_argument("--device", default=None)
-    c.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    c.add_argument("--batch-size", type=int, default=8, help=BATCH_SIZE_HELP, metavar="N")
+    c.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    c.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images")
     precision_arguments(c)
+    threads_argument(c)
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.add_argument("-v", "--verbose", action="store_true")
+    c.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     c.set_defaults(func=run)
 
 
@@ -68,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         require_extra("plot", "--plot", "matplotlib")
         check_writable_image(args.plot, "--plot")
+    if args.check:
+        if args.write or args.test_split:
+            raise UsageError(f"--check fits nothing, so it takes no {'--write' if args.write else '--test-split'}")
+        return _check(args)
     if args.write:
         _check_writable_model(args.model)
     try:
@@ -118,14 +130,91 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check(args: argparse.Namespace) -> int:
+    """--check: the stored calibration's ECE, AUROC and reliability on one split, nothing fitted."""
+    from ..calibration import answered_not_found, reliability_table
+    from ..data import list_splits, open_dataset
+
+    try:
+        named = [s for s in list_splits(args.data, args.format) if s is not None]
+        split = args.split or ("test" if "test" in named else None)
+        if split is not None and split not in named:
+            have = f"splits: {', '.join(named)}" if named else "the data has no split labels"
+            raise UsageError(f"--split {split}: no such split ({have})")
+        dataset = open_dataset(args.data, args.format, split, images=args.images)
+    except DataError as exc:
+        raise UsageError(f"--data: {exc}") from None
+    grounder = load_grounder(args)
+    if grounder.calibration is None:
+        raise UsageError(f"--check: {args.model or 'the bundled model'} has no calibration to check (fit one with "
+                         "ofa-ground calibrate --write)")
+    rows, issues = _answers(grounder, dataset, split, args)
+    for issue in issues:
+        error(f"skipped: {issue}")
+    if not rows:
+        error(f"--data {args.data}: no usable rows ({split or 'all rows'})")
+        return EXIT_FAILED
+    labels = [right for _, _, right in rows]
+    probs = [r.confidence for _, r, _ in rows]
+    raw = [r.raw_confidence for _, r, _ in rows]
+    sure = [y for p, y in zip(probs, labels) if p >= 0.5]
+    right_sure = [p >= 0.5 for p, y in zip(probs, labels) if y]
+    checked = {"split": split or "all rows", **_quality(probs, raw, labels),
+               "not_found_answers": sum(answered_not_found(r) for _, r, _ in rows),
+               "at_least_half": {"answers": len(sure) / len(labels), "right": sum(sure) / len(sure) if sure else None,
+                                 "of_right_answers": sum(right_sure) / len(right_sure) if right_sure else None}}
+    report = {"model": str(args.model or "(bundled demo)"), "data": str(args.data), "checked": checked,
+              "reliability": reliability_table(probs, labels)}
+    if args.plot is not None:
+        from ..calibration import reliability_plot
+
+        reliability_plot(probs, raw, labels, str(args.plot),
+                         title=f"{args.model or 'bundled demo model'}: {args.data} {checked['split']}")
+        report["plot"] = str(args.plot)
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    half = checked["at_least_half"]
+    lines = [f"checked on {checked['split']}: {checked['answers']} answers ({checked['not_found_answers']} not "
+             f"found), {pct(checked['accuracy']).strip()} % right; the stored calibration, nothing fitted",
+             f"{'':6} {'raw':>10} {'calibrated':>10}"]
+    for name, key in (("ECE", "ece"), ("AUROC", "auroc")):
+        values = [checked["raw_" + key], checked[key]]
+        lines.append(f"{name:6} " + " ".join(f"{v:10.4f}" if v is not None else f"{'n/a':>10}" for v in values))
+    lines.append(f"calibrated >= 0.5: {pct(half['answers']).strip()} % of the answers"
+                 + (f", {pct(half['right']).strip()} % of them right" if half["right"] is not None else "")
+                 + (f"; {pct(half['of_right_answers']).strip()} % of the right answers"
+                    if half["of_right_answers"] is not None else ""))
+    lines += _reliability_lines(report["reliability"], checked["split"])
+    if "plot" in report:
+        lines.append(f"plot: {report['plot']}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _reliability_lines(table: list[dict[str, Any]], split: str) -> list[str]:
+    lines = ["", f"reliability ({split}, calibrated)", f"{'confidence':<10} {'count':>6} {'mean':>6} {'right':>6}"]
+    for b in table:
+        mean = f"{b['mean_probability']:6.3f}" if b["count"] else f"{'':6}"
+        right = f"{b['right']:6.3f}" if b["count"] else f"{'':6}"
+        lines.append(f"{b['low']:.1f}-{b['high']:.1f}    {b['count']:>6} {mean} {right}")
+    return lines
+
+
 def _check_writable_model(model: str | None) -> None:
     """--write, before the slow part: a model directory of the user's, writable, with a readable grounding.json."""
     from ..checkpoint import read_grounding
-    from ..loader import DEFAULT_MODEL
+    from ..model_names import bundled_models, parse_model_name
 
     hint = "copy it into a directory first (ofa-ground convert MODEL DIR --to safetensors) and calibrate DIR"
-    if model is None or Path(model).resolve() == DEFAULT_MODEL.resolve():
-        raise UsageError(f"--write: the bundled demo model is part of the installed package; {hint}")
+    try:
+        source = parse_model_name(model)  # None: the bundled demo model
+    except CheckpointError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    bundled = {path.resolve(): name for name, path in bundled_models().items()}
+    where = source.path.resolve() if source.path is not None else None
+    if where in bundled:  # by name or by path
+        raise UsageError(f"--write: the bundled {bundled[where]} model is part of the installed package; {hint}")
     if not Path(model).is_dir():
         raise UsageError(f"--write: --model {model} is not a model directory (a hub id or a weights file); {hint}")
     if not os.access(model, os.W_OK):
@@ -242,12 +331,7 @@ def _text(report: dict[str, Any]) -> str:
     half = held["at_least_half"]
     lines.append(f"calibrated >= 0.5: {pct(half['answers']).strip()} % of the answers"
                  + (f", {pct(half['right']).strip()} % of them right" if half["right"] is not None else ""))
-    lines += ["", f"reliability ({held['split']}, calibrated)",
-              f"{'confidence':<10} {'count':>6} {'mean':>6} {'right':>6}"]
-    for b in report["reliability"]:
-        mean = f"{b['mean_probability']:6.3f}" if b["count"] else f"{'':6}"
-        right = f"{b['right']:6.3f}" if b["count"] else f"{'':6}"
-        lines.append(f"{b['low']:.1f}-{b['high']:.1f}    {b['count']:>6} {mean} {right}")
+    lines += _reliability_lines(report["reliability"], held["split"])
     if "written_to" in report:
         lines.append(f"\nwritten to {report['written_to']}")
     if "plot" in report:

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
+import time
 from pathlib import Path
 
 from ..errors import CheckpointError, DataError, ImageLoadError
+from ..model_names import PRESET_PREFIX, bundled_models
+from ..presets import list_presets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130
@@ -45,6 +50,28 @@ def handle_error(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's --help, with each option's default appended where its help does not speak of one already
+    (switches, and options whose default is None, have none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return help_with_default(action)
+
+
+class RawDescriptionHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The same, with the description printed as written (line breaks kept)."""
+
+
+def help_with_default(action: argparse.Action) -> str:
+    """An option's help (an argparse template: %(default)s and the like), with " (default: %(default)s)" appended
+    where the option has a default to show and its help does not mention one."""
+    text = action.help or ""
+    if (not action.option_strings or action.nargs == 0 or action.required
+            or action.default in (None, "", argparse.SUPPRESS) or "default" in text.lower()):
+        return text
+    return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class WarningLine(logging.Handler):
     """The package's warnings (a truncated description, a precision mode this CPU cannot run) as one
     'ofa-ground: warning:' line each."""
@@ -75,10 +102,106 @@ def min_confidence_argument(p: argparse.ArgumentParser) -> None:
 def precision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="hub cache for --model ids (default: the hubs' own caches; see README)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32: the reference's arithmetic (default); bf16: bfloat16 weights, about 2x faster on "
-                        "CPUs with AVX-512 BF16/AMX and on GPUs, not bit-faithful")
+                   help="fp32 (default): the reference's arithmetic, and the choice on GPUs (bf16 was no faster "
+                        "there for OFA-tiny on an H200); bf16: bfloat16 weights, about 2x faster on CPUs with "
+                        "AVX-512 BF16/AMX, not bit-faithful (on other CPUs it runs fp32, with a warning)")
     p.add_argument("--cache-mb", type=float, default=64,
                    help="backbone-output cache for repeated images, in MB (default 64; 0 turns it off)")
+
+
+def model_sources() -> str:
+    """The kinds of model name every command that loads a model takes (`model_names.parse_model_name`)."""
+    bundled = ", ".join(bundled_models()) or "none in this installation"
+    return ("a model directory (ours, ModelScope's or Hugging Face OFA's layout), a weights file in one "
+            f"(.safetensors, .bin), OFA's fairseq .pt file, a bundled model's name ({bundled}), or a hub id "
+            "(ORG/NAME from ModelScope, hf:ORG/NAME from Hugging Face; see --cache-dir)")
+
+
+def model_argument(p: argparse.ArgumentParser, default: str = "the bundled demo model, trained on synthetic "
+                   "shapes") -> None:
+    """--model of the commands that run a model (predict, eval, calibrate, serve)."""
+    p.add_argument("--model", metavar="MODEL", help=f"{model_sources()} (default: {default})")
+
+
+def training_model_help(what: str) -> str:
+    """--model / --student of train and distill: what `model_sources` lists, or a preset's random weights."""
+    return (f"{what}: {model_sources()}; or {PRESET_PREFIX}NAME for random weights of the architecture NAME (one "
+            f"of {', '.join(list_presets())}; a bare NAME that is no bundled model's still works, deprecated)")
+
+
+def threads_argument(p: argparse.ArgumentParser, what: str = "this command's", shared_by: str = "") -> None:
+    """--threads (`set_threads`); `shared_by` names the processes that share the idle cores, if several."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help=f"torch threads for {what} arithmetic (default: with OMP_NUM_THREADS set, that; else the "
+                        f"cores this process may use that are idle when it starts{shared_by}, at least 1, so that a "
+                        "core busy with other work does not stall every step)")
+
+
+def cpu_quota() -> int | None:
+    """The CPUs a cgroup v2 CPU limit (a container's --cpus) allows, rounded up, or None without one."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+
+
+def idle_cpus(cpus: set[int], seconds: float = 0.1) -> float | None:
+    """How many of `cpus` were idle over the next `seconds` (Linux's /proc/stat counters), or None where
+    unreadable. Counted per CPU, so that it holds in containers too (unlike the host-wide load average)."""
+
+    def sample() -> dict[int, tuple[int, int]]:  # cpu -> (idle + iowait ticks, all ticks)
+        counts = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *values = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+                    counts[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+        return counts
+
+    try:
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = 0.0
+    for cpu, (idle_then, total_then) in before.items():
+        idle_now, total_now = after.get(cpu, (idle_then, total_then))
+        idle += (idle_now - idle_then) / (total_now - total_then) if total_now > total_then else 1.0
+    return idle if before else None
+
+
+def default_threads() -> int:
+    """Torch threads for a command without --threads: the CPUs this process may use (its affinity, capped by a
+    cgroup CPU limit) that are idle now, rounded, at least 1. Torch's own default (every core) stalls when a core
+    is busy with other work: each step waits for the thread that shares a core. Where /proc/stat cannot be read,
+    the CPUs less the 1-minute load average."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    usable = min(len(cpus), cpu_quota() or len(cpus))
+    idle = idle_cpus(cpus)
+    if idle is None:
+        idle = len(cpus) - os.getloadavg()[0] if hasattr(os, "getloadavg") else usable
+    return max(1, min(usable, round(idle)))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads for this command: `threads` (--threads), else torch's own setting where
+    OMP_NUM_THREADS is set (the user's; torchrun sets 1 per process), else `default_threads()`. Returns the count."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        threads = torch.get_num_threads()
+        how = "OMP_NUM_THREADS"
+    else:
+        how = "--threads" if threads is not None else "the idle cores"
+        threads = threads or default_threads()
+        torch.set_num_threads(threads)
+    logging.getLogger("ofa_grounding.cli").info("torch threads: %d (%s)", threads, how)
+    return threads
 
 
 def require_extra(extra: str, what: str, *modules: str) -> None:

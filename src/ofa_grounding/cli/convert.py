@@ -7,21 +7,24 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .common import EXIT_OK, UsageError
+from .common import EXIT_OK, UsageError, model_sources
 from .loading import load_any
 
 
 def add_parser(sub: Any) -> None:
     c = sub.add_parser("convert", help="convert a checkpoint to another layout",
-                       description="Read a checkpoint in any supported layout (ours, ModelScope, Hugging Face OFA, "
-                                   "OFA's fairseq .pt, or a hub id) and write it as --to: safetensors (ours), "
-                                   "modelscope (pytorch_model.bin + configuration.json) or hf (Hugging Face OFA).")
-    c.add_argument("src", help="model directory, weights file, fairseq .pt, or hub id")
+                       description="Read a checkpoint in any supported layout (safetensors, ModelScope, Hugging Face "
+                                   "OFA, OFA's fairseq .pt), a bundled model or a hub id, and write it as --to: "
+                                   "safetensors (ours), modelscope (pytorch_model.bin + configuration.json) or hf "
+                                   "(Hugging Face OFA).")
+    c.add_argument("src", metavar="MODEL", help=model_sources())
     c.add_argument("dst", type=Path, help="output directory")
-    c.add_argument("--to", required=True, choices=("safetensors", "modelscope", "hf"))
+    c.add_argument("--to", required=True, choices=("safetensors", "modelscope", "hf"),
+                   help="safetensors: ours (model.safetensors); modelscope: pytorch_model.bin + configuration.json; "
+                        "hf: Hugging Face OFA's layout")
     c.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="stored precision (default fp32)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
-    c.add_argument("--cache-dir", help="hub cache for ids")
+    c.add_argument("--cache-dir", help="hub cache for ids (default: the hubs' own caches; see README)")
     c.set_defaults(func=run)
 
 
@@ -33,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:  # before the load
         raise UsageError(f"{args.dst} exists and is not empty (use --overwrite to replace it)")
     ckpt = load_any(args.src, args.cache_dir)
-    layout = {"safetensors": "ours", "modelscope": "modelscope", "hf": "hf"}[args.to]
-    save_checkpoint(args.dst, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation, layout=layout,
+    save_checkpoint(args.dst, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation, layout=args.to,
                     dtype=torch.float16 if args.dtype == "fp16" else None,
                     metadata={"source": str(args.src), "converted_by": f"ofa-grounding {__version__}"})
     print(f"{args.src} ({ckpt.layout}) -> {args.dst} ({args.to}, {args.dtype})")

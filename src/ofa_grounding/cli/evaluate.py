@@ -10,8 +10,21 @@ from typing import Any
 from ..config import DEFAULT_MAX_PIXELS
 from ..data import FORMATS
 from ..errors import DataError
-from .common import EXIT_FAILED, EXIT_OK, UsageError, error, pct, precision_arguments
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    error,
+    model_argument,
+    pct,
+    precision_arguments,
+    threads_argument,
+)
 from .loading import load_grounder
+
+# eval and calibrate (`evaluate.predict_samples`)
+BATCH_SIZE_HELP = ("descriptions per model call: consecutive rows of one image share one backbone pass, and the "
+                   "rows of several images are encoded and decoded together, up to N descriptions in all")
 
 
 def add_parser(sub: Any) -> None:
@@ -20,7 +33,7 @@ def add_parser(sub: Any) -> None:
                                    "present objects; rows of absent objects (\"box\": null) count as right when "
                                    "answered 'not found' and are reported on their own line. Runs sharded "
                                    "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
-    e.add_argument("--model", help="model directory (default: the bundled demo model)")
+    model_argument(e)
     e.add_argument("--data", required=True, type=Path,
                    help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
     e.add_argument("--split", action="append", help="split(s) to evaluate (repeatable; default: all but train)")
@@ -31,18 +44,21 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     e.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
     e.add_argument("--limit", type=int, help="evaluate only the first N samples of each split")
-    e.add_argument("--batch-size", type=int, default=8, help="descriptions of one image decoded together")
-    e.add_argument("--device", default=None)
-    e.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    e.add_argument("--batch-size", type=int, default=8, help=BATCH_SIZE_HELP, metavar="N")
+    e.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu; under torchrun "
+                                                  "cuda means each process's own GPU)")
+    e.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images")
     precision_arguments(e)
+    threads_argument(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.add_argument("-v", "--verbose", action="store_true")
+    e.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     e.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import list_splits, open_dataset
-    from ..evaluate import distributed_context, evaluate
+    from ..distributed import distributed_context
+    from ..evaluate import evaluate
 
     if not Path(args.data).exists():  # before the distributed setup, in our words
         raise UsageError(f"--data {args.data}: no such file or folder")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_OK, UsageError, require_extra
+from .common import EXIT_OK, UsageError, model_sources, require_extra
 from .loading import load_any
 
 
@@ -15,10 +15,11 @@ def add_parser(sub: Any) -> None:
                        description="Write image.onnx, encoder.onnx, decoder_start.onnx, decoder_step.onnx (KV cache "
                                    "as inputs/outputs) and onnx_config.json to OUT; `predict --onnx OUT` runs them "
                                    "with onnxruntime through the same beam search.")
-    x.add_argument("model", help="model directory, weights file, fairseq .pt, or hub id")
+    x.add_argument("model", metavar="MODEL", help=model_sources())
     x.add_argument("out", type=Path, help="output directory")
-    x.add_argument("--opset", type=int, default=17)
-    x.add_argument("--cache-dir", help="hub cache for ids")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    x.add_argument("--cache-dir", help="hub cache for ids (default: the hubs' own caches; see README)")
     x.set_defaults(func=run)
 
 
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     require_extra("onnx", "export-onnx", "onnx", "onnxscript")
     from ..onnx_export import export_onnx
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"{args.out} exists and is not a directory")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:  # as `convert`, before the load
+        raise UsageError(f"{args.out} exists and is not empty (use --overwrite to replace it)")
     ckpt = load_any(args.model, args.cache_dir)
     try:
         out = export_onnx(ckpt, args.out, args.opset)

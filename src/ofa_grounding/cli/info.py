@@ -6,20 +6,20 @@ import argparse
 import json
 from typing import Any
 
-from .common import EXIT_OK
+from .common import EXIT_OK, model_sources
 from .loading import load_any
 
 
 def add_parser(sub: Any) -> None:
     i = sub.add_parser("info", help="describe a model: preset, parameters by part, vocabulary, settings")
-    i.add_argument("model", help="model directory, weights file, fairseq .pt, or hub id")
+    i.add_argument("model", metavar="MODEL", help=model_sources())
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    i.add_argument("--cache-dir", help="hub cache for ids")
+    i.add_argument("--cache-dir", help="hub cache for ids (default: the hubs' own caches; see README)")
     i.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import describe
+    from ..report import describe
 
     info = describe(load_any(args.model, args.cache_dir))
     if args.json:

@@ -7,12 +7,12 @@ import argparse
 from typing import Any
 
 from ..errors import CheckpointError
-from .common import UsageError, require_extra
+from .common import UsageError, require_extra, set_threads
 
 
 def load_grounder(args: argparse.Namespace) -> Any:
-    """predict, eval, serve: a Grounder from --model (or --onnx), with the options' checks done before the
-    slow load."""
+    """predict, eval, calibrate, serve: a Grounder from --model (or --onnx), with the options' checks done before
+    the slow load, and torch's threads set from --threads (`common.set_threads`)."""
     from ..loader import DEFAULT_MODEL
     from ..predictor import Grounder  # torch import deferred so that --help is instant
 
@@ -22,8 +22,9 @@ def load_grounder(args: argparse.Namespace) -> Any:
         require_extra("onnx", "--onnx", "onnxruntime")
         from ..onnx_export import onnx_grounder
 
+        threads = set_threads(args.threads)  # onnxruntime's too
         try:
-            return onnx_grounder(args.onnx, max_pixels=args.max_pixels, batch_size=args.batch_size)
+            return onnx_grounder(args.onnx, threads=threads, max_pixels=args.max_pixels, batch_size=args.batch_size)
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(f"--onnx {args.onnx}: not an export-onnx folder ({exc})") from None
     if args.model is None and not DEFAULT_MODEL.is_dir():
@@ -36,6 +37,7 @@ def load_grounder(args: argparse.Namespace) -> Any:
     threshold = getattr(args, "min_confidence", None)
     if threshold is not None and not 0 <= threshold <= 1:
         raise UsageError(f"--min-confidence must be in [0, 1], got {threshold}")
+    set_threads(args.threads)
     try:
         return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
                                         batch_size=args.batch_size, dtype=args.dtype, cache_mb=args.cache_mb,
@@ -49,14 +51,15 @@ def load_grounder(args: argparse.Namespace) -> Any:
 
 
 def load_any(model: str, cache_dir: str | None) -> Any:
-    """convert, info, export-onnx: a checkpoint in any layout, or a hub id (CheckpointError: exit 2)."""
+    """convert, info, export-onnx: a checkpoint in any layout, a bundled model or a hub id (CheckpointError:
+    exit 2)."""
     from ..loader import load_model
 
     return load_model(model, cache_dir=cache_dir)
 
 
 def run_training(cfg: Any) -> dict[str, Any] | None:
-    """train, distill: `train.loop.train` loads the initial model (or a preset's random weights, or the run's
+    """train, distill: `train.loop.train` loads the initial model (or preset:NAME's random weights, or the run's
     last/ for --resume) and the teacher itself; its ValueErrors (bad settings, CheckpointError, DataError, an
     unreadable image) are bad usage."""
     from ..train.loop import train

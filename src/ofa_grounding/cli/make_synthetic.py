@@ -17,7 +17,7 @@ def add_parser(sub: Any) -> None:
                                    "OUT/{train,val,test}.jsonl + OUT/images/*.png; prints trivial baselines.")
     s.add_argument("out", type=Path, help="output folder")
     s.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the scenes and expressions (same seed, same files)")
     s.add_argument("--world", choices=("v1", "v2"), default="v2",
                    help="v2 (default): the wide world (canvases of any size and aspect ratio, dark or light "
                         "backgrounds, rotated shapes, 12 colours, 10 shapes, varied phrasings, absent objects); "
@@ -34,6 +34,7 @@ def add_parser(sub: Any) -> None:
                         "(kind 'simple'; benchmark rows unchanged; default 0)")
     s.add_argument("--workers", type=int, default=1, help="processes drawing scenes (same files; default 1)")
     s.add_argument("--json", action="store_true", help="print counts and baselines as JSON")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=run)
 
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.out} already holds a dataset (images/ is not empty); choose a new folder")
     print(f"drawing {args.n} samples ({args.world}) into {args.out} ...", file=sys.stderr, flush=True)
     counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple,
-                             args.workers, world=args.world, absent=args.absent, max_side=args.max_side)
+                             args.workers, world=args.world, absent=args.absent, max_side=args.max_side,
+                             progress=not args.no_progress)
     rows = {split: [json.loads(line) for line in (args.out / f"{split}.jsonl").open(encoding="utf-8")]
             for split in counts}
     baselines = {split: baseline_accuracies(r) for split, r in rows.items() if r}

@@ -17,7 +17,9 @@ from .common import (
     check_writable_image,
     error,
     min_confidence_argument,
+    model_argument,
     precision_arguments,
+    threads_argument,
     warn,
 )
 from .loading import load_grounder
@@ -28,8 +30,7 @@ JSONL_IMAGES_PER_CALL = 16  # --jsonl: images per predict_batch call
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="ground descriptions in an image",
                        description="Ground one or more descriptions in an image, or a batch from --jsonl.")
-    p.add_argument("--model", help="model directory, ModelScope OFA layout or ours "
-                   "(default: the bundled demo model, trained on synthetic shapes)")
+    model_argument(p)
     p.add_argument("image", nargs="?", help="image file")
     p.add_argument("text", nargs="*", help="one or more descriptions")
     p.add_argument("--jsonl", type=Path, help='file with one {"image": path, "text": str} per line '
@@ -43,9 +44,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--batch-size", type=int, default=8, help="descriptions decoded together (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="descriptions encoded and decoded together in one model call, with --jsonl those of "
+                        "several images (default 8)")
     min_confidence_argument(p)
     precision_arguments(p)
+    threads_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     p.set_defaults(func=run)
 

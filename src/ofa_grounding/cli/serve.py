@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
+import functools
+import inspect
 import os
 import sys
 from typing import Any
 
-from ..serve.config import ServeConfig  # stdlib-only: keeps --help working without the serve extra
-from .common import EXIT_OK, UsageError, min_confidence_argument, precision_arguments, require_extra, warn
+from ..serve.config import ServeConfig, ServerSettings  # stdlib-only: keeps --help working without the serve extra
+from .common import (
+    EXIT_OK,
+    UsageError,
+    default_threads,
+    min_confidence_argument,
+    model_argument,
+    precision_arguments,
+    require_extra,
+    threads_argument,
+    warn,
+)
 from .loading import load_grounder
 
 
@@ -18,15 +29,17 @@ def add_parser(sub: Any) -> None:
                        description="FastAPI service on uvicorn: POST /v1/ground, GET /v1/model, GET /healthz, "
                                    "the web page at /, API docs at /docs. Binds 127.0.0.1 unless --host says "
                                    "otherwise. Needs: pip install 'ofa-grounding[serve]'.")
-    v.add_argument("--model", help="model directory (default: the bundled demo model)")
+    model_argument(v)
     v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=int, default=8000, help="TCP port")
     v.add_argument("--workers", type=int, default=1,
-                   help="server processes, each with its own model copy and cores/N torch threads (default 1)")
+                   help="server processes, each with its own model copy and --threads torch threads (default 1)")
     v.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    v.add_argument("--batch-size", type=int, default=8, help="descriptions encoded and decoded together (default 8)")
+    v.add_argument("--batch-size", type=int, default=8,
+                   help="descriptions encoded and decoded together within one model call of --max-batch (default 8)")
     min_confidence_argument(v)
     precision_arguments(v)
+    threads_argument(v, "each server process's", shared_by=", divided among the --workers")
     defaults = ServeConfig()
     v.add_argument("--max-batch", type=int, default=defaults.max_batch,
                    help=f"descriptions per model call across concurrent requests (default {defaults.max_batch}; "
@@ -45,7 +58,7 @@ def add_parser(sub: Any) -> None:
                    help=f"characters per description (default {defaults.max_text_chars})")
     v.add_argument("--allow-urls", action="store_true",
                    help='let JSON requests give "image_url" for the server to fetch (off by default)')
-    v.add_argument("-v", "--verbose", action="store_true")
+    v.add_argument("-v", "--verbose", action="store_true", help="log every request and progress to stderr")
     v.set_defaults(func=run)
 
 
@@ -69,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     cap_malloc_arenas()  # before the server's threads start
     import uvicorn
 
-    from ..serve import create_app
-    from ..serve.app import SERVE_ENV
+    from ..serve import app_from_settings, create_app
 
     for name in ("workers", "max_batch", "max_queue", "max_texts", "max_text_chars", "max_pixels"):
         if getattr(args, name) < 1:
@@ -86,16 +98,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"ofa-ground serve: http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}/ "
           f"(API docs at /docs; Ctrl-C stops)", file=sys.stderr)
     if args.workers == 1:
-        grounder = load_grounder(args)
+        grounder = load_grounder(args)  # sets torch's threads (--threads)
         app = create_app(grounder, config, model_name=str(args.model or "bundled demo"))
         uvicorn.run(app, host=args.host, port=args.port, log_level=log_level)
         return EXIT_OK
+    threads = args.threads
+    if threads is None and not os.environ.get("OMP_NUM_THREADS"):  # the idle cores, shared among the workers
+        threads = max(1, default_threads() // args.workers)
     load_grounder(args)  # fail here, once, with a clear message, not in every worker
-    os.environ[SERVE_ENV] = json.dumps({
-        "model": args.model, "device": args.device, "dtype": args.dtype, "cache_mb": args.cache_mb,
-        "min_confidence": args.min_confidence,
-        "batch_size": args.batch_size, "threads": max(1, (os.cpu_count() or 1) // args.workers),
-        "config": config.__dict__})
-    uvicorn.run("ofa_grounding.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=log_level)
+    settings = ServerSettings(model=args.model, device=args.device, dtype=args.dtype, cache_mb=args.cache_mb,
+                              cache_dir=args.cache_dir, batch_size=args.batch_size,
+                              min_confidence=args.min_confidence, threads=threads, service=config)
+    run_workers(uvicorn.Config(functools.partial(app_from_settings, settings), factory=True, host=args.host,
+                               port=args.port, workers=args.workers, log_level=log_level))
     return EXIT_OK
+
+
+def run_workers(config: Any) -> None:
+    """Serve `config.app` (a picklable app factory) from `config.workers` processes under uvicorn's own
+    supervisor, as `uvicorn.run` does for an import string. `uvicorn.run` takes nothing but an import string
+    for workers > 1, and an import string cannot carry the settings: they would have to travel in an
+    environment variable. Here the factory, with its `ServerSettings`, is pickled to each process instead."""
+    from uvicorn.supervisors import Multiprocess
+
+    sockets = [config.bind_socket()]
+    if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn (dropped around 0.51): the
+        from uvicorn import Server  # supervisor wants the server's run method
+
+        Multiprocess(config, target=Server(config).run, sockets=sockets).run()
+    else:
+        Multiprocess(config, sockets=sockets).run()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..train.config import DISTILL_RECIPE, DistillConfig, TrainConfig
-from .common import EXIT_OK, UsageError
+from .common import EXIT_OK, UsageError, set_threads, threads_argument, training_model_help
 from .loading import run_training
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -50,12 +50,13 @@ def _values(args: argparse.Namespace, config: type) -> dict[str, Any]:
 
 
 def add_parser(sub: Any) -> None:
-    t = sub.add_parser("train", help="finetune (or train from a preset) on grounding data",
+    t = sub.add_parser("train", help="finetune (or train preset:NAME from random weights) on grounding data",
                        description="OFA's RefCOCO finetuning recipe. Multi-process: torchrun --nproc_per_node N "
                                    "-m ofa_grounding.cli train ... (DDP; gloo on CPU, nccl on GPU).")
-    t.add_argument("--model", required=True, help="initial model directory, or a preset name for random weights")
+    t.add_argument("--model", required=True, metavar="MODEL", help=training_model_help("the initial weights"))
     config_arguments(t, TrainConfig)
-    t.add_argument("-v", "--verbose", action="store_true")
+    threads_argument(t, "the model's")
+    t.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     t.set_defaults(func=run)
 
     d = sub.add_parser("distill", help="train a student with a teacher's help (OFA-Compress's distillation)",
@@ -64,11 +65,12 @@ def add_parser(sub: Any) -> None:
                                    "matching between mapped layers. Everything else as `train` (resume, torchrun, "
                                    "bf16, validation, logs). Defaults: OFA-Compress's RefCOCO settings.")
     config_arguments(d, DistillConfig, only=("teacher",))
-    d.add_argument("--student", required=True, dest="model",
-                   help="student: a model directory, or a preset name for random weights")
+    d.add_argument("--student", required=True, dest="model", metavar="MODEL",
+                   help=training_model_help("the student's initial weights"))
     config_arguments(d, TrainConfig, DISTILL_RECIPE)
     config_arguments(d, DistillConfig, skip=("teacher",))
-    d.add_argument("-v", "--verbose", action="store_true")
+    threads_argument(d, "the student's and the teacher's")
+    d.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     d.set_defaults(func=run)
 
 
@@ -83,6 +85,7 @@ def training_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     if args.resume and not (Path(args.out) / "last" / "trainer_state.json").is_file():  # before any loading
         raise UsageError(f"--resume: no checkpoint in {args.out}/last")
+    set_threads(args.threads)
     summary = run_training(training_config(args))
     if summary is not None and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))

@@ -1,18 +1,19 @@
 """HTTP service and web page (`ofa-ground serve`; needs the `serve` extra: fastapi, uvicorn, python-multipart).
 
-`ServeConfig` imports without the extra (the CLI shows its defaults in --help); `create_app` needs it.
+`ServeConfig` and `ServerSettings` import without the extra (the CLI shows their defaults in --help); `create_app`
+and `app_from_settings` need it.
 """
 
 from typing import Any
 
-from .config import ServeConfig
+from .config import ServeConfig, ServerSettings
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "ServerSettings", "app_from_settings", "create_app"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from .app import create_app
+    if name in ("app_from_settings", "create_app"):
+        from . import app
 
-        return create_app
+        return getattr(app, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
@@ -39,12 +42,15 @@ from ..image import ImageLoadError, ImageTooLargeError, load_image
 from ..predictor import Grounder, GroundingResult
 from ..presets import match_preset
 from .batcher import MicroBatcher, Overloaded
-from .config import ServeConfig
+from .config import ServeConfig, ServerSettings
 
-__all__ = ["SERVE_ENV", "ServeConfig", "app_from_env", "create_app"]
+__all__ = ["ServeConfig", "ServerSettings", "app_from_settings", "create_app"]
 
 STATIC = Path(__file__).parent / "static"
-SERVE_ENV = "OFA_GROUND_SERVE"  # settings handed to `--workers` processes
+# One line per request (method, path, status, milliseconds, and for /v1/ground the number of descriptions; never
+# the uploaded content), at INFO. Shown on stderr by default, like uvicorn's access log, unless the program
+# configures this logger itself (a handler of its own; or setLevel(logging.WARNING) to silence it).
+access_log = logging.getLogger("ofa_grounding.serve.access")
 
 
 class APIError(Exception):
@@ -82,6 +88,57 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes (as logging's last-resort handler)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _show_access_log() -> None:
+    """Give `access_log` a stderr handler at INFO, unless it has handlers already (configured by the program)."""
+    if access_log.handlers:
+        return
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False  # not again through the root logger (`-v` gives it a handler)
+
+
+class AccessLog:
+    """ASGI middleware: log every HTTP request as 'POST /v1/ground 200 41.3 ms 2 descriptions' when it ends.
+    A route adds the number of descriptions by setting `request.state.descriptions`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # an exception that escapes becomes a 500 further out
+        state = scope.setdefault("state", {})
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            ms = 1000 * (time.perf_counter() - start)
+            n = state.get("descriptions")
+            access_log.info("%s %s %d %.1f ms%s", scope["method"], scope["path"], status, ms,
+                            "" if n is None else f" {n} description{'' if n == 1 else 's'}")
 
 
 def _result_json(r: GroundingResult) -> dict[str, Any]:
@@ -230,6 +287,8 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
                   docs_url=None if docs else "/docs", redoc_url=None)
     app.state.batcher, app.state.config = batcher, config
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    app.add_middleware(AccessLog)  # the outermost of ours: it sees BodyLimit's refusals too
+    _show_access_log()
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -248,6 +307,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
     async def ground(request: Request) -> JSONResponse:
         data, texts = await _read_request(request, config)
         texts = _check_texts(texts, config)
+        request.state.descriptions = len(texts)  # for the access log
         try:
             image: Image.Image = await run_in_threadpool(load_image, data, config.max_pixels)
         except ImageTooLargeError as exc:
@@ -315,17 +375,16 @@ def _add_local_docs(app: FastAPI, path: Path) -> None:
                                    swagger_favicon_url="/static/favicon.svg")
 
 
-def app_from_env() -> FastAPI:
-    """uvicorn's factory for `ofa-ground serve --workers N`: each worker process loads its own model."""
-    import os
-
+def app_from_settings(settings: ServerSettings) -> FastAPI:
+    """The service around the model `settings` names, loaded here: what each process of `ofa-ground serve
+    --workers N` runs (uvicorn calls `functools.partial(app_from_settings, settings)` as its app factory)."""
     import torch
 
-    settings = json.loads(os.environ[SERVE_ENV])
-    torch.set_num_threads(settings["threads"])
-    grounder = Grounder.from_pretrained(settings["model"], device=settings["device"], dtype=settings["dtype"],
-                                        cache_mb=settings["cache_mb"], batch_size=settings["batch_size"],
-                                        max_pixels=settings["config"]["max_pixels"],
-                                        **({} if settings.get("min_confidence") is None
-                                           else {"min_confidence": settings["min_confidence"]}))
-    return create_app(grounder, ServeConfig(**settings["config"]), model_name=str(settings["model"] or "bundled demo"))
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    grounder = Grounder.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
+                                        cache_mb=settings.cache_mb, cache_dir=settings.cache_dir,
+                                        batch_size=settings.batch_size, max_pixels=settings.service.max_pixels,
+                                        **({} if settings.min_confidence is None
+                                           else {"min_confidence": settings.min_confidence}))
+    return create_app(grounder, settings.service, model_name=settings.model or "bundled demo")

@@ -1,10 +1,12 @@
-"""The service's limits and batching settings (stdlib only, so the CLI can show them without the serve extra)."""
+"""The service's settings (stdlib only, so the CLI can show them without the serve extra): `ServeConfig`, the
+limits and batching of one app, and `ServerSettings`, everything a server process needs to load its model and
+build that app."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["ServeConfig"]
+__all__ = ["ServeConfig", "ServerSettings"]
 
 
 @dataclass
@@ -19,3 +21,20 @@ class ServeConfig:
     retry_after_s: int = 1
     allow_urls: bool = False  # JSON "image_url": fetched only when enabled
     url_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What `serve.app.app_from_settings` loads and serves: `ofa-ground serve --workers N` hands one to each
+    server process as the argument of uvicorn's app factory (pickled by multiprocessing, not through the
+    environment)."""
+
+    model: str | None = None  # a model name as `model_names` reads it; None: the bundled demo model
+    device: str | None = None  # torch device; None: cpu
+    dtype: str = "fp32"  # "fp32" or "bf16" (`Grounder.from_pretrained`)
+    cache_mb: float = 64  # backbone-output cache
+    cache_dir: str | None = None  # hub cache for model ids; None: the hubs' own
+    batch_size: int = 8  # descriptions encoded and decoded together
+    min_confidence: float | None = None  # None: the model folder's grounding.json, if any
+    threads: int | None = None  # torch threads of the process; None: torch's own (OMP_NUM_THREADS)
+    service: ServeConfig = field(default_factory=ServeConfig)

@@ -36,15 +36,15 @@ def _opt(default: Any = None, help: str | None = None, **cli: Any) -> Any:
 class TrainConfig:
     """A training run (`train.loop.train`); the defaults are OFA's RefCOCO finetuning recipe."""
 
-    model: str = field(metadata={"cli": False})  # a model directory, or a preset name for random weights
+    model: str = field(metadata={"cli": False})  # a model name (`model_names`), or preset:NAME for random weights
     data: str = field(metadata={"help": "training data (any format `eval` reads)"})
     split: str | None = _opt("train", "training split (default train; 'all' for every row)", type=_split)
     val: str | None = _opt(None, "validation data (default: none)")
-    val_split: str | None = _opt("val")
+    val_split: str | None = _opt("val", "the split of --val to validate on")
     val_limit: int | None = _opt(None, "validate on the first N samples only")
     out: str = field(default="", metadata={"help": "output folder: last/ and best/ model directories, log.csv",
                                            "required": True})
-    epochs: int = _opt(10)
+    epochs: int = _opt(10, "passes over the training data (the learning-rate schedule's length)")
     max_steps: int | None = _opt(None, "stop after this many updates (overrides --epochs)")
     max_minutes: float | None = _opt(None, "also stop (saving last/) after this much wall time; the learning-rate "
                                            "schedule still follows --epochs/--max-steps")
@@ -57,12 +57,12 @@ class TrainConfig:
     group_by_image: int = _opt(1, "ours, off by default (1): batches of images with up to K of each image's "
                                   "samples, which share one backbone pass (--batch-size counts samples and must be a "
                                   "multiple of K)", metavar="K")
-    lr: float = _opt(5e-5)
-    min_lr: float = _opt(0.0)
-    warmup_ratio: float = _opt(0.06)
-    weight_decay: float = _opt(0.01)
-    label_smoothing: float = _opt(0.1)
-    clip_norm: float = _opt(1.0)
+    lr: float = _opt(5e-5, "peak learning rate (AdamW)")
+    min_lr: float = _opt(0.0, "the learning rate the linear decay ends at")
+    warmup_ratio: float = _opt(0.06, "share of the updates spent warming the learning rate up linearly")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    label_smoothing: float = _opt(0.1, "label smoothing of the token targets")
+    clip_norm: float = _opt(1.0, "clip the gradients' global norm to this")
     bin_sigma: float = _opt(0.0, "ours, off by default (0): spread each coordinate target as a Gaussian of this "
                                  "many bins, so near misses earn credit")
     attr_weight: float = _opt(0.0, "ours, off by default (0): weight of a training-only head that names each image "
@@ -84,17 +84,19 @@ class TrainConfig:
     log_every: int = _opt(1, "write a log.csv row (means over the updates since the last), the progress bar's loss "
                              "and warnings of skipped updates every N updates: the host waits for the device only "
                              "then (on a GPU, try 50); 1 reads them at every update", metavar="N")
-    eval_every: int = _opt(500)
-    save_every: int = _opt(500)
-    seed: int = _opt(1)
+    eval_every: int = _opt(500, "validate (with --val) every N updates, and at the end", metavar="N")
+    save_every: int = _opt(500, "write last/ every N updates, and at the end", metavar="N")
+    seed: int = _opt(1, "seed of the shuffling, augmentation, dropout and fresh weights")
     workers: int = _opt(0, "data-loading processes")
     cache_images: bool = _opt(False, "keep resized training images in memory")
-    device: str | None = _opt(None)
+    device: str | None = _opt(None, "torch device, e.g. cpu or cuda (default: cpu; under torchrun cuda means "
+                                    "each process's own GPU)")
     resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = _opt(False, "start afresh in an --out that already holds a run (without it, or --resume, such "
                                   "an --out is refused)")
-    modelscope: bool = _opt(False, "also write pytorch_model.bin with every OFA key")
-    progress: bool = _opt(True, flag="--no-progress")
+    modelscope: bool = _opt(False, "write last/ and best/ in ModelScope's layout (pytorch_model.bin with every "
+                                   "OFA key, which ModelScope's pipeline loads) instead of ours (model.safetensors)")
+    progress: bool = _opt(True, "no progress bar", flag="--no-progress")
     # a teacher's extra loss terms (`ofa-ground distill`)
     distill: DistillConfig | None = field(default=None, metadata={"cli": False})
 
@@ -103,10 +105,11 @@ class TrainConfig:
 class DistillConfig:
     """Distillation's loss terms (train/distill.py); the defaults are OFA-Compress's."""
 
-    teacher: str = field(metadata={"help": "teacher model directory"})
+    teacher: str = field(metadata={"help": "the teacher: a model directory or weights file, a bundled model's "
+                                           "name or a hub id (as predict --model takes)"})
     kd_weight: float = _opt(OFA_COMPRESS_KD_WEIGHT, "weight of the per-token soft cross-entropy (default "
                             "10000/59457, OFA-Compress's 10000 on its vocabulary-mean loss)")
-    temperature: float = _opt(1.0)
+    temperature: float = _opt(1.0, "softmax temperature of the soft-label loss (teacher and student)")
     attn_weight: float = _opt(1.0, "weight of the attention-map MSE (0: off)")
     layer_map: str = _opt("first", "student layer i <-> teacher layer i (first, OFA-Compress) or spread over the "
                                    "teacher's depth (uniform)", choices=LAYER_MAPS)

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..distributed import DistributedContext
 from ..image import normalize_batch
 from ..model import AttentionRecord, OFAModel
 from .config import LAYER_MAPS, DistillConfig
@@ -218,8 +218,8 @@ class DistillTerm(LossTerm):
         self.distiller = Distiller(cfg, teacher, student)
         self.reset()
 
-    def use_teacher_cache(self, ctx: Any, train_set: GroundingTrainSet, identity: dict[str, str], batch_size: int,
-                          bos_id: int, augment: list[str]) -> None:
+    def use_teacher_cache(self, ctx: DistributedContext, train_set: GroundingTrainSet, identity: dict[str, str],
+                          batch_size: int, bos_id: int, augment: list[str]) -> None:
         """Read the teacher's soft labels from `cfg.teacher_cache` (rank 0 computes and writes them first when the
         file is new) instead of running the teacher at every step. `identity`: what the file must have been made
         for (teacher, data, split)."""

@@ -28,8 +28,9 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,17 +39,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..backbone import cpu_bf16_supported
 from ..checkpoint import LoadedCheckpoint, save_checkpoint
 from ..data import open_dataset
+from ..distributed import distributed_context
 from ..errors import CheckpointError
-from ..evaluate import distributed_context, evaluate
-from ..generation import open_vocab_ids
+from ..evaluate import evaluate
+from ..generation import allowed_token_ids as open_vocab_ids  # renamed; an import-only change here for now
+from ..hardware import cpu_bf16_supported
 from ..image import normalize_batch
 from ..loader import load_model
 from ..model import OFAModel
+from ..model_names import parse_model_name
 from ..predictor import Grounder
-from ..presets import list_presets
 from .cells import CellTerm, smooth_bin_embeddings
 from .config import DistillConfig, TrainConfig
 from .data import GroundingTrainSet, ShardedShuffleSampler, collate
@@ -70,12 +72,13 @@ def train(cfg: TrainConfig, on_update: Callable[[int], None] | None = None) -> d
 
 
 def load_initial_model(name: str, device: str | torch.device | None = None) -> LoadedCheckpoint:
-    """What training starts from (`loader.load_model`): a preset with fresh weights (OFA's initialisation), or a
-    checkpoint's weights (a directory or file in any layout `load_checkpoint` reads, or a hub id)."""
+    """What training starts from (`loader.load_model`): `preset:NAME` with fresh weights (OFA's initialisation), or
+    a checkpoint's weights (a directory or file in any layout `checkpoint.read_checkpoint` reads, a bundled model,
+    or a hub id); see `model_names` for the names, and for bare preset names."""
     try:
         return load_model(name, device=device, allow_preset=True)
     except CheckpointError as exc:
-        raise CheckpointError(f"--model {name}: {exc} (presets: {', '.join(list_presets())})") from None
+        raise CheckpointError(f"--model {name}: {exc}") from None
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -221,7 +224,7 @@ class Trainer:
     def save_model(self, directory: Path) -> None:
         save_checkpoint(directory, self.model, self.tokenizer_dir, self.preprocess, self.generation,
                         metadata={"step": str(self.step), "source": "ofa-grounding train"},
-                        layout="modelscope" if self.cfg.modelscope else "ours")
+                        layout="modelscope" if self.cfg.modelscope else "safetensors")
 
     def save_state(self) -> None:
         """last/: the model and what `resume` needs to continue bit for bit (every rank takes part)."""
@@ -303,7 +306,7 @@ class Trainer:
                     loss = loss + part
                 loss.backward()
         if self.ctx.world_size > 1:  # DDP averages the model's gradients, not the terms' own parameters'
-            _average_gradients(self.term_params, self.ctx.world_size)
+            self.ctx.average_gradients(self.term_params)
         self._optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -375,7 +378,7 @@ class Trainer:
     def run(self, on_update: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train to the end of the schedule (or --stop-at-step / --max-minutes); returns the summary."""
         cfg, ctx = self.cfg, self.ctx
-        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step",
+        bar = tqdm(total=self.total, initial=self.step, desc="train" if cfg.distill is None else "distill", unit="step",
                    disable=not cfg.progress or not ctx.is_main, dynamic_ncols=True)
         window_start, window_samples = time.perf_counter(), 0
         deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
@@ -391,7 +394,7 @@ class Trainer:
                     log.warning("--stop-at-step %d reached (schedule of %d steps): stopping; last/ holds step %d",
                                 cfg.stop_at_step, self.total, self.step)
                     stopped = True
-                elif not last and deadline is not None and _rank0_says(time.monotonic() > deadline, ctx):
+                elif not last and deadline is not None and ctx.rank0_says(time.monotonic() > deadline):
                     log.warning("--max-minutes %g reached at step %d of %d: stopping; last/ holds step %d",
                                 cfg.max_minutes, self.step, self.total, self.step)
                     stopped = out_of_time = True
@@ -426,9 +429,12 @@ class Trainer:
 
     def _validate_and_keep_best(self) -> dict[str, str]:
         summary = self.validate()
-        if summary["acc50"] > self.best["acc50"]:
+        best = summary["acc50"] > self.best["acc50"]
+        if best:
             self.best = {"acc50": summary["acc50"], "step": self.step}
             self.save_model(self.best_dir)
+        if self.ctx.is_main:  # one line per validation, above the progress bar if there is one, or without it
+            tqdm.write(validation_line(self.step, self.total, summary, best), file=sys.stderr)
         return {"val_acc50": f"{summary['acc50']:.4f}", "val_acc75": f"{summary['acc75']:.4f}",
                 "val_miou": f"{summary['miou']:.4f}"}
 
@@ -446,6 +452,16 @@ class Trainer:
             raise RuntimeError(f"replicas diverged: parameter checksums {sums}")
 
 
+def validation_line(step: int, total: int, summary: dict[str, Any], best: bool) -> str:
+    """What train and distill print after each validation: `metrics.summarize`'s numbers, labelled."""
+    line = (f"step {step}/{total}: val Acc@0.5 {100 * summary['acc50']:.1f} %, Acc@0.75 {100 * summary['acc75']:.1f} "
+            f"%, mIoU {100 * summary['miou']:.1f} % ({summary['count']} samples")
+    if "absent" in summary:
+        absent = summary["absent"]
+        line += f"; absent objects answered not found {100 * absent['not_found']:.1f} % of {absent['count']}"
+    return line + ("), best so far" if best else ")")
+
+
 def _check_settings(cfg: TrainConfig) -> None:
     """Contradictions among the settings, found before anything is loaded."""
     if cfg.resume and cfg.overwrite:
@@ -458,28 +474,11 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-by-image {cfg.group_by_image}")
     if cfg.distill is not None and cfg.absent_rate:
         raise ValueError("--absent-rate cannot be used with distillation (the teacher was not taught absent objects)")
-    if cfg.distill is not None and not Path(cfg.distill.teacher).exists():
-        raise CheckpointError(f"--teacher {cfg.distill.teacher}: no such model directory")
-
-
-def _average_gradients(params: Iterable[torch.nn.Parameter], world_size: int) -> None:
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world_size
-
-
-def _rank0_says(flag: bool, ctx: Any) -> bool:
-    """Rank 0's flag, on every process (its clock decides: the processes must stop at the same step)."""
-    if ctx.world_size == 1:
-        return flag
-    import torch.distributed as dist
-
-    decision = [flag]
-    dist.broadcast_object_list(decision, src=0)
-    return bool(decision[0])
+    if cfg.distill is not None:
+        try:
+            parse_model_name(cfg.distill.teacher)  # the name only (a path, a bundled model, a hub id); no load
+        except CheckpointError as exc:
+            raise CheckpointError(f"--teacher {exc}") from None
 
 
 def _updates(batches: Iterator[Batch], accum: int) -> Iterator[list[Batch]]:
