@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def _words(table: dict | tuple) -> list[str]:
     return [w for ws in values for w in ws]
 
 
-def knows_section(worlds: list[str]) -> list[str]:
+def knows_section(worlds: list[str], side: int = 128) -> list[str]:
     """What the model was trained on, word by word, and what it cannot do: from the worlds' vocabularies."""
     from ofa_grounding import synthetic, synthetic_v2
 
@@ -98,10 +99,17 @@ def knows_section(worlds: list[str]) -> list[str]:
               "- Photos and real objects: it has only seen flat synthetic shapes (load one of OFA's checkpoints for "
               "photos).",
               "- Words outside the list above: an unknown word is ignored, or the answer is \"not found\".",
-              "- Tiny objects: the image is resized to 128 x 128 pixels, so an object a few pixels wide there "
-              "(e.g. under ~25 px on a 640 px-wide image) is often missed.",
+              f"- Tiny objects: the image is resized to {side} x {side} pixels, so an object a few pixels wide "
+              f"there (e.g. under ~{round(25 * 128 / side)} px on a 640 px-wide image) is often missed.",
               "- More than one box per description (\"all the circles\"), counting, text in images, 3D scenes."]
     return lines
+
+
+def _repo_path(value: str) -> str:
+    """A path as the card's commands show it: relative to the repository root, where the commands run (a path
+    outside it becomes `../...`), never one machine's absolute path. Names that are not absolute paths (a
+    preset, a hub id, an already relative path) are kept as they are."""
+    return os.path.relpath(value, ROOT) if os.path.isabs(value) else value
 
 
 def _train_args(config: dict) -> list[str]:
@@ -111,8 +119,8 @@ def _train_args(config: dict) -> list[str]:
         if v in (None, False, [], 0, 0.0) and k != "model":
             continue
         flag = "--" + k.replace("_", "-")
-        if k == "model" and str(v).startswith(str(ROOT) + "/"):  # the bundled model: say it as the repo does
-            v = str(v)[len(str(ROOT)) + 1:]
+        if k in ("model", "data"):  # paths: repository-relative, as the commands are run
+            v = _repo_path(str(v))
         out += [flag] if v is True else [flag, ",".join(v) if isinstance(v, list) else str(v)]
     return out
 
@@ -145,10 +153,14 @@ def main() -> int:
     ap.add_argument("--wall-minutes", type=float, help="the run's wall time (train_demo.sh's stages.tsv has it)")
     ap.add_argument("--stage", default=STAGE1_NOTE, help="which stage of scripts/train_demo.sh the run is and its "
                     "data (for the card)")
+    ap.add_argument("--earlier-card", type=Path, help="a model card whose Training section is the history before "
+                    "the weights the run started from, when those have no card (e.g. the shipped model's README.md)")
+    ap.add_argument("--earlier-note", default="",
+                    help="text on the stages between that card and the run (for the card)")
     args = ap.parse_args()
-    from ofa_grounding.checkpoint import load_checkpoint, save_checkpoint
+    from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint
 
-    ckpt = load_checkpoint(args.run_model)
+    ckpt = read_checkpoint(args.run_model)
     run = args.run_model.parent
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     cfg = state["config"]
@@ -156,6 +168,10 @@ def main() -> int:
     # it before --out (often that very model) is replaced.
     command = f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}`"
     earlier = _training_history(Path(cfg["model"]))
+    if earlier is None and args.earlier_card:  # the run started from weights without a card of their own
+        earlier = _training_history(args.earlier_card)
+    if args.earlier_note:
+        earlier = f"{earlier or ''}\n\n{args.earlier_note}".strip()
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it
         earlier = earlier.split(command)[0].strip().removeprefix(EARLIER).strip() or None
     with tempfile.TemporaryDirectory() as tmp:  # what ships, calibrated there, then moved into place
@@ -181,16 +197,20 @@ def main() -> int:
     for unseen in args.unseen:
         results[f"{unseen.name} (test, unseen seed)"] = (_eval(args.out, unseen), _baselines(unseen))
 
+    c, side = ckpt.model.config, ckpt.preprocess.patch_image_size
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
     lines = [
         "# demo: the default model of ofa-grounding",
         "",
         "Trained by this project on its synthetic referring-expression scenes: flat coloured shapes and the",
         "words listed below, not real photos (for those, load one of OFA's published checkpoints). Architecture:",
-        "the `demo` preset (3-stage resnet18-style backbone at width 16, d 128, 4 heads, 2+2 layers, 128 px",
-        "images, OFA's `entangle_position_embedding`, OFA's vocabulary), 9.4 M parameters; weights stored in",
+        f"the `demo` preset (3-stage resnet18-style backbone at width {c.resnet_width}, d {c.d_model}, "
+        f"{c.encoder_attention_heads} heads, {c.encoder_layers}+{c.decoder_layers} layers, {side} px",
+        f"images, OFA's `entangle_position_embedding`, OFA's vocabulary), {n_params / 1e6:.1f} M parameters; "
+        "weights stored in",
         f"float16 ({size / 1e6:.1f} MB), loaded as float32.",
         "",
-        *knows_section(args.worlds.split(",")),
+        *knows_section(args.worlds.split(","), side),
         "",
         "## Scores (this float16 copy, test splits, beam 5)",
         "",
