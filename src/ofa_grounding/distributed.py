@@ -1,7 +1,8 @@
 """torchrun support shared by evaluation and training: which process this is, and gathering results on rank 0.
 
 `torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK; without them (or with WORLD_SIZE 1) everything here is a
-no-op for one process, so callers never branch on whether they were started by torchrun.
+no-op for one process, so callers never branch on whether they were started by torchrun. torch is imported only
+when there are several (a process that runs no model, like `predict --workers`'s writer, does without it).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DistributedContext", "Mergeable", "distributed_context"]
 
@@ -24,6 +26,7 @@ class Mergeable(Protocol):
 
 
 M = TypeVar("M", bound=Mergeable)
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,13 +52,18 @@ class DistributedContext:
 
     def rank0_says(self, flag: bool) -> bool:
         """Rank 0's flag, on every process (so that all of them stop at the same step, by rank 0's clock)."""
+        return bool(self.broadcast(flag))
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's `value` (any picklable object) on every process; the other ranks' `value` is ignored.
+        One process: `value`."""
         if self.world_size == 1:
-            return flag
+            return value
         import torch.distributed as dist
 
-        decision = [flag]
-        dist.broadcast_object_list(decision, src=0)
-        return bool(decision[0])
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Average the gradients of parameters that DDP does not own (e.g. training-only heads) over the ranks."""
@@ -81,6 +89,7 @@ def distributed_context(device: str | None = None) -> DistributedContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistributedContext()
+    import torch
     import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -33,7 +33,8 @@ def test_json_and_jsonl_give_the_api_results_to_dict(small_grounder, small_model
                                                      small_reference_dir: Path, small_cases: list[dict],
                                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """One result-to-JSON for every output: --json's results are `GroundingResult.to_dict`, field for field and
-    in order, and a --jsonl line is the same with the input's image first and the image's size after the text."""
+    in order, and a --jsonl line is the same with the input's line number and image first and the image's size after
+    the text."""
     image = small_reference_dir / small_cases[0]["image"]
     texts = [small_cases[0]["text"], "the blue square"]
     expected = [json.loads(json.dumps(r.to_dict(alternatives=True))) for r in small_grounder.predict(image, texts)]
@@ -45,9 +46,9 @@ def test_json_and_jsonl_give_the_api_results_to_dict(small_grounder, small_model
     assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(batch), "--alternatives"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     width, height = small_grounder.load_image(image).size
-    for row, e in zip(rows, expected, strict=True):
-        assert row == {"image": str(image), "width": width, "height": height, **e}
-        assert list(row) == ["image", "text", "width", "height", *list(e)[1:]]
+    for n, (row, e) in enumerate(zip(rows, expected, strict=True), 1):
+        assert row == {"line": n, "image": str(image), "width": width, "height": height, **e}
+        assert list(row) == ["line", "image", "text", "width", "height", *list(e)[1:]]
 
 
 def test_predict_table(small_model_dir: Path, small_reference_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -93,13 +94,14 @@ def test_predict_jsonl(small_model_dir: Path, small_reference_dir: Path, small_c
     lines.insert(1, json.dumps({"image": "images/missing.png", "text": "x"}))
     lines.insert(2, "{broken json")
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(tmp_path / "in.jsonl")]) == 1
+    assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(tmp_path / "in.jsonl"),
+                 "--no-progress"]) == 1
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
-    assert len(rows) == 5
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
     for row, i in zip((rows[0], rows[3], rows[4]), (0, 7, 1)):
-        assert list(row) == ["image", "text", "width", "height", "box", "score", "confidence", "found", "tokens",
-                             "raw_confidence", "calibrated"]
+        assert list(row) == ["line", "image", "text", "width", "height", "box", "score", "confidence", "found",
+                             "tokens", "raw_confidence", "calibrated"]
         assert row["tokens"] == small_cases[i]["tokens"] and row["text"] == small_cases[i]["text"]
     assert rows[1]["image"] == "images/missing.png" and "not found" in rows[1]["error"]
     assert "in.jsonl:3" in rows[2]["error"]

@@ -31,6 +31,11 @@ def warn(message: str) -> None:
     print(f"ofa-ground: warning: {message}", file=sys.stderr)
 
 
+def note(message: str) -> None:
+    """What a command did that the user did not ask for outright (resumed a run, found nothing to do)."""
+    print(f"ofa-ground: {message}", file=sys.stderr)
+
+
 def handle_error(exc: BaseException) -> int:
     """The exit code for what a command raised, after its one line on stderr: 2 for bad usage and for the
     library's unusable model or dataset (UsageError, CheckpointError, DataError), 1 for an image that could
