@@ -301,6 +301,8 @@ def test_openapi_documents_both_request_formats(client: TestClient) -> None:
     content = spec["paths"]["/v1/ground"]["post"]["requestBody"]["content"]
     assert set(content) == {"multipart/form-data", "application/json"}
     assert json.dumps(spec)  # serialisable
+    example = client.post("/v1/ground", json=content["application/json"]["example"])  # Swagger UI's "Try it out"
+    assert example.status_code == 200 and example.json()["width"] == 8
 
 
 def test_empty_description_answers_not_found_like_the_api(client: TestClient, small_grounder,
@@ -405,3 +407,84 @@ def test_the_model_card_is_served_and_linked_from_the_page(tiny_model_dir: Path)
     with _client(without) as c:
         assert c.get("/v1/model").json()["card"] is None
         _error(c.get("/v1/model/card"), 404, "no_model_card")
+
+
+def test_unknown_and_conflicting_fields_are_refused(client: TestClient) -> None:
+    """The request body is exactly what the OpenAPI document declares: no other fields, one way to give each."""
+    image = EXAMPLE.read_bytes()
+    b64 = base64.b64encode(image).decode()
+    message = _error(client.post("/v1/ground", json={"image": b64, "texts": ["a"], "txets": ["b"]}), 422,
+                     "unknown_field")
+    assert "'txets'" in message
+    _error(client.post("/v1/ground", files={"image": ("a.png", image, "image/png")}, data={"text": "a", "lang": "en"}),
+           422, "unknown_field")
+    _error(client.post("/v1/ground", json={"image": b64, "texts": ["a"], "text": "b"}), 422, "conflicting_fields")
+    _error(client.post("/v1/ground", json={"image": b64, "texts": ["a"], "image_url": "http://x/a.png"}), 422,
+           "urls_disabled")
+    lone = b'{"image": "%s", "texts": ["a \\ud800 b"]}' % b64.encode()  # JSON can say it; no tokenizer takes it
+    assert "surrogate" in _error(client.post("/v1/ground", content=lone, headers={"content-type": "application/json"}),
+                                 422, "bad_text")
+    ok = client.post("/v1/ground", files={"image": ("a.png", image, "image/png")}, data={"text": "a"})
+    assert ok.status_code == 200
+
+
+def test_unknown_paths_and_methods_answer_in_the_error_shape(client: TestClient) -> None:
+    _error(client.get("/v2/nothing"), 404, "not_found")
+    _error(client.get("/static/nothing.js"), 404, "not_found")
+    response = client.put("/v1/ground")
+    _error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_closes() -> None:
+    """BodyLimit's deadline at the ASGI level: a client that goes quiet mid-body is refused (the app's handler makes
+    the error a JSON 408 with `Connection: close`; tests/serve/test_slow_clients.py has the real server's)."""
+    import asyncio
+
+    from ofa_grounding.serve.app import APIError, BodyLimit
+
+    async def route(scope, receive, send):  # reads the body as a route does
+        while (await receive()).get("more_body"):
+            pass
+
+    async def run() -> APIError:
+        parts = iter([{"type": "http.request", "body": b"x", "more_body": True}])
+
+        async def receive() -> dict:
+            part = next(parts, None)
+            if part is None:
+                await asyncio.sleep(3600)  # the client has gone quiet
+            return part
+
+        with pytest.raises(APIError) as refused:
+            await BodyLimit(route, limit=1000, timeout_s=0.2)({"type": "http", "headers": []}, receive, None)
+        return refused.value
+
+    refusal = asyncio.run(run())
+    assert (refusal.status, refusal.code, refusal.headers) == (408, "request_timeout", {"Connection": "close"})
+
+
+def test_every_error_code_is_in_the_code_the_openapi_document_and_the_docs(client: TestClient) -> None:
+    """`app.ERRORS` is the one list: every `APIError` in app.py names one of its codes with its status, the OpenAPI
+    document lists each operation's codes under their statuses, and docs/serving.md's table lists them all."""
+    from ofa_grounding.serve.app import ERRORS
+
+    source = (ROOT / "src/ofa_grounding/serve/app.py").read_text()
+    raised = set(re.findall(r'APIError\((\d{3}), "(\w+)"', source))
+    assert raised and {(int(s), c) for s, c in raised} <= {(s, c) for c, (s, _) in ERRORS.items()}
+    spec = client.get("/openapi.json").json()
+    documented = set()
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+                name = schema.get("$ref", "").rpartition("/")[2]
+                if name.startswith("Error"):
+                    detail = spec["components"]["schemas"][name]["properties"]["error"]["$ref"].rpartition("/")[2]
+                    codes = spec["components"]["schemas"][detail]["properties"]["code"]["enum"]
+                    documented |= {(int(status), c) for c in codes}
+    per_path = {"not_found", "method_not_allowed"}  # answers for no operation: a path or method there is not
+    assert documented == {(s, c) for c, (s, _) in ERRORS.items() if c not in per_path}
+    docs = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
+    table = {(int(s), c) for s, c in re.findall(r"^\| (\d{3}) \| `(\w+)` \|", docs, re.M)}
+    assert table == {(s, c) for c, (s, _) in ERRORS.items()}

@@ -56,6 +56,10 @@ def add_parser(sub: Any) -> None:
                    help=f"descriptions per request (default {defaults.max_texts})")
     v.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars,
                    help=f"characters per description (default {defaults.max_text_chars})")
+    v.add_argument("--body-timeout-s", type=float, default=defaults.body_timeout_s,
+                   help=f"seconds a request's whole body may take to arrive, else 408 and the connection closed "
+                        f"(default {defaults.body_timeout_s:g}): a client trickling bytes cannot hold a connection "
+                        "and its partial upload for long")
     v.add_argument("--allow-urls", action="store_true",
                    help='let JSON requests give "image_url" for the server to fetch (off by default)')
     v.add_argument("-v", "--verbose", action="store_true", help="log every request and progress to stderr")
@@ -87,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("workers", "max_batch", "max_queue", "max_texts", "max_text_chars", "max_pixels"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_request_mb <= 0 or args.max_wait_ms < 0:
-        raise UsageError("--max-request-mb must be positive and --max-wait-ms not negative")
+    if args.max_request_mb <= 0 or args.max_wait_ms < 0 or args.body_timeout_s <= 0:
+        raise UsageError("--max-request-mb and --body-timeout-s must be positive and --max-wait-ms not negative")
     config = ServeConfig(max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
                          max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_batch=args.max_batch,
-                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls)
+                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls,
+                         body_timeout_s=args.body_timeout_s)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"binding {args.host}: the service is reachable from other machines")
     log_level = "info" if args.verbose else "warning"

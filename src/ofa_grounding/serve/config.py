@@ -21,6 +21,9 @@ class ServeConfig:
     retry_after_s: int = 1
     allow_urls: bool = False  # JSON "image_url": fetched only when enabled
     url_timeout_s: float = 10.0
+    # The whole request body must arrive within this many seconds of the request's start, else 408: a client
+    # trickling bytes would otherwise hold its connection and what it sent so far (up to max_request_bytes) open.
+    body_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
