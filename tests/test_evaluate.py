@@ -134,7 +134,7 @@ def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
 def test_cli_eval_single_and_two_processes_agree(tiny_model_dir: Path, synthetic: Path, tmp_path: Path) -> None:
     common = ["eval", "--model", str(tiny_model_dir), "--data", str(synthetic), "--split", "train", "--split",
               "test", "--json", "--no-progress"]
-    single = _run(["-m", "ofa_grounding.cli", *common, "--out", str(tmp_path / "one.jsonl")])
+    single = _run(["-m", "ofa_grounding.cli", *common, "--workers", "1", "--out", str(tmp_path / "one.jsonl")])
     assert single.returncode == 0, single.stderr
     double = _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                    "-m", "ofa_grounding.cli", *common, "--out", str(tmp_path / "two.jsonl")])

@@ -1,9 +1,12 @@
-"""`ofa-ground eval`: Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns (sharded under torchrun)."""
+"""`ofa-ground eval`: Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns (sharded under torchrun, or over
+--workers processes on this machine: the same shares, merged the same way)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from .common import (
     threads_argument,
 )
 from .loading import load_grounder
+from .workers import default_workers, start_workers, stop_workers, worker_model
 
 # eval and calibrate (`evaluate.predict_samples`)
 BATCH_SIZE_HELP = ("descriptions per model call: consecutive rows of one image share one backbone pass, and the "
@@ -31,8 +35,9 @@ def add_parser(sub: Any) -> None:
     e = sub.add_parser("eval", help="evaluate a model on a grounding dataset",
                        description="Acc@0.5, Acc@0.75 and mean IoU per split, with breakdowns, over the rows of "
                                    "present objects; rows of absent objects (\"box\": null) count as right when "
-                                   "answered 'not found' and are reported on their own line. Runs sharded "
-                                   "under torchrun (e.g. torchrun --nproc_per_node 2 -m ofa_grounding.cli eval ...).")
+                                   "answered 'not found' and are reported on their own line. On a CPU, runs in "
+                                   "--workers processes; sharded under torchrun (e.g. torchrun --nproc_per_node 2 "
+                                   "-m ofa_grounding.cli eval ...). Either way the numbers are a single process's.")
     model_argument(e)
     e.add_argument("--data", required=True, type=Path,
                    help="a .jsonl or .tsv file, a folder of <split>.jsonl files, or a REFER dataset folder")
@@ -50,6 +55,10 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images")
     precision_arguments(e)
     threads_argument(e)
+    e.add_argument("--workers", type=int, metavar="N",
+                   help="evaluate in N processes on this machine, each a share of the samples with --threads threads "
+                        "(default 1), the summary and --out the same as one process's (default: the idle cores on a "
+                        "CPU, 1 with --device cuda; under torchrun each process is one worker)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     e.set_defaults(func=run)
@@ -62,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.data).exists():  # before the distributed setup, in our words
         raise UsageError(f"--data {args.data}: no such file or folder")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if torchrun and (args.workers or 1) > 1:
+        raise UsageError("--workers is for one machine without torchrun; under torchrun each process is one worker")
     ctx = distributed_context(args.device)
     if ctx.world_size > 1 and args.device and args.device.startswith("cuda"):
         args.device = f"cuda:{ctx.local_rank}"
@@ -71,17 +85,28 @@ def run(args: argparse.Namespace) -> int:
                     for split in splits]
     except DataError as exc:
         raise UsageError(f"--data: {exc}") from None
-    grounder = load_grounder(args)
-    reports = []
-    try:
-        for split, dataset in datasets:
-            report = evaluate(grounder, dataset, split, rank=ctx.rank, world_size=ctx.world_size,
-                              progress=not args.no_progress, limit=args.limit)
-            reports.append(ctx.gather(report))
-    except DataError as exc:  # --strict: a bad sample is a failed input (1), not bad usage
-        error(str(exc))
-        ctx.close()
-        return EXIT_FAILED
+    workers = args.workers if args.workers is not None else default_workers(args.device, torchrun)
+    if workers > 1:
+        try:
+            reports = _evaluate_in_workers(args, splits, workers)
+        except DataError as exc:  # --strict
+            error(str(exc))
+            return EXIT_FAILED
+        except BrokenProcessPool:
+            error("an eval worker process ended abruptly (killed, or out of memory?)")
+            return EXIT_FAILED
+    else:
+        grounder = load_grounder(args)
+        reports = []
+        try:
+            for split, dataset in datasets:
+                report = evaluate(grounder, dataset, split, rank=ctx.rank, world_size=ctx.world_size,
+                                  progress=not args.no_progress, limit=args.limit)
+                reports.append(ctx.gather(report))
+        except DataError as exc:  # --strict: a bad sample is a failed input (1), not bad usage
+            error(str(exc))
+            ctx.close()
+            return EXIT_FAILED
     ctx.close()
     if not ctx.is_main:
         return EXIT_OK
@@ -102,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         splits = {str(r.split): {**r.summary, "seconds": r.seconds, "skipped": len(r.issues),
                                  "breakdowns": r.breakdowns()} for r in reports}
         print(json.dumps({"model": str(args.model or "(bundled demo)"), "data": str(args.data),
-                          "processes": ctx.world_size, "splits": splits}))
+                          "processes": ctx.world_size * workers, "splits": splits}))
         return EXIT_OK
     print(_summary_table([(str(r.split), r.summary) for r in reports]))
     absent = [(str(r.split), r.summary["absent"]) for r in reports if "absent" in r.summary]
@@ -114,9 +139,38 @@ def run(args: argparse.Namespace) -> int:
             print(_summary_table(list(groups.items()), title))
     seconds = sum(r.seconds for r in reports)
     count = sum(_rows(r.summary) for r in reports)
-    print(f"\n{count} samples in {seconds:.1f} s on {ctx.world_size} process(es)"
+    print(f"\n{count} samples in {seconds:.1f} s on {ctx.world_size * workers} process(es)"
           + (f"; {len(issues)} skipped (listed on stderr)" if issues else ""))
     return EXIT_OK
+
+
+def _evaluate_in_workers(args: argparse.Namespace, splits: list, workers: int) -> list:
+    """Each split evaluated by `workers` processes (`workers.start_workers`), share k of it being what rank k of
+    as many torchrun processes evaluates, and merged as rank 0 merges theirs (`EvalReport.merge`). This process
+    runs no model."""
+    from ..evaluate import EvalReport
+
+    pool = start_workers(args, workers)
+    try:
+        futures = [[pool.submit(_evaluate_share, split, rank, workers) for rank in range(workers)]
+                   for split in splits]
+        reports = [EvalReport.merge([f.result() for f in shares]) for shares in futures]
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown()
+    return reports
+
+
+def _evaluate_share(split: str | None, rank: int, world_size: int) -> Any:
+    """In a worker: share `rank` of `world_size` of one split (its progress bar: share 0's)."""
+    from ..data import open_dataset
+    from ..evaluate import evaluate
+
+    grounder, args = worker_model()
+    dataset = open_dataset(args.data, args.format, split, strict=args.strict, images=args.images)
+    return evaluate(grounder, dataset, split, rank=rank, world_size=world_size, progress=not args.no_progress,
+                    limit=args.limit)
 
 
 def _summary_table(rows: list[tuple[str, dict]], first: str = "split") -> str:

@@ -34,8 +34,9 @@ from ..collection import (
     read_items,
     resume_point,
 )
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, default_threads, note, warn
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, note, warn
 from .loading import load_grounder
+from .workers import default_workers, start_workers, stop_workers, worker_model
 
 CHUNKS_PER_ROUND = 4  # under torchrun: chunks each rank answers between two gathers on rank 0
 IN_FLIGHT_PER_WORKER = 2  # --workers: chunks handed out per worker process ahead of the one being written
@@ -132,12 +133,7 @@ def _open_output(args: argparse.Namespace, rule: ChunkRule) -> tuple[Output, Sta
 
 def _workers(args: argparse.Namespace, remaining: int, rule: ChunkRule, torchrun: bool) -> int:
     """--workers, or by default: 1 on a GPU or under torchrun, else the idle cores; never more than the chunks."""
-    if args.workers is not None:
-        wanted = args.workers
-    elif torchrun or (args.device or "cpu").startswith("cuda"):
-        wanted = 1
-    else:
-        wanted = default_threads()
+    wanted = args.workers if args.workers is not None else default_workers(args.device, torchrun)
     return max(1, min(wanted, math.ceil(remaining / rule.lines)))
 
 
@@ -224,21 +220,13 @@ def _prefetched(chunks: Iterator[tuple[int, list[Item]]], load: Callable[[list[I
             yield ahead[0], ahead[1], ahead[2].result()
 
 
-# -- --workers: processes on this machine -------------------------------------------------------------------
-
-_worker: dict[str, Any] = {}
+# -- --workers: processes on this machine (`workers`) -------------------------------------------------------
 
 
 def _run_workers(args: argparse.Namespace, workers: int, start: Start, rule: ChunkRule, sink: _Sink) -> None:
     """Chunks handed to `workers` processes (spawned; each loads the model, with --threads threads, default 1)
     as they free up, their answers written here in chunk order. This process runs no model."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    settings = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
-    settings.threads = args.threads or 1
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_start, initargs=(settings,))
+    pool = start_workers(args, workers)
     pending: deque = deque()
     try:
         for chunk in _chunks(args, start, rule):
@@ -248,45 +236,12 @@ def _run_workers(args: argparse.Namespace, workers: int, start: Start, rule: Chu
         while pending:
             sink.write(pending.popleft().result())
     except BaseException:
-        processes = dict(getattr(pool, "_processes", None) or {})  # no public way to stop them before 3.14
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes.values():  # the chunks they are answering: lost, answered again on a rerun
-            if process.is_alive():
-                process.terminate()
+        stop_workers(pool)  # the chunks they are answering: lost, answered again on a rerun
         raise
     pool.shutdown()
 
 
-def _worker_start(settings: argparse.Namespace) -> None:
-    """A worker's start: the model loaded once; a failure kept, to be raised by its first chunk (an initializer
-    that raises would only break the pool, without the reason). Ctrl-C is the parent's to handle; a parent that
-    is gone (SIGKILL, the OOM killer) ends the worker within a second, which the pool's queues would not."""
-    import signal
-    import threading
-
-    from .common import setup_logging
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    setup_logging(settings.verbose)
-    try:
-        _worker["grounder"] = load_grounder(settings)
-    except BaseException as exc:
-        _worker["failure"] = exc
-    _worker["settings"] = settings
-
-
-def _exit_with_parent(parent: int) -> None:
-    import time
-
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
-
-
 def _worker_answer(chunk: list[Item]) -> Answer:
-    if "failure" in _worker:
-        raise _worker["failure"]
-    grounder, settings = _worker["grounder"], _worker["settings"]
+    grounder, settings = worker_model()
     images = load_chunk_images(grounder, chunk, settings.jsonl.parent)
     return answer_chunk(grounder, chunk, images, str(settings.jsonl), settings.alternatives)
