@@ -125,8 +125,9 @@ def _train_args(config: dict) -> list[str]:
     return out
 
 
-def _training_history(model_dir: Path) -> str | None:
-    card = model_dir / "README.md"
+def _training_history(model: Path) -> str | None:
+    """The Training section of a model card (a model directory's README.md, or the card file itself)."""
+    card = model if model.suffix == ".md" else model / "README.md"
     if not card.is_file() or "\n## Training\n" not in (text := card.read_text(encoding="utf-8")):
         return None
     return text.split("\n## Training\n", 1)[1].strip()
@@ -169,7 +170,7 @@ def main() -> int:
     command = f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}`"
     earlier = _training_history(Path(cfg["model"]))
     if earlier is None and args.earlier_card:  # the run started from weights without a card of their own
-        earlier = _training_history(args.earlier_card)
+        earlier = (_training_history(args.earlier_card) or "").removeprefix(EARLIER).strip() or None
     if args.earlier_note:
         earlier = f"{earlier or ''}\n\n{args.earlier_note}".strip()
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it

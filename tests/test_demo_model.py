@@ -34,8 +34,8 @@ def test_the_demo_model_ships_and_is_small() -> None:
 def test_the_four_example_shapes_land_in_their_boxes(demo: Grounder) -> None:
     results = demo.predict(EXAMPLE, list(SHAPES))
     for r, (text, box) in zip(results, SHAPES.items()):
-        assert box_iou(r.box, box) >= 0.5, (text, r.box, box)
-        assert r.found, text
+        assert box_iou(r.box, box) >= 0.85, (text, r.box, box)
+        assert r.found and r.calibrated and r.confidence >= 0.5, (text, r.confidence)
 
 
 def test_an_absent_object_is_not_found(demo: Grounder) -> None:
@@ -54,6 +54,20 @@ def test_it_grounds_scenes_of_an_unseen_seed(demo: Grounder, tmp_path: Path) -> 
     count, acc = report.summary["count"], report.summary["acc50"]
     # the best trivial baseline (the largest object of the named shape) scores about 32 %
     assert count >= 100 and acc >= 0.60, (count, acc)
+
+
+@pytest.mark.slow
+def test_it_grounds_wide_world_scenes_of_an_unseen_seed(demo: Grounder, tmp_path: Path) -> None:
+    from ofa_grounding.data import open_dataset
+    from ofa_grounding.evaluate import evaluate
+    from ofa_grounding.synthetic import write_synthetic
+
+    # any canvas, dark or light, tilted shapes, 12 colours; a seed nothing was trained or tuned on
+    write_synthetic(tmp_path, 800, seed=4243, world="v2", max_side=640)
+    report = evaluate(demo, open_dataset(tmp_path, split="test"), "test", progress=False)
+    count, acc = report.summary["count"], report.summary["acc50"]
+    # the best trivial baseline scores about 40 % there (the model card); the model about 67 %
+    assert count >= 50 and acc >= 0.5, (count, acc)
 
 
 def test_the_first_readme_command_needs_no_model_argument() -> None:

@@ -55,7 +55,7 @@ def test_eval_workers_report_what_one_process_does(small_model_dir: Path, small_
     for workers in ("1", "2"):
         out = tmp_path / f"preds-{workers}.jsonl"
         assert main(["eval", "--model", str(small_model_dir), "--data", str(data), "--json", "--no-progress",
-                     "--batch-size", "2", "--workers", workers, "--out", str(out)]) == 0
+                     "--batch-size", "2", "--workers", workers, "--threads", "1", "--out", str(out)]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary.pop("processes") == int(workers)
         for split in summary["splits"].values():
