@@ -95,8 +95,9 @@ def main() -> int:
         seen_idle = default_threads()
         cells = [run_cell(which, busy, args, image) for busy in (0, args.busy) for which in ("ours", "torch")]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {cpu_name()}, {cpus} usable CPUs; default_threads() before the cells: {seen_idle} "
-          f"(less than {cpus}: the machine was not idle); {args.seconds:g} s per cell"
+    idle_note = "" if seen_idle >= (cpus or 1) else f" (less than {cpus}: the machine was not idle)"
+    print(f"machine: {cpu_name()}, {cpus} usable CPUs; default_threads() before the cells: {seen_idle}"
+          f"{idle_note}; {args.seconds:g} s per cell"
           + (" (smoke run: not a measurement)" if args.smoke else ""))
     print(f"{'cores busy':>10} {'threads':>8} {'ours q/s':>9} {'threads':>8} {'torch q/s':>9} {'ours/torch':>10}")
     for busy in (0, args.busy):
