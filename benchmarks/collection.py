@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the red circle", "the blue square on the left", "a green triangle", "the small yellow star",
          "the shape in the middle", "the largest object"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_input(folder: Path, lines: int) -> Path:
@@ -120,6 +109,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="50 lines, one cell: that the script runs")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = ap.parse_args()
+    from ofa_grounding.bench import cpu_name
+
     sizes = [50] if args.smoke else sorted(args.lines)
     workers = [1] if args.smoke else args.workers
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs; load average {os.getloadavg()[0]:.2f} at start); "
