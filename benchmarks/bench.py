@@ -46,9 +46,9 @@ def agreement(g, cases_file: str) -> dict[str, float]:
     return {"cases": len(cases), "same_tokens": same / len(cases), "iou90": close / len(cases)}
 
 
-def worker_ours(model: str, images: list[str], iters: int, threads: int, dtype: str, device: str,
+def worker_ours(model: str, images: list[str], iters: int, threads: int, precision: str, device: str,
                 cases: str | None) -> dict:
-    row, g = ours.worker_ours(model, images, iters, threads, dtype, device)
+    row, g = ours.worker_ours(model, images, iters, threads, precision, device)
     if cases:
         row["agreement"] = agreement(g, cases)  # after the RSS readings: it batches 73 queries
     return row
@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                   "--image-list", json.dumps(images)]
         cases = cases_for(args.model, args.cases)
         rows = []
-        for dtype in [d for d in args.dtypes.split(",") if d]:
-            print(f"measuring ours, {dtype} ...", file=sys.stderr)
-            r = ours.run_worker([sys.executable, *common, "--worker", dtype, "--device", args.device, "--cases", cases])
+        for precision in [p for p in args.precisions.split(",") if p]:
+            print(f"measuring ours, {precision} ...", file=sys.stderr)
+            r = ours.run_worker([sys.executable, *common, "--worker", precision, "--device", args.device,
+                                 "--cases", cases])
             if r:
                 rows.append(r)
         ref = None

@@ -53,8 +53,8 @@ from ofa_grounding.loader import load_model
 c = load_model('preset:tiny', allow_preset=True)
 save_checkpoint('$TMP/tiny', c.model, c.tokenizer_dir, c.preprocess, c.generation)
 EOF"
-step bench-tiny.txt 150 "$OFA bench --model $TMP/tiny --device $DEVICE --dtypes fp32,bf16 --iters $ITERS --json"
-step bench-demo.txt 90 "$OFA bench --device $DEVICE --dtypes fp32,bf16 --iters $ITERS"
+step bench-tiny.txt 150 "$OFA bench --model $TMP/tiny --device $DEVICE --precisions fp32,bf16 --iters $ITERS --json"
+step bench-demo.txt 90 "$OFA bench --device $DEVICE --precisions fp32,bf16 --iters $ITERS"
 
 step synthetic.txt 60 "$OFA make-synthetic $TMP/syn --world v1 --n $N_EVAL --seed 3 --workers 8"
 step eval.txt 90 "$OFA eval --data $TMP/syn --split train --split val --split test --device $DEVICE \
@@ -79,6 +79,6 @@ if ! $PY -c "import fastapi, uvicorn, multipart" 2>/dev/null && ls .whl/*.whl >/
 fi
 SECONDS_LOAD=${QUICK:+5}; SECONDS_LOAD=${SECONDS_LOAD:-30}
 step serve-load.txt 90 "$PY benchmarks/load_test.py --model $TMP/tiny --images $TMP/syn/images --device $DEVICE \
---dtype bf16 --clients 32 --requests 0 --duration $SECONDS_LOAD"
+--precision bf16 --clients 32 --requests 0 --duration $SECONDS_LOAD"
 rm -rf "$TMP"
 cat "$RESULTS/steps.txt"

@@ -64,7 +64,7 @@ def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
     exe = Path(sys.executable).with_name("ofa-ground")  # else the package from PYTHONPATH (not installed)
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ofa_grounding.cli"]
     cmd += ["serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port), "--max-batch",
-            str(max_batch), "--dtype", args.dtype, "--cache-mb", str(args.cache_mb), "--max-queue",
+            str(max_batch), "--precision", args.precision, "--cache-mb", str(args.cache_mb), "--max-queue",
             str(max(64, 2 * args.clients))]
     if args.device:
         cmd += ["--device", args.device]
@@ -159,7 +159,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="total requests (0: use --duration)")
     ap.add_argument("--duration", type=float, default=0, help="seconds (instead of a request count)")
     ap.add_argument("--texts", type=int, default=1, help="descriptions per request")
-    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--precision", "--dtype", default="fp32", choices=("fp32", "bf16"),
+                    help="the server's --precision (--dtype: its deprecated old name)")
     ap.add_argument("--cache-mb", type=float, default=0, help="server feature cache (default 0: off)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--device", default=None, help="the server's --device (e.g. cuda)")
@@ -183,7 +184,7 @@ def main() -> None:
         rows.append(run(args, payloads, 1))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
-    print(f"machine: {cpu}, {os.cpu_count()} cores; model {Path(args.model).name}, {args.dtype}; {args.clients} "
+    print(f"machine: {cpu}, {os.cpu_count()} cores; model {Path(args.model).name}, {args.precision}; {args.clients} "
           f"clients, {args.texts} description(s)/request, {len(images)} images cycled, feature cache "
           f"{args.cache_mb:g} MB")
     header = ("max batch", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "desc/call",

@@ -94,7 +94,7 @@ def test_bench_runs_end_to_end_on_a_small_model(tiny_model_dir: Path, tmp_path: 
     images.mkdir()
     for i, size in enumerate([(64, 48), (40, 90), (128, 128)]):
         Image.new("RGB", size, (40 * i, 120, 200)).save(images / f"{i}.png")
-    code = main(["bench", "--model", str(tiny_model_dir), "--images", str(images), "--dtypes", "fp32,bf16",
+    code = main(["bench", "--model", str(tiny_model_dir), "--images", str(images), "--precisions", "fp32,bf16",
                  "--iters", "10", "--json"])
     assert code == 0
     out = capsys.readouterr().out
@@ -130,19 +130,35 @@ def test_few_iterations_are_allowed_with_a_warning(tiny_model_dir: Path, monkeyp
 
     monkeypatch.setattr(bench, "run_worker", fake_worker)
     monkeypatch.setattr(bench, "image_set", lambda images, tmp: ["a.png"] * 16)
-    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "3", "--dtypes", "fp32"]) == 0
+    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "3", "--precisions", "fp32"]) == 0
     captured = capsys.readouterr()
     assert commands[0][commands[0].index("--iters") + 1] == "3"
     assert "ofa-ground: warning: --iters 3: medians over fewer than 5 runs are noisy" in captured.err
     assert "single query, median" in captured.out
-    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "5", "--dtypes", "fp32"]) == 0
+    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "5", "--precisions", "fp32"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert main(["bench", "--model", str(tiny_model_dir), "--iters", "0"]) == 2
     assert capsys.readouterr().err == "ofa-ground: error: --iters must be at least 1, got 0\n"
 
 
+def test_dtypes_is_a_deprecated_alias_of_precisions(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    commands = []
+
+    def fake_worker(cmd: list[str], env: dict | None = None) -> dict:
+        commands.append(cmd)
+        return {**_row("ours bf16", 1.0), "torch": "x"}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    monkeypatch.setattr(bench, "image_set", lambda images, tmp: ["a.png"] * 16)
+    assert main(["bench", "--model", str(tiny_model_dir), "--iters", "5", "--dtypes", "bf16"]) == 0
+    assert [c[c.index("--worker") + 1] for c in commands] == ["bf16"]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "ofa-ground: warning: --dtypes is deprecated and will be removed in the next release; use --precisions")
+
+
 def test_bench_bad_arguments(tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert main(["bench", "--model", str(tiny_model_dir), "--dtypes", "fp16"]) == 2
+    assert main(["bench", "--model", str(tiny_model_dir), "--precisions", "fp16"]) == 2
     assert main(["bench", "--model", str(tmp_path / "nope")]) == 2
 
 
@@ -157,7 +173,7 @@ def test_the_reference_side_imports_nothing_heavy() -> None:
 @pytest.mark.slow
 def test_the_harness_runs_without_the_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--model", str(tiny_model_dir),
-                           "--dtypes", "fp32", "--iters", "10", "--no-reference", "--json"],
+                           "--precisions", "fp32", "--iters", "10", "--no-reference", "--json"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     raw = json.loads(proc.stdout[proc.stdout.index("{"):])

@@ -278,8 +278,18 @@ def test_inference_interface_gives_the_teacher_forced_logits(tiny: OFAModel) -> 
 
 
 def test_bad_inference_arguments(tiny: OFAModel) -> None:
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(ValueError, match="precision must be one of"):
         tiny.prepared_for_inference("int8")
+    with pytest.raises(TypeError, match="give precision= only"):
+        tiny.prepared_for_inference("fp32", dtype="fp32")
+
+
+def test_dtype_is_a_deprecated_alias_of_precision(tiny: OFAModel) -> None:
+    with pytest.warns(DeprecationWarning, match=r"prepared_for_inference\(dtype=...\) is deprecated"):
+        m = tiny.prepared_for_inference(dtype="fp32")
+    assert m.precision == "fp32"
+    with pytest.warns(DeprecationWarning, match="use .precision"):
+        assert m.dtype == "fp32"
 
 
 def test_image_index_equals_repeated_images(tiny_model_dir) -> None:

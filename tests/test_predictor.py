@@ -205,7 +205,7 @@ def test_bf16_mode_runs_in_bfloat16_and_mostly_agrees(reference_dir: Path, refer
     if DEVICE == "cpu" and not cpu_bf16_supported():
         pytest.skip("this CPU has no bfloat16 units: bf16 runs as fp32 here (tested below)")
     cases = _mixed_cases(reference_cases)
-    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", dtype="bf16", device=DEVICE)
+    g = Grounder.from_pretrained(reference_dir / "ofa-tiny-random", precision="bf16", device=DEVICE)
     assert g.model.ofa.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
     assert g.model.ofa.encoder.embed_images.conv1.weight.dtype == torch.bfloat16
     assert g.model.ofa.decoder.layers[0].fc1.weight.dtype == torch.float32
@@ -229,17 +229,17 @@ def test_bf16_on_a_cpu_without_bf16_units_runs_fp32(small_model_dir: Path, small
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")
     assert not cpu_bf16_supported()
     with caplog.at_level(logging.WARNING, logger="ofa_grounding"):
-        g = Grounder.from_pretrained(small_model_dir, dtype="bf16")
-    assert g.dtype == "fp32" and "no bfloat16 units" in caplog.text and "running fp32" in caplog.text
+        g = Grounder.from_pretrained(small_model_dir, precision="bf16")
+    assert g.precision == "fp32" and "no bfloat16 units" in caplog.text and "running fp32" in caplog.text
     assert g.model.ofa.encoder.layers[0].fc1.weight.dtype == torch.float32
     case = small_cases[0]
     r = g.predict(small_reference_dir / case["image"], case["text"])
     assert box_overlap(r.box, case["box"]) > 0.999 and r.tokens == tuple(case["tokens"])
 
 
-def test_bad_dtype_and_batch_size(small_model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        Grounder.from_pretrained(small_model_dir, dtype="int8")
+def test_bad_precision_and_batch_size(small_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Grounder.from_pretrained(small_model_dir, precision="int8")
     with pytest.raises(ValueError, match="batch_size"):
         Grounder.from_pretrained(small_model_dir, batch_size=0)
 
@@ -281,3 +281,23 @@ def test_encode_text_is_a_deprecated_alias_of_tokenize_text(small_grounder: Grou
     with pytest.warns(DeprecationWarning, match="tokenize_text"):
         old = small_grounder.encode_text("a blue square")
     assert old == small_grounder.tokenize_text("a blue square")
+
+
+def test_dtype_is_a_deprecated_alias_of_precision() -> None:
+    """`dtype=` (the precision mode's old name, which elsewhere means a torch.dtype) still works for a release,
+    with a DeprecationWarning, on the keyword and on the attribute."""
+    with pytest.warns(DeprecationWarning, match=r"Grounder.from_pretrained\(dtype=...\) is deprecated"):
+        g = Grounder.from_pretrained(dtype="fp32")  # the bundled demo model
+    assert g.precision == "fp32"
+    with pytest.warns(DeprecationWarning, match="Grounder.precision"):
+        assert g.dtype == "fp32"
+    with pytest.warns(DeprecationWarning, match=r"Grounder\(dtype=...\) is deprecated"):
+        again = Grounder(g.model, g.tokenizer, g.preprocess, g.generation, dtype="fp32")
+    assert again.precision == "fp32"
+
+
+def test_precision_and_dtype_together_are_refused() -> None:
+    with pytest.raises(TypeError, match="give precision= only"):
+        Grounder.from_pretrained(precision="fp32", dtype="fp32")
+    with pytest.raises(TypeError, match="give precision= only"):
+        Grounder(None, None, precision="bf16", dtype="bf16")  # refused before the model is looked at

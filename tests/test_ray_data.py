@@ -65,6 +65,17 @@ def test_importing_the_package_does_not_import_ray() -> None:
 
 
 @needs_ray
+def test_dtype_is_a_deprecated_alias_of_precision(small_model_dir: Path) -> None:
+    from ofa_grounding.ray_data import OFAGrounder
+
+    with pytest.warns(DeprecationWarning, match=r"OFAGrounder\(dtype=...\) is deprecated"):
+        grounder = OFAGrounder(model=small_model_dir, device="cpu", threads=None, dtype="fp32")
+    assert grounder.grounder.precision == "fp32"
+    with pytest.raises(TypeError, match="give precision= only"):
+        OFAGrounder(model=small_model_dir, device="cpu", threads=None, precision="fp32", dtype="fp32")
+
+
+@needs_ray
 def test_direct_call_numpy_and_pandas(small_model_dir: Path, small_reference_dir: Path, cpu_grounder) -> None:
     import pandas as pd
     from PIL import Image

@@ -73,7 +73,8 @@ def plan(images: list[str], iters: int) -> dict:
                         max(least, iters // 4))}
 
 
-def worker_ours(model: str | None, images: list[str], iters: int, threads: int, dtype: str, device: str) -> tuple:
+def worker_ours(model: str | None, images: list[str], iters: int, threads: int, precision: str,
+                device: str) -> tuple:
     """Measure this package in the current process; returns (the row, the loaded Grounder)."""
     import torch
 
@@ -81,13 +82,13 @@ def worker_ours(model: str | None, images: list[str], iters: int, threads: int, 
     from ofa_grounding import Grounder
 
     t = time.perf_counter()
-    g = Grounder.from_pretrained(model, dtype=dtype, device=device, cache_mb=0)  # default batch_size 8
+    g = Grounder.from_pretrained(model, precision=precision, device=device, cache_mb=0)  # default batch_size 8
     load = time.perf_counter() - t
     scenarios = plan(images, iters)
     image, text, n = scenarios["single"]
     first = g.predict(image, text)
     cold = time.perf_counter() - T_PROCESS
-    out = {"impl": f"ours {dtype}", "cold_start_s": cold, "load_s": load, "box": list(first.box)}
+    out = {"impl": f"ours {precision}", "cold_start_s": cold, "load_s": load, "box": list(first.box)}
     out["single"] = timed(lambda: g.predict(image, text), n)
     out["peak_rss_mb"] = peak_rss_mb()  # single queries: process start to here
     image, texts, n = scenarios["five"]
@@ -206,7 +207,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                                     "(default: the bundled demo model)")
     ap.add_argument("--images", help="folder of images for the scenarios (default: 16 synthetic scenes of mixed "
                                      "sizes and modes)")
-    ap.add_argument("--dtypes", default="fp32,bf16", help="precision modes (default fp32,bf16)")
+    from .cli.common import deprecated_alias
+
+    precisions = ap.add_argument("--precisions", default="fp32,bf16", help="precision modes (default fp32,bf16)")
+    deprecated_alias(ap, "--dtypes", precisions)
     ap.add_argument("--iters", type=int, default=10,
                     help="single-query repetitions (default 10; at least 1, but medians of fewer than "
                          f"{FEW_ITERS} are noisy); the other scenarios repeat half and a quarter as often")
@@ -219,10 +223,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     """The first problem with the arguments, as a one-line message, or None."""
     if args.iters < 1:
         return f"--iters must be at least 1, got {args.iters}"
-    dtypes = [d for d in args.dtypes.split(",") if d]
-    bad = [d for d in dtypes if d not in ("fp32", "bf16")]
-    if bad or not dtypes:
-        return f"--dtypes: unknown mode(s) {bad}"
+    precisions = [p for p in args.precisions.split(",") if p]
+    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    if bad or not precisions:
+        return f"--precisions: unknown mode(s) {bad}"
     for path, what in ((args.model, "--model"), (args.images, "--images")):
         if path is not None and not Path(path).is_dir():
             return f"{what} {path}: not a folder"
@@ -255,9 +259,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         images = image_set(args.images, Path(tmp))
-        for dtype in [d for d in args.dtypes.split(",") if d]:
-            print(f"measuring ours, {dtype} ...", file=sys.stderr)
-            cmd = [sys.executable, "-m", "ofa_grounding.bench", "--worker", dtype, "--iters", str(args.iters),
+        for precision in [p for p in args.precisions.split(",") if p]:
+            print(f"measuring ours, {precision} ...", file=sys.stderr)
+            cmd = [sys.executable, "-m", "ofa_grounding.bench", "--worker", precision, "--iters", str(args.iters),
                    "--threads", str(args.threads), "--device", args.device, "--image-list", json.dumps(images)]
             r = run_worker(cmd + (["--model", args.model] if args.model else []))
             if r:

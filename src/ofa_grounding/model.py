@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy as _copy
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
@@ -32,8 +33,8 @@ from .backbone import ResNet, drop_path, linear_rates
 from .config import OFAConfig
 from .hardware import cpu_bf16_supported
 
-__all__ = ["DTYPES", "AttentionRecord", "DecoderState", "EncoderOutput", "GroundingModel", "OFAForInference",
-           "OFAModel", "init_weights", "meta_model"]
+__all__ = ["DTYPES", "PRECISIONS", "AttentionRecord", "DecoderState", "EncoderOutput", "GroundingModel",
+           "OFAForInference", "OFAModel", "init_weights", "meta_model"]
 
 log = logging.getLogger(__name__)
 
@@ -605,40 +606,40 @@ class OFAModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def prepared_for_inference(self, dtype: str = "fp32", device: str | torch.device | None = None,
-                               fuse: bool = True, copy: bool = True) -> OFAForInference:
+    def prepared_for_inference(self, precision: str | None = None, device: str | torch.device | None = None,
+                               fuse: bool = True, copy: bool = True, *, dtype: str | None = None) -> OFAForInference:
         """This model made ready for inference, behind the `GroundingModel` interface the predictor uses.
 
-        dtype: "fp32" (the reference's arithmetic) or "bf16" (backbone, encoder and the decoder's cross-attention
-            key/value projections in bfloat16, the rest of the decoder in float32; on a CPU without bfloat16 units
-            this falls back to fp32 with a warning, as emulated bf16 is several times slower there).
+        precision: "fp32" (the default: the reference's arithmetic) or "bf16" (backbone, encoder and the decoder's
+            cross-attention key/value projections in bfloat16, the rest of the decoder in float32; on a CPU without
+            bfloat16 units this falls back to fp32 with a warning, as emulated bf16 is several times slower there).
         fuse: fold BatchNorm into the convolutions and store the token table in float16 where exact.
         copy: work on a copy and leave this model as it is (False: convert this model itself, which is then
             inference-only; for a caller that owns a freshly loaded model and wants no second copy in memory).
+        dtype: deprecated alias of `precision` (warns; removed in the next release).
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        precision = precision_argument(precision, dtype, "OFAModel.prepared_for_inference")
         device = torch.device(device or "cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available")
-        if dtype == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+        if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
             log.warning("bf16 requested, but this CPU has no bfloat16 units (AVX-512 BF16 or AMX): running fp32, "
                         "which is faster here and exact")
-            dtype = "fp32"
+            precision = "fp32"
         stored_parameters = self.num_parameters()
         model = _copy.deepcopy(self) if copy else self
         model.eval().requires_grad_(False).to(device)
         if fuse:  # BatchNorm folded into the convolutions, channels_last
             model.encoder.embed_images.fuse_for_inference_()
             model.compact_token_table_()  # float16 when exact: 31 MB less for OFA-tiny
-        if dtype == "bf16":
+        if precision == "bf16":
             for child in model.encoder.children():
                 if child is not model.encoder.embed_tokens:  # shared with the decoder: stays as it is
                     child.to(torch.bfloat16)
             for layer in model.decoder.layers:  # projections over all encoder tokens, once per query
                 layer.cross_attn.k_proj.to(torch.bfloat16)
                 layer.cross_attn.v_proj.to(torch.bfloat16)
-        return OFAForInference(model, dtype, device, stored_parameters)
+        return OFAForInference(model, precision, device, stored_parameters)
 
 
 def init_weights(model: OFAModel, std: float = 0.02) -> OFAModel:
@@ -684,7 +685,25 @@ def meta_model(cfg: OFAConfig) -> OFAModel:
 # trained model's boxes kept IoU >= 0.9 with fp32's, 98.7 % without; docs/speed.md). int8 dynamic
 # quantisation of the linear layers was measured and dropped: 6 % faster single queries, slower batches,
 # 12 % token agreement (docs/speed.md, Measured and dropped).
-DTYPES = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")
+DTYPES = PRECISIONS  # deprecated: the old name of PRECISIONS (removed in the next release)
+
+
+def precision_argument(precision: str | None, dtype: str | None, where: str) -> str:
+    """The precision mode a caller of `where` asked for: `precision`, or else the value of `dtype=` (its deprecated
+    alias, with a DeprecationWarning), or else "fp32"; a TypeError when both are given, a ValueError for a mode
+    not in PRECISIONS. ("dtype" elsewhere in the package is a torch.dtype or a stored precision.)"""
+    if dtype is not None:
+        if precision is not None:
+            raise TypeError(f"{where}: give precision= only; dtype= is its deprecated alias, not a second setting")
+        warnings.warn(f"{where}(dtype=...) is deprecated and will be removed in the next release; use precision=...",
+                      DeprecationWarning, stacklevel=3)  # 3: the caller of `where`, not `where` itself
+        precision = dtype
+    if precision is None:
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 @runtime_checkable
@@ -694,7 +713,7 @@ class GroundingModel(Protocol):
 
     config: OFAConfig
     device: torch.device
-    dtype: str  # a precision mode of DTYPES
+    precision: str  # a precision mode of PRECISIONS
 
     def num_parameters(self) -> int:
         """Parameters as stored in the checkpoint (before any folding)."""
@@ -724,11 +743,18 @@ class GroundingModel(Protocol):
 class OFAForInference:
     """An OFAModel prepared by `OFAModel.prepared_for_inference`: the `GroundingModel` interface over it."""
 
-    def __init__(self, model: OFAModel, dtype: str, device: torch.device, stored_parameters: int) -> None:
-        self.ofa, self.dtype, self.device = model, dtype, device
+    def __init__(self, model: OFAModel, precision: str, device: torch.device, stored_parameters: int) -> None:
+        self.ofa, self.precision, self.device = model, precision, device
         self.config = model.config
         self._stored_parameters = stored_parameters
-        self._float = torch.bfloat16 if dtype == "bf16" else torch.float32
+        self._float = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    @property
+    def dtype(self) -> str:
+        """Deprecated (removed in the next release): `precision`, its new name."""
+        warnings.warn("OFAForInference.dtype is deprecated and will be removed in the next release; use .precision",
+                      DeprecationWarning, stacklevel=2)
+        return self.precision
 
     def num_parameters(self) -> int:
         return self._stored_parameters

@@ -205,8 +205,15 @@ class _OnnxState:
 class OnnxModel:
     """The exported graphs behind the `GroundingModel` interface `Grounder` uses (onnxruntime on CPU, fp32)."""
 
-    dtype = "fp32"
+    precision = "fp32"
     device = torch.device("cpu")
+
+    @property
+    def dtype(self) -> str:
+        """Deprecated (removed in the next release): `precision`, its new name."""
+        warnings.warn("OnnxModel.dtype is deprecated and will be removed in the next release; use .precision",
+                      DeprecationWarning, stacklevel=2)
+        return self.precision
 
     def __init__(self, directory: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -28,10 +28,10 @@ from .generation import Hypothesis, allowed_token_ids, beam_search
 from .hardware import use_ieee_fp32_on_cuda
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
 from .loader import DEFAULT_MODEL, load_model
-from .model import DTYPES, EncoderOutput, GroundingModel, OFAModel
+from .model import DTYPES, PRECISIONS, EncoderOutput, GroundingModel, OFAModel, precision_argument
 from .tokenizer import OFATokenizer, pad_ids
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "Alternative", "FeatureCache", "Grounder", "GroundingResult"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "PRECISIONS", "Alternative", "FeatureCache", "Grounder", "GroundingResult"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,16 @@ def _confidence(h: Hypothesis) -> float:
     return math.exp(sum(h.positional_scores[:4]) / 4)
 
 
+def _model_precision(model: GroundingModel) -> str:
+    """`model.precision`; for a `GroundingModel` written before that field was renamed, its old name `dtype`
+    (with a DeprecationWarning; the fallback goes in the next release)."""
+    if hasattr(model, "precision"):
+        return model.precision
+    warnings.warn(f"{type(model).__name__}.dtype: a GroundingModel's precision mode is now named `precision`; "
+                  "`dtype` is read in its place until the next release", DeprecationWarning, stacklevel=3)
+    return model.dtype
+
+
 class Grounder:
     """A loaded grounding model with its tokenizer and settings.
 
@@ -176,11 +186,11 @@ class Grounder:
     def __init__(self, model: OFAModel | GroundingModel, tokenizer: OFATokenizer,
                  preprocess: PreprocessConfig | None = None, generation: GenerationConfig | None = None,
                  device: str | torch.device | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 batch_size: int = 8, fuse: bool = True, dtype: str = "fp32", cache_mb: float = 64,
+                 batch_size: int = 8, fuse: bool = True, precision: str | None = None, cache_mb: float = 64,
                  min_confidence: float | None = None, calibration: Calibration | None = None,
-                 card: str | None = None) -> None:
-        """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `dtype` on `device`
-        is what runs), or a model already behind the `GroundingModel` interface
+                 card: str | None = None, *, dtype: str | None = None) -> None:
+        """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `precision`, "fp32"
+        by default or "bf16", on `device` is what runs), or a model already behind the `GroundingModel` interface
         (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is. `fuse` (OFAModel only):
         fold BatchNorm into the convolutions and store the token table in float16 where exact (about 1e-6
         relative on the backbone's output); False runs the backbone unfused, as the reference does. Either
@@ -188,12 +198,14 @@ class Grounder:
         `calibration`: makes `GroundingResult.confidence` the probability that the answer is right (boxes,
         tokens and scores are unchanged); `min_confidence` is then a probability threshold. `card`: the model
         card's text (what the model was trained on and cannot do), shown by the server and the web page.
+        `dtype`: deprecated alias of `precision` (warns; removed in the next release).
 
         fp32 on a GPU: creating the Grounder turns TF32 off for the whole process (`hardware.use_ieee_fp32_on_cuda`:
         cuDNN's convolutions, cuBLAS's matmuls), once, and leaves it off: the reference computes in IEEE float32,
         and TF32 would move the answers. torch keeps these switches per process, not per thread or per call, so
         flipping them around each call would race with other threads; a program that wants TF32 for other work
         in the same process (fp32 training between validations, say) sets it back itself, or uses bf16."""
+        precision = precision_argument(precision, dtype, "Grounder")
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if batch_size < 1:
@@ -202,10 +214,10 @@ class Grounder:
         self.calibration = calibration
         self.card = card
         if isinstance(model, OFAModel):
-            model = model.prepared_for_inference(dtype, device, fuse=fuse)
+            model = model.prepared_for_inference(precision, device, fuse=fuse)
         self.model: GroundingModel = model
-        self.device, self.dtype = model.device, model.dtype
-        if self.device.type == "cuda" and self.dtype == "fp32" and use_ieee_fp32_on_cuda():
+        self.device, self.precision = model.device, _model_precision(model)
+        if self.device.type == "cuda" and self.precision == "fp32" and use_ieee_fp32_on_cuda():
             log.info("fp32 on %s: TF32 turned off for this process, for the reference's float32 arithmetic",
                      self.device)
         self.num_parameters = model.num_parameters()  # as stored (before BatchNorm folding)
@@ -219,8 +231,8 @@ class Grounder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device | None = None,
-                        cache_dir: str | Path | None = None, dtype: str = "fp32", fuse: bool = True,
-                        **kwargs: Any) -> Grounder:
+                        cache_dir: str | Path | None = None, precision: str | None = None, fuse: bool = True,
+                        *, dtype: str | None = None, **kwargs: Any) -> Grounder:
         """Load a model (`loader.load_model`; names as `model_names` reads them): a directory or file in any
         layout `checkpoint.read_checkpoint` reads, a bundled model's name (`bundled_models()`: "demo"), or a
         hub id (`damo/ofa_visual-grounding_refcoco_distilled_en` from ModelScope, `hf:ORG/NAME` from Hugging
@@ -229,18 +241,26 @@ class Grounder:
 
         Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` and
         `calibration` default to the model directory's (`grounding.json`), if it has them; pass
-        `min_confidence=0` or `calibration=None` to turn them off.
+        `min_confidence=0` or `calibration=None` to turn them off. `precision`: "fp32" (default) or "bf16", as for
+        `Grounder`; `dtype` is its deprecated alias (warns; removed in the next release).
         """
-        if dtype not in DTYPES:  # before the load: a bad argument should not cost a model load
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        # before the load: a bad argument should not cost a model load
+        precision = precision_argument(precision, dtype, "Grounder.from_pretrained")
         ckpt = load_model(path, cache_dir=cache_dir)
         kwargs.setdefault("min_confidence", ckpt.min_confidence)
         kwargs.setdefault("calibration", ckpt.calibration)
         kwargs.setdefault("card", ckpt.card)
         if kwargs["min_confidence"] == 0:
             kwargs["min_confidence"] = None
-        model = ckpt.model.prepared_for_inference(dtype, device, fuse=fuse, copy=False)  # ours: no second copy
+        model = ckpt.model.prepared_for_inference(precision, device, fuse=fuse, copy=False)  # ours: no second copy
         return cls(model, ckpt.tokenizer, ckpt.preprocess, ckpt.generation, **kwargs)
+
+    @property
+    def dtype(self) -> str:
+        """Deprecated (removed in the next release): `precision`, its new name."""
+        warnings.warn("Grounder.dtype is deprecated and will be removed in the next release; use Grounder.precision",
+                      DeprecationWarning, stacklevel=2)
+        return self.precision
 
     # -- inputs ---------------------------------------------------------------------------------------
 
@@ -321,6 +341,9 @@ class Grounder:
 
     def image_features(self, rgbs: Sequence[Image.Image]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Backbone output (n, P, d) for each image, and the feature grid; each distinct image once."""
+        if len(rgbs) == 1 and self.cache.max_bytes == 0:  # nothing to share: skip hashing the pixels (~1 ms/MP)
+            tokens, grid = self.model.image_features(self.image_tensor(rgbs[0]).unsqueeze(0))
+            return tokens, grid
         keys = [FeatureCache.key(rgb) for rgb in rgbs]
         found: dict[bytes, Features] = {}
         for key in keys:

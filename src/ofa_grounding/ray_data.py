@@ -61,7 +61,8 @@ class OFAGrounder:
     device: "cpu", "cuda", "cuda:0"... None: "cuda" where Ray reserved a GPU for this actor (map_batches'
         `num_gpus=1`), else "cpu". "cuda" without `num_gpus` fails: Ray hides the GPUs from actors that
         reserved none.
-    dtype: "fp32" (the reference's arithmetic) or "bf16", as for `Grounder`.
+    precision: "fp32" (the default: the reference's arithmetic) or "bf16", as for `Grounder`; `dtype` is its
+        deprecated alias (warns; removed in the next release).
     threads: torch's intra-op threads in this actor (pair it with map_batches' `num_cpus`); None leaves torch's
         setting (Ray sets OMP_NUM_THREADS to the actor's `num_cpus`).
     batch_size: descriptions per encoder/decoder pass (`Grounder(batch_size=...)`); map_batches' own
@@ -71,12 +72,16 @@ class OFAGrounder:
     **grounder_kwargs: passed on to `Grounder.from_pretrained` (`min_confidence`, `cache_mb`, `max_pixels`, ...).
     """
 
-    def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str = "fp32",
+    def __init__(self, model: str | Path | None = None, device: str | None = None, precision: str | None = None,
                  threads: int | None = 1, batch_size: int = 8, image_column: str = "image",
-                 text_column: str = "text", image_root: str | Path | None = None, **grounder_kwargs: Any) -> None:
+                 text_column: str = "text", image_root: str | Path | None = None, *, dtype: str | None = None,
+                 **grounder_kwargs: Any) -> None:
         import torch
 
+        from .model import precision_argument
         from .predictor import Grounder
+
+        precision = precision_argument(precision, dtype, "OFAGrounder")
 
         if threads is not None:
             if threads < 1:
@@ -87,7 +92,7 @@ class OFAGrounder:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}, but this actor sees no GPU: give map_batches num_gpus=1 "
                              "(Ray hides the GPUs from actors that reserved none)")
-        self.grounder = Grounder.from_pretrained(model, device=device, dtype=dtype, batch_size=batch_size,
+        self.grounder = Grounder.from_pretrained(model, device=device, precision=precision, batch_size=batch_size,
                                                  **grounder_kwargs)
         self.image_column, self.text_column = image_column, text_column
         self.image_root = Path(image_root) if image_root is not None else None

@@ -114,17 +114,17 @@ def test_predict_precision_modes(small_model_dir: Path, small_reference_dir: Pat
     from ofa_grounding.metrics import box_overlap
 
     case = small_cases[0]
-    for dtype in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16"):
         assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), case["text"],
-                     "--json", "--dtype", dtype, "--cache-mb", "0"]) == 0
+                     "--json", "--precision", precision, "--cache-mb", "0"]) == 0
         out = json.loads(capsys.readouterr().out)
         box = out["results"][0]["box"]
-        if dtype == "fp32":
+        if precision == "fp32":
             assert box_overlap(box, case["box"]) > 0.999
         else:  # not exact (random weights: near-tied bins, even x1 < x0 as in the reference), but in the image
             assert all(0 <= v <= side for v, side in zip(box, [out["width"], out["height"]] * 2)), box
     with pytest.raises(SystemExit):
-        main(["predict", "--model", str(small_model_dir), "--dtype", "int8", "x.png", "t"])
+        main(["predict", "--model", str(small_model_dir), "--precision", "int8", "x.png", "t"])
 
 
 def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(small_model_dir: Path, small_reference_dir: Path,
@@ -136,7 +136,7 @@ def test_bf16_on_a_cpu_without_bf16_units_answers_with_one_warning(small_model_d
     monkeypatch.setenv(NO_CPU_BF16_ENV, "1")  # what an AVX2-only CPU answers
     case = small_cases[0]
     assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), case["text"],
-                 "--json", "--dtype", "bf16", "--cache-mb", "0"]) == 0
+                 "--json", "--precision", "bf16", "--cache-mb", "0"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["results"][0]["tokens"] == case["tokens"]
     assert captured.err.strip().splitlines() == [
@@ -250,3 +250,20 @@ def test_a_long_description_warns_as_a_warning(tiny_model_dir: Path, tmp_path: P
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ofa-ground: warning: description truncated to 256 tokens")
     assert "error" not in err[0]
+
+
+def test_dtype_is_a_deprecated_alias_of_precision(small_model_dir: Path, small_reference_dir: Path,
+                                                  small_cases: list[dict], capsys: pytest.CaptureFixture) -> None:
+    """--dtype (hidden from --help) still sets the precision mode for a release, saying so in one line."""
+    from ofa_grounding.cli import build_parser
+
+    case = small_cases[0]
+    assert main(["predict", "--model", str(small_model_dir), str(small_reference_dir / case["image"]), case["text"],
+                 "--json", "--dtype", "fp32", "--cache-mb", "0"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["results"][0]["tokens"] == case["tokens"]
+    assert captured.err.strip().splitlines() == [
+        "ofa-ground: warning: --dtype is deprecated and will be removed in the next release; use --precision"]
+    assert build_parser().parse_args(["predict", "--dtype", "bf16", "x.png", "t"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(small_model_dir), "--dtype", "int8", "x.png", "t"])

@@ -102,7 +102,8 @@ def test_model_health_docs_and_page(client: TestClient, small_model_dir: Path) -
     from ofa_grounding.checkpoint import read_checkpoint
 
     info = client.get("/v1/model").json()
-    assert info["name"] == "fixture" and info["preset"] == "custom" and info["dtype"] == "fp32"  # d_model 64
+    assert info["name"] == "fixture" and info["preset"] == "custom" and info["precision"] == "fp32"  # d_model 64
+    assert "dtype" not in info  # renamed: "dtype" is a torch.dtype elsewhere
     stored = sum(p.numel() for p in read_checkpoint(small_model_dir).model.parameters())  # before BN folding
     assert info["device"] == "cpu" and info["parameters"] == stored and info["image_size"] == 256
     assert info["limits"]["max_texts"] == 16 and info["limits"]["allow_urls"] is False

@@ -77,6 +77,25 @@ def help_with_default(action: argparse.Action) -> str:
     return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
+def deprecated_alias(p: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
+    """`old`: a hidden, deprecated spelling of the option `new` (removed in the next release). It takes the same
+    values into the same destination, after a one-line warning on stderr."""
+    p.add_argument(old, dest=new.dest, choices=new.choices, metavar=new.metavar, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS, action=_DeprecatedAlias, new=new.option_strings[0])
+
+
+class _DeprecatedAlias(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option_string=None):
+        prog = parser.prog.split()[0]  # "ofa-ground", not "ofa-ground predict": as `warn` words it
+        print(f"{prog}: warning: {option_string} is deprecated and will be removed in the next release; "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 class WarningLine(logging.Handler):
     """The package's warnings (a truncated description, a precision mode this CPU cannot run) as one
     'ofa-ground: warning:' line each."""
@@ -106,10 +125,12 @@ def min_confidence_argument(p: argparse.ArgumentParser) -> None:
 
 def precision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="hub cache for --model ids (default: the hubs' own caches; see README)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 (default): the reference's arithmetic, and the choice on GPUs (bf16 was no faster "
-                        "there for OFA-tiny on an H200); bf16: bfloat16 weights, about 2x faster on CPUs with "
-                        "AVX-512 BF16/AMX, not bit-faithful (on other CPUs it runs fp32, with a warning)")
+    precision = p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="fp32 (default): the reference's arithmetic, and the choice on GPUs (bf16 was no faster there for "
+             "OFA-tiny on an H200); bf16: bfloat16 weights, about 2x faster on CPUs with AVX-512 BF16/AMX, not "
+             "bit-faithful (on other CPUs it runs fp32, with a warning)")
+    deprecated_alias(p, "--dtype", precision)
     p.add_argument("--cache-mb", type=float, default=64,
                    help="backbone-output cache for repeated images, in MB (default 64; 0 turns it off)")
 

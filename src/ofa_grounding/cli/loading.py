@@ -40,7 +40,7 @@ def load_grounder(args: argparse.Namespace) -> Any:
     set_threads(args.threads)
     try:
         return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
-                                        batch_size=args.batch_size, dtype=args.dtype, cache_mb=args.cache_mb,
+                                        batch_size=args.batch_size, precision=args.precision, cache_mb=args.cache_mb,
                                         cache_dir=args.cache_dir,
                                         **({} if threshold is None else {"min_confidence": threshold}))
     except CheckpointError as exc:

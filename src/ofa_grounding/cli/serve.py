@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if threads is None and not os.environ.get("OMP_NUM_THREADS"):  # the idle cores, shared among the workers
         threads = max(1, default_threads() // args.workers)
     load_grounder(args)  # fail here, once, with a clear message, not in every worker
-    settings = ServerSettings(model=args.model, device=args.device, dtype=args.dtype, cache_mb=args.cache_mb,
+    settings = ServerSettings(model=args.model, device=args.device, precision=args.precision, cache_mb=args.cache_mb,
                               cache_dir=args.cache_dir, batch_size=args.batch_size,
                               min_confidence=args.min_confidence, threads=threads, service=config)
     run_workers(uvicorn.Config(functools.partial(app_from_settings, settings), factory=True, host=args.host,

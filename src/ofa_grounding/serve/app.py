@@ -403,7 +403,7 @@ class ModelInfo(BaseModel):
     name: str
     preset: str = Field(description="the size preset the model matches, or 'custom'")
     parameters: int = Field(description="as stored")
-    dtype: str
+    precision: str = Field(description="'fp32' or 'bf16': the precision mode the model computes in")
     device: str
     image_size: int
     version: str
@@ -479,7 +479,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
         "name": model_name,
         "preset": match_preset(grounder.model.config, grounder.preprocess.patch_image_size) or "custom",
         "parameters": grounder.num_parameters,
-        "dtype": grounder.dtype, "device": str(grounder.device),
+        "precision": grounder.precision, "device": str(grounder.device),
         "image_size": grounder.preprocess.patch_image_size, "version": __version__,
         "calibrated": grounder.calibration is not None,
         "card": "/v1/model/card" if grounder.card else None,
@@ -634,7 +634,7 @@ def app_from_settings(settings: ServerSettings) -> FastAPI:
 
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    grounder = Grounder.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
+    grounder = Grounder.from_pretrained(settings.model, device=settings.device, precision=settings.precision,
                                         cache_mb=settings.cache_mb, cache_dir=settings.cache_dir,
                                         batch_size=settings.batch_size, max_pixels=settings.service.max_pixels,
                                         **({} if settings.min_confidence is None

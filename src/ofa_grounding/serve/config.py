@@ -34,7 +34,7 @@ class ServerSettings:
 
     model: str | None = None  # a model name as `model_names` reads it; None: the bundled demo model
     device: str | None = None  # torch device; None: cpu
-    dtype: str = "fp32"  # "fp32" or "bf16" (`Grounder.from_pretrained`)
+    precision: str = "fp32"  # "fp32" or "bf16" (`Grounder.from_pretrained`)
     cache_mb: float = 64  # backbone-output cache
     cache_dir: str | None = None  # hub cache for model ids; None: the hubs' own
     batch_size: int = 8  # descriptions encoded and decoded together

@@ -131,7 +131,7 @@ $("texts").addEventListener("keydown", (e) => {
 });
 
 fetch("/v1/model").then((r) => r.json()).then((m) => {
-  $("model-info").textContent = `${m.name} · ${m.preset} · ${(m.parameters / 1e6).toFixed(1)}M parameters · ${m.dtype} on ${m.device}` +
+  $("model-info").textContent = `${m.name} · ${m.preset} · ${(m.parameters / 1e6).toFixed(1)}M parameters · ${m.precision} on ${m.device}` +
     (m.calibrated ? " · calibrated confidence" : "");
   $("card-link").hidden = !m.card;  // the model card: the words, shapes and scenes it was trained on
 }).catch(() => { $("model-info").textContent = ""; });
