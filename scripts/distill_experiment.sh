@@ -1,90 +1,72 @@
 #!/usr/bin/env bash
-# Issue 7's experiment: does OFA-Compress's distillation beat plain finetuning for the demo-sized student?
-# For each seed, the `demo` preset is trained from random weights twice with the same data, steps, batch,
-# learning rate and seed: (a) `train` alone, (b) `distill` from TEACHER. The last checkpoint of each run is
-# scored on the synthetic test split (no selection on test; no validation either, so both arms are treated
-# alike). Results are appended to OUT/results.tsv: arm, seed, steps done, Acc@0.5, Acc@0.75, mIoU.
+# Does OFA-Compress's distillation beat plain finetuning for a small student? (issue 30; docs/distillation.md)
+# For each seed the STUDENT preset is trained twice from the same initialisation (the preset's fresh weights drawn
+# with that seed, its backbone copied from the teacher's with --backbone-from), with the same data, steps, batch,
+# schedule and seed: once with `train` (labels only), once with `distill` (OFA-Compress's task-specific recipe at
+# the distiller's defaults: soft labels, encoder and decoder attention maps). The two arms of a seed run at the
+# same time, one thread each. The last checkpoint of each run is scored (no selection on any split) on the test
+# split of BENCH and on UNSEEN (a benchmark of a seed never trained or tuned on), with the teacher alongside;
+# every score is a line of OUT/results.tsv: model, seed, steps done, data, Acc@0.5, Acc@0.75, mIoU.
 #   bash scripts/distill_experiment.sh TEACHER [OUT]
-# TEACHER is a model directory; if it does not exist and TEACHER_PRESET is set, a teacher of that preset is
-# trained there first on the same train split (TEACHER_STEPS updates of TEACHER_BATCH at TEACHER_LR).
+# TEACHER: a model name (`demo`, the bundled model, by default) or directory; its backbone must be the student's.
 # Environment (defaults in brackets):
-#   BENCH [data/synthetic-40k]  synthetic benchmark folder, made if missing (40,000 samples, seed 0)
-#   STEPS [2500]  SEEDS ["1 2 3"]  IMAGE_SIZE [128: the demo preset's]
-#   DEVICE [cpu]  WORKERS [0] data-loading processes per run
-#   PARALLEL [0]  1: the seeds of an arm run at the same time (a GPU has room for several small runs), and
-#                 the finetuned arm runs while the teacher trains
-#   STOP_AT       optional: stop both arms after this update, on the learning-rate schedule of STEPS (e.g.
-#                 STEPS=16000 STOP_AT=5000: run B's schedule, cut short; results.tsv reports the steps done)
-#   MAX_MINUTES   optional wall-time guard per run (a run stopped by it reports fewer steps in results.tsv)
-# The GPU attempt in docs/experiments/2026-11-distillation.md (one H200) ran: DEVICE=cuda WORKERS=2 PARALLEL=1 STEPS=5000 TEACHER_PRESET=tiny ...
+#   BENCH [data/v1-bench]  training data and test split: make-synthetic --world v1 --n 40000 --seed 0, made if missing
+#   UNSEEN [data/v1-unseen-seed-7]  make-synthetic --world v1 --n 8000 --seed 7, made if missing
+#   STUDENT [mini]  STEPS [2000]  BATCH [32]  LR [1e-3]  SEEDS ["1 2 3"]  DEVICE [cpu]
+#   EXTRA  more options for the distilled arm only (e.g. "--kd-weight 1 --temperature 2")
+# A run that was cut off resumes from its last/ when the script is run again; scored runs are skipped.
 set -euo pipefail
-TEACHER=${1:?usage: distill_experiment.sh TEACHER [OUT]}
+TEACHER=${1:-demo}
 OUT=${2:-runs/distill-experiment}
-BENCH=${BENCH:-data/synthetic-40k}
+BENCH=${BENCH:-data/v1-bench}
+UNSEEN=${UNSEEN:-data/v1-unseen-seed-7}
 OFA=${OFA:-ofa-ground}
-STEPS=${STEPS:-2500}
+STUDENT=${STUDENT:-mini}
+STEPS=${STEPS:-2000}
 SEEDS=${SEEDS:-1 2 3}
 DEVICE=${DEVICE:-cpu}
-WORKERS=${WORKERS:-0}
-PARALLEL=${PARALLEL:-0}
-IMAGE_SIZE=${IMAGE_SIZE:-128}
-GUARD=(); [ -n "${MAX_MINUTES:-}" ] && GUARD=(--max-minutes "$MAX_MINUTES")
-STOP=(); [ -n "${STOP_AT:-}" ] && STOP=(--stop-at-step "$STOP_AT")
 mkdir -p "$OUT"
-[ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --world v1 --n 40000 --seed 0 --workers "${SYN_WORKERS:-1}"
-# run B's recipe (scripts/train_demo.sh) on a shorter schedule, shared by both arms; the schedule is
-# spelled out because `train` and `distill` default to different warmups and final learning rates
-RECIPE=(--data "$BENCH" --lr 7e-4 --warmup-ratio 0.06 --min-lr 0 --bf16 --dropout 0 --augment flip --cache-images
-        --bin-sigma 12 --no-progress --device "$DEVICE" --workers "$WORKERS" --image-size "$IMAGE_SIZE" "${GUARD[@]}")
-COMMON=("${RECIPE[@]}" --max-steps "$STEPS" "${STOP[@]}" --batch-size 32 --save-every 500)
+[ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --world v1 --n 40000 --seed 0
+[ -f "$UNSEEN/test.jsonl" ] || "$OFA" make-synthetic "$UNSEEN" --world v1 --n 8000 --seed 7
+# The demo model's stage-1 recipe (scripts/train_demo.sh), shared by both arms; the schedule is spelled out
+# because `train` and `distill` default to different warmups and final learning rates.
+RECIPE=(--data "$BENCH" --max-steps "$STEPS" --batch-size "${BATCH:-32}" --lr "${LR:-1e-3}" --warmup-ratio 0.02
+        --min-lr 0 --dropout 0 --augment flip --cache-images --bin-sigma 12 --attr-weight 1 --pointer-weight 1
+        --smooth-bins --absent-rate 0.1 --backbone-from "$TEACHER" --save-every 500 --eval-every 100000
+        --threads 1 --device "$DEVICE" --no-progress)
 
-score() {  # arm seed model_dir
-  "$OFA" eval --model "$3" --data "$BENCH" --split test --json --no-progress --device "$DEVICE" \
-    > "$OUT/$1-s$2.eval.json"
-  python3 - "$1" "$2" "$OUT/$1-s$2.eval.json" "$3" >> "$OUT/results.tsv" <<'EOF'
+score() {  # name seed model_dir: one results.tsv line per benchmark
+  local data
+  for data in "$BENCH" "$UNSEEN"; do
+    "$OFA" eval --model "$3" --data "$data" --split test --json --no-progress --device "$DEVICE" --threads 2 \
+      > "$OUT/$1-s$2-$(basename "$data").eval.json"
+    python3 - "$1" "$2" "$OUT/$1-s$2-$(basename "$data").eval.json" "$3" "$(basename "$data")" \
+      >> "$OUT/results.tsv" <<'EOF'
 import json, pathlib, sys
-arm, seed, path, model = sys.argv[1:]
+name, seed, path, model, data = sys.argv[1:]
 test = json.load(open(path))["splits"]["test"]
 state = pathlib.Path(model) / "trainer_state.json"
 steps = json.loads(state.read_text())["step"] if state.is_file() else "-"
-print(f"{arm}\t{seed}\t{steps}\t{test['acc50']:.4f}\t{test['acc75']:.4f}\t{test['miou']:.4f}")
+print(f"{name}\t{seed}\t{steps}\t{data}\t{test['acc50']:.4f}\t{test['acc75']:.4f}\t{test['miou']:.4f}")
 EOF
+  done
 }
 
-run_arm() {  # arm: train every seed (at once with PARALLEL=1), then score each
-  local arm=$1 pids=() seed
-  for seed in $SEEDS; do
+grep -q '^teacher' "$OUT/results.tsv" 2>/dev/null || score teacher - "$TEACHER"
+for seed in $SEEDS; do
+  pids=()
+  for arm in finetuned distilled; do
     grep -q "^$arm	$seed	" "$OUT/results.tsv" 2>/dev/null && continue
-    local resume=(); [ -d "$OUT/$arm-s$seed/last" ] && resume=(--resume)
-    if [ "$arm" = finetuned ]; then
-      cmd=("$OFA" train --model preset:demo)
-    else
-      cmd=("$OFA" distill --teacher "$TEACHER" --student preset:demo --teacher-bf16)
-    fi
-    if [ "$PARALLEL" = 1 ]; then
-      "${cmd[@]}" "${COMMON[@]}" --seed "$seed" --out "$OUT/$arm-s$seed" "${resume[@]}" \
-        > "$OUT/$arm-s$seed.log" 2>&1 & pids+=($!)
-    else
-      "${cmd[@]}" "${COMMON[@]}" --seed "$seed" --out "$OUT/$arm-s$seed" "${resume[@]}"
-    fi
+    run=("$OFA" train --model "preset:$STUDENT")
+    [ "$arm" = distilled ] && run=("$OFA" distill --teacher "$TEACHER" --student "preset:$STUDENT" ${EXTRA:-})
+    resume=(); [ -d "$OUT/$arm-s$seed/last" ] && resume=(--resume)
+    OMP_NUM_THREADS=1 "${run[@]}" "${RECIPE[@]}" --seed "$seed" --out "$OUT/$arm-s$seed" "${resume[@]}" \
+      > "$OUT/$arm-s$seed.log" 2>&1 & pids+=($!)
   done
-  for pid in "${pids[@]}"; do wait "$pid" || echo "$arm: a run failed (see its log in $OUT)" >&2; done
-  for seed in $SEEDS; do
+  for pid in "${pids[@]}"; do wait "$pid" || echo "seed $seed: a run failed (see its log in $OUT)" >&2; done
+  for arm in finetuned distilled; do
     grep -q "^$arm	$seed	" "$OUT/results.tsv" 2>/dev/null || [ ! -d "$OUT/$arm-s$seed/last" ] ||
       score "$arm" "$seed" "$OUT/$arm-s$seed/last"
   done
-}
-
-finetuned_pid=
-if [ ! -d "$TEACHER" ]; then
-  [ -n "${TEACHER_PRESET:-}" ] || { echo "no teacher at $TEACHER (set TEACHER_PRESET to train one)" >&2; exit 2; }
-  if [ "$PARALLEL" = 1 ]; then run_arm finetuned > "$OUT/finetuned-arm.log" 2>&1 & finetuned_pid=$!; fi
-  "$OFA" train --model "preset:$TEACHER_PRESET" "${RECIPE[@]}" --max-steps "${TEACHER_STEPS:-10000}" \
-    --batch-size "${TEACHER_BATCH:-64}" --lr "${TEACHER_LR:-5e-4}" --save-every 1000 --seed 0 --out "$OUT/teacher-run"
-  cp -r "$OUT/teacher-run/last" "$TEACHER"
-fi
-grep -q '^teacher' "$OUT/results.tsv" 2>/dev/null || score teacher - "$TEACHER"
-[ -n "$finetuned_pid" ] && wait "$finetuned_pid"
-run_arm finetuned
-run_arm distilled
-cat "$OUT/results.tsv"
+done
+column -t "$OUT/results.tsv"

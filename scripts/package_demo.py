@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Copy a trained demo run into the package as the default model, with float16 weights and a model card.
+"""Copy a trained run into the package as a bundled model (`demo`, the default, or e.g. `demo-small`), with
+float16 weights and a model card.
 
-    python scripts/package_demo.py RUN/best --data data/v2-bench data/v1-bench [--unseen DIR ...] [--out DIR]
+    python scripts/package_demo.py RUN/best --data data/v2-bench data/v1-bench [--unseen DIR ...] [--name NAME]
 
 Saves the float16 copy (what ships), calibrates its confidence on the first --data's val split (`ofa-ground
 calibrate --write`, held out on its test split, with a reliability plot), scores it on the test split of each
@@ -29,8 +30,8 @@ STAGE1_NOTE = ("stage 1, data: `make-synthetic --n 150000 --seed 0 --per-scene 4
                "a scene's split depends only on its seed and index, so the benchmark's val and test scenes are never "
                "trained on")
 EARLIER = "Earlier stage (the weights this run started from):"
-TRAIN_KEYS = ("model", "data", "max_steps", "batch_size", "lr", "warmup_ratio", "bf16", "augment", "bin_sigma",
-              "attr_weight", "pointer_weight", "smooth_bins", "absent_rate", "seed")
+TRAIN_KEYS = ("model", "data", "max_steps", "batch_size", "lr", "min_lr", "warmup_ratio", "dropout", "bf16", "augment",
+              "bin_sigma", "attr_weight", "pointer_weight", "smooth_bins", "absent_rate", "backbone_from", "seed")
 
 
 def _eval(model: Path, data: Path) -> dict:
@@ -113,12 +114,16 @@ def _repo_path(value: str) -> str:
 
 
 def _train_args(config: dict) -> list[str]:
-    out = []
+    """The run's command line (`train`, or `distill` with the teacher and the distillation settings)."""
+    distill = config.get("distill")
+    out = ["ofa-ground distill", "--teacher", _repo_path(str(distill["teacher"]))] if distill else ["ofa-ground train"]
     for k in TRAIN_KEYS:
         v = config.get(k)
-        if v in (None, False, [], 0, 0.0) and k != "model":
+        if v in (None, False, [], 0, 0.0) and k not in ("model", "min_lr", "dropout"):
             continue
-        flag = "--" + k.replace("_", "-")
+        if v is None:
+            continue
+        flag = "--student" if k == "model" and distill else "--" + k.replace("_", "-")
         if k in ("model", "data"):  # paths: repository-relative, as the commands are run
             v = _repo_path(str(v))
         out += [flag] if v is True else [flag, ",".join(v) if isinstance(v, list) else str(v)]
@@ -147,9 +152,12 @@ def main() -> int:
                     help="benchmarks whose test splits score it (the first also calibrates: val fits, test holds out)")
     ap.add_argument("--unseen", type=Path, nargs="*", default=[], help="benchmarks of seeds never trained on")
     ap.add_argument("--worlds", default="v1,v2", help="the make-synthetic worlds it was trained on (for the card)")
-    ap.add_argument("--out", type=Path, default=ROOT / "src" / "ofa_grounding" / "models" / "demo")
-    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "demo-confidence.png",
-                    help="the calibration's reliability plot")
+    ap.add_argument("--name", default="demo", help="the bundled model's name (default demo, the default model)")
+    ap.add_argument("--out", type=Path, help="where it goes (default: src/ofa_grounding/models/NAME)")
+    ap.add_argument("--recipe", default="scripts/train_demo.sh", help="the script the run is part of (for the card)")
+    ap.add_argument("--note", default="", help="a paragraph for the card's Training section (e.g. a table row)")
+    ap.add_argument("--plot", type=Path, help="the calibration's reliability plot (default: "
+                                              "docs/NAME-confidence.png)")
     ap.add_argument("--machine", default="", help="where the run trained (for the card)")
     ap.add_argument("--wall-minutes", type=float, help="the run's wall time (train_demo.sh's stages.tsv has it)")
     ap.add_argument("--stage", default=STAGE1_NOTE, help="which stage of scripts/train_demo.sh the run is and its "
@@ -159,7 +167,10 @@ def main() -> int:
     ap.add_argument("--earlier-note", default="",
                     help="text on the stages between that card and the run (for the card)")
     args = ap.parse_args()
+    args.out = args.out or ROOT / "src" / "ofa_grounding" / "models" / args.name
+    args.plot = args.plot or ROOT / "docs" / f"{args.name}-confidence.png"
     from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint
+    from ofa_grounding.presets import match_preset
 
     ckpt = read_checkpoint(args.run_model)
     run = args.run_model.parent
@@ -167,7 +178,7 @@ def main() -> int:
     cfg = state["config"]
     # A run started from a trained model (a later stage) keeps that model's training history on the card; read
     # it before --out (often that very model) is replaced.
-    command = f"`{' '.join(['ofa-ground train', *_train_args(cfg)])}`"
+    command = f"`{' '.join(_train_args(cfg))}`"
     earlier = _training_history(Path(cfg["model"]))
     if earlier is None and args.earlier_card:  # the run started from weights without a card of their own
         earlier = (_training_history(args.earlier_card) or "").removeprefix(EARLIER).strip() or None
@@ -178,7 +189,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:  # what ships, calibrated there, then moved into place
         staged = Path(tmp) / "model"
         save_checkpoint(staged, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
-                        metadata={"source": "ofa-grounding scripts/train_demo.sh"}, dtype=torch.float16)
+                        metadata={"source": f"ofa-grounding {args.recipe}"}, dtype=torch.float16)
         calib = _calibrate(staged, args.data[0], args.plot)
         if args.out.exists():
             shutil.rmtree(args.out)
@@ -201,12 +212,14 @@ def main() -> int:
     c, side = ckpt.model.config, ckpt.preprocess.patch_image_size
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     lines = [
-        "# demo: the default model of ofa-grounding",
+        f"# {args.name}: " + ("the default model of ofa-grounding" if args.name == "demo" else
+                              "a model bundled with ofa-grounding"),
         "",
         "Trained by this project on its synthetic referring-expression scenes: flat coloured shapes and the",
         "words listed below, not real photos (for those, load one of OFA's published checkpoints). Architecture:",
-        f"the `demo` preset (3-stage resnet18-style backbone at width {c.resnet_width}, d {c.d_model}, "
-        f"{c.encoder_attention_heads} heads, {c.encoder_layers}+{c.decoder_layers} layers, {side} px",
+        f"the `{match_preset(c, side) or 'custom'}` preset (3-stage resnet18-style backbone at width "
+        f"{c.resnet_width}, d {c.d_model}, {c.encoder_attention_heads} heads, {c.encoder_layers}+{c.decoder_layers} "
+        f"layers, {side} px",
         f"images, OFA's `entangle_position_embedding`, OFA's vocabulary), {n_params / 1e6:.1f} M parameters; "
         "weights stored in",
         f"float16 ({size / 1e6:.1f} MB), loaded as float32.",
@@ -241,14 +254,15 @@ def main() -> int:
         "## Training",
         "",
         *([f"{EARLIER} {earlier}", ""] if earlier else []),
-        f"{command} (`scripts/train_demo.sh` {args.stage}).",
+        f"{command} (`{args.recipe}` {args.stage}).",
         f"The shipped weights are step {shipped_step}'s of a run of {state['step']} updates x {cfg['batch_size']} = "
         f"{state['step'] * cfg['batch_size']:,} samples seen, "
         + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
-        + f"{' on ' + args.machine if args.machine else ''}. Validation Acc@0.5 "
-        f"(first {cfg['val_limit']} val samples) by step: "
-        + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + ".",
+        + f"{' on ' + args.machine if args.machine else ''}."
+        + (f" Validation Acc@0.5 (first {cfg['val_limit']} val samples) by step: "
+           + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + "." if val else ""),
         "",
+        *([args.note, ""] if args.note else []),
     ]
     (args.out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))

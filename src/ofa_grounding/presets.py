@@ -86,3 +86,14 @@ register_preset(Preset(
     PreprocessConfig(patch_image_size=128, max_image_size=128),
     description="ours: resnet18-style 3-stage backbone at width 16, d 128, 4 heads, 2+2 layers, 128 px images, "
                 "positions entangled"))
+
+# Ours, a student for distillation (issue 30's `demo-small`): the demo preset's backbone (so that a trained demo
+# model's ResNet can seed it, `train --backbone-from`), d 80, 2+1 layers. Single-query cost is mostly fixed per-op
+# overhead at this size (docs/distillation.md), so fewer layers buy more than a narrower width.
+register_preset(Preset(
+    "mini",
+    OFAConfig(d_model=80, encoder_attention_heads=4, decoder_attention_heads=4, encoder_layers=2, decoder_layers=1,
+              encoder_ffn_dim=320, decoder_ffn_dim=320, resnet_type="resnet18", resnet_width=16,
+              entangle_position_embedding=True),
+    PreprocessConfig(patch_image_size=128, max_image_size=128),
+    description="ours: the demo preset's backbone, d 80, 4 heads, 2+1 layers, 128 px images, positions entangled"))

@@ -229,3 +229,19 @@ def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir:
     assert refused.returncode == 2 and "made for other settings (teacher" in refused.stderr
     with_attention = run("attn", "--teacher-cache", str(cache), "--attn-weight", "1")
     assert with_attention.returncode == 2 and "--attn-weight 0" in with_attention.stderr
+
+
+def test_absent_objects_are_distilled_from_a_live_teacher_only(tiny_model_dir: Path, student_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """--absent-rate with distillation: the live teacher answers the drawn absent descriptions too; a teacher cache
+    (answers to the dataset's own descriptions) cannot, and is refused in one line."""
+    data = tmp_path / "syn"
+    write_synthetic(data, 8, seed=4, size=(96, 96))
+    common = ["--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data), "--max-steps",
+              "1", "--batch-size", "4", "--absent-rate", "0.5"]
+    live = run_cli([*common, "--out", str(tmp_path / "live")], command="distill")
+    assert live.returncode == 0, live.stderr[-2000:]
+    cached = run_cli([*common, "--out", str(tmp_path / "cached"), "--attn-weight", "0", "--teacher-cache",
+                      str(tmp_path / "c.safetensors")], command="distill")
+    assert cached.returncode == 2 and "--absent-rate cannot be used with --teacher-cache" in cached.stderr
+    assert "Traceback" not in cached.stderr

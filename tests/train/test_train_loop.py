@@ -269,3 +269,28 @@ def test_a_run_directory_is_not_overwritten_unasked(tmp_path: Path) -> None:
     fresh = run_cli([*args, "--overwrite"])
     assert fresh.returncode == 0, fresh.stderr
     assert not (out / "best").exists() and (out / "last" / "trainer_state.json").is_file()
+
+
+def test_copy_backbone_takes_the_resnet_and_leaves_the_rest() -> None:
+    """`train --backbone-from`: the source's ResNet (weights and BatchNorm statistics) replaces the fresh one; the
+    projection to the model's own width and everything after it stay; another backbone width is refused."""
+    from conftest import TINY_CONFIG
+    from ofa_grounding.config import OFAConfig
+    from ofa_grounding.model import OFAModel, init_weights
+    from ofa_grounding.train.loop import copy_backbone
+
+    torch.manual_seed(0)
+    source = init_weights(OFAModel(OFAConfig(**TINY_CONFIG)), std=0.2)
+    source.encoder.embed_images.bn1.running_mean.uniform_()
+    narrower = {**TINY_CONFIG, "d_model": 16, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "decoder_layers": 1}
+    model = init_weights(OFAModel(OFAConfig(**narrower)))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "embed_images" not in k}
+    copy_backbone(model, source, "src")
+    for key, value in source.encoder.embed_images.state_dict().items():
+        assert torch.equal(model.encoder.embed_images.state_dict()[key], value), key
+    for key, value in model.state_dict().items():
+        if "embed_images" not in key:
+            assert torch.equal(value, before[key]), key
+    other = OFAModel(OFAConfig(**{**narrower, "resnet_width": 16}))
+    with pytest.raises(ValueError, match="--backbone-from src: its backbone is resnet18 at width 64"):
+        copy_backbone(other, source, "src")

@@ -75,6 +75,8 @@ class TrainConfig:
                                    "absent objects ('not found'); needs make-synthetic's data", metavar="P")
     smooth_bins: bool = _opt(False, "ours: a preset's fresh bin embeddings start as a smooth function of the bin "
                                     "index")
+    backbone_from: str | None = _opt(None, "ours: a preset's fresh ResNet backbone starts as this model's (same "
+                                           "resnet type and width; its BatchNorm statistics too)", metavar="MODEL")
     drop_path: float | None = _opt(None, "encoder/decoder drop-path rate (default: the model's)")
     dropout: float | None = _opt(None, "dropout (default: the model's)")
     bf16: bool = _opt(False, "bfloat16 autocast")

@@ -58,7 +58,7 @@ from .distill import DistillTerm
 from .state import TrainLog, optimizer_state, restore_optimizer
 from .terms import Forward, LossTerm, TaskLoss
 
-__all__ = ["DistillConfig", "TrainConfig", "Trainer", "load_initial_model", "lr_factor", "train"]
+__all__ = ["DistillConfig", "TrainConfig", "Trainer", "copy_backbone", "load_initial_model", "lr_factor", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,17 @@ def train(cfg: TrainConfig, on_update: Callable[[int], None] | None = None) -> d
     """Run (or resume) a training; returns a summary (steps, best validation Acc@0.5, output paths).
     `on_update(step)` is called after every update, once its log row and any checkpoint are written."""
     return Trainer(cfg).run(on_update)
+
+
+def copy_backbone(model: OFAModel, source: OFAModel, source_name: str) -> None:
+    """Copy `source`'s ResNet backbone (weights and BatchNorm statistics) into `model`, in place; the projection to
+    the model's width stays. Raises ValueError when the two backbones differ in type or width."""
+    got = (source.config.resnet_type, source.config.resnet_width)
+    want = (model.config.resnet_type, model.config.resnet_width)
+    if got != want:
+        raise ValueError(f"--backbone-from {source_name}: its backbone is {got[0]} at width {got[1]}, the model's "
+                         f"{want[0]} at width {want[1]}")
+    model.encoder.embed_images.load_state_dict(source.encoder.embed_images.state_dict())
 
 
 def load_initial_model(name: str, device: str | torch.device | None = None) -> LoadedCheckpoint:
@@ -174,6 +185,8 @@ class Trainer:
             model.load_state_dict(state)
         if cfg.smooth_bins and initial.layout == "preset":
             smooth_bin_embeddings(model, self.tokenizer.bin_offset, self.generation.num_bins, seed=cfg.seed)
+        if cfg.backbone_from and initial.layout == "preset" and not cfg.resume:
+            copy_backbone(model, load_initial_model(cfg.backbone_from).model, cfg.backbone_from)
         if cfg.bf16 and self.device.type == "cpu" and not cpu_bf16_supported():
             log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
                         "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
@@ -472,8 +485,9 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--group-by-image must be at least 1, got {cfg.group_by_image}")
     if cfg.batch_size % cfg.group_by_image:
         raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-by-image {cfg.group_by_image}")
-    if cfg.distill is not None and cfg.absent_rate:
-        raise ValueError("--absent-rate cannot be used with distillation (the teacher was not taught absent objects)")
+    if cfg.distill is not None and cfg.distill.teacher_cache and cfg.absent_rate:
+        raise ValueError("--absent-rate cannot be used with --teacher-cache (the cache holds the teacher's answers to "
+                         "the dataset's own descriptions, not to the absent ones drawn during training)")
     if cfg.distill is not None:
         try:
             parse_model_name(cfg.distill.teacher)  # the name only (a path, a bundled model, a hub id); no load
