@@ -294,3 +294,13 @@ def test_copy_backbone_takes_the_resnet_and_leaves_the_rest() -> None:
     other = OFAModel(OFAConfig(**{**narrower, "resnet_width": 16}))
     with pytest.raises(ValueError, match="--backbone-from src: its backbone is resnet18 at width 64"):
         copy_backbone(other, source, "src")
+
+
+def test_backbone_from_refuses_what_it_cannot_copy(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    """--backbone-from names trained weights of the same backbone; anything else is one line, exit 2."""
+    common = ["--model", "preset:mini", "--data", str(data), "--max-steps", "1", "--batch-size", "2"]
+    missing = run_cli([*common, "--out", str(tmp_path / "a"), "--backbone-from", str(tmp_path / "nowhere")])
+    assert missing.returncode == 2 and "--backbone-from" in missing.stderr and "Traceback" not in missing.stderr
+    other = run_cli([*common, "--out", str(tmp_path / "b"), "--backbone-from", str(tiny_model_dir)])
+    assert other.returncode == 2 and "its backbone is resnet18 at width 64" in other.stderr, other.stderr[-800:]
+    assert "Traceback" not in other.stderr

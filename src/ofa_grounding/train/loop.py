@@ -186,7 +186,11 @@ class Trainer:
         if cfg.smooth_bins and initial.layout == "preset":
             smooth_bin_embeddings(model, self.tokenizer.bin_offset, self.generation.num_bins, seed=cfg.seed)
         if cfg.backbone_from and initial.layout == "preset" and not cfg.resume:
-            copy_backbone(model, load_initial_model(cfg.backbone_from).model, cfg.backbone_from)
+            try:  # trained weights only: a preset's random backbone would be no start at all
+                source = load_model(cfg.backbone_from).model
+            except CheckpointError as exc:
+                raise CheckpointError(f"--backbone-from: {exc}") from None
+            copy_backbone(model, source, cfg.backbone_from)
         if cfg.bf16 and self.device.type == "cpu" and not cpu_bf16_supported():
             log.warning("--bf16 on a CPU without bfloat16 units (AVX-512 BF16 or AMX) is emulated: about 7x slower "
                         "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
