@@ -295,3 +295,18 @@ def test_workers_write_what_one_process_does(small_model_dir: Path, collection: 
     out.write_bytes(reference[:len(reference) // 3])  # and a workers run resumes the same way
     assert predict(small_model_dir, src, out, "--workers", "2") == 1
     assert out.read_bytes() == reference
+
+
+@pytest.mark.slow
+def test_torchrun_itself_writes_what_one_process_does(small_model_dir: Path, collection: tuple[Path, bytes],
+                                                      tmp_path: Path) -> None:
+    """The launcher a user types, `torchrun --nproc_per_node 2 -m ofa_grounding.cli predict ...` (here as
+    `python -m torch.distributed.run`, the same entry point): the same bytes as one process."""
+    src, reference = collection
+    out = tmp_path / "torchrun.jsonl"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), "-m", "ofa_grounding.cli"]
+    done = subprocess.run(launcher + command(small_model_dir, src, out)[3:], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]  # 1, as one process: the collection holds bad lines
+    assert out.read_bytes() == reference, done.stderr[-2000:]
