@@ -199,7 +199,7 @@ def main() -> int:
     size = (args.out / "model.safetensors").stat().st_size
     from safetensors import safe_open
 
-    weights = next(args.run_model.glob("*.safetensors"))
+    weights = args.run_model / "model.safetensors"
     with safe_open(str(weights), "pt") as f:
         shipped_step = (f.metadata() or {}).get("step", "?")
 
