@@ -38,7 +38,7 @@ RECIPE=(--data "$BENCH" --max-steps "$STEPS" --batch-size "${BATCH:-32}" --lr "$
 score() {  # name seed model_dir: one results.tsv line per benchmark
   local data
   for data in "$BENCH" "$UNSEEN"; do
-    "$OFA" eval --model "$3" --data "$data" --split test --json --no-progress --device "$DEVICE" --threads 2 \
+    "$OFA" eval --model "$3" --data "$data" --split test --json --no-progress --device "$DEVICE" --threads 1 \
       > "$OUT/$1-s$2-$(basename "$data").eval.json"
     python3 - "$1" "$2" "$OUT/$1-s$2-$(basename "$data").eval.json" "$3" "$(basename "$data")" \
       >> "$OUT/results.tsv" <<'EOF'

@@ -9,6 +9,7 @@ Acc@0.75, mIoU; each seed and the mean +- half the range over seeds), then Acc@0
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import statistics
@@ -41,6 +42,7 @@ def spread(values: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="the experiment's output folder")
+    ap.add_argument("--window", type=int, default=100, help="updates averaged per point of the NLL table (100)")
     args = ap.parse_args()
     table = load(args.out)
     if not table:
@@ -76,7 +78,27 @@ def main() -> int:
                 print(f"| {name} | " + " | ".join(
                     spread([r["breakdowns"]["expression kind"][k]["acc50"] for r in runs.values()]) for k in kinds)
                     + " |")
+    nll_table(args.out, args.window)
     return 0
+
+
+def nll_table(out: Path, window: int) -> None:
+    """The task's NLL per token on the training batches (log.csv's `nll`, mean of `window` updates) at every
+    500th update, per run: how fast each arm learns the task itself."""
+    logs = {d.name: list(csv.DictReader((d / "log.csv").open())) for d in sorted(out.glob("*-s*"))
+            if (d / "log.csv").is_file()}
+    if not logs:
+        return
+    last = max(int(rows[-1]["step"]) for rows in logs.values() if rows)
+    points = list(range(500, last + 1, 500))
+    print(f"\nTask NLL per token on the training batches (mean of the {window} updates up to each step)\n")
+    print("| run | " + " | ".join(f"step {p}" for p in points) + " |")
+    print("| --- | " + " | ".join("---:" for _ in points) + " |")
+    for name, rows in logs.items():
+        by_step = {int(r["step"]): float(r["nll"]) for r in rows if r["nll"]}
+        means = [f"{statistics.mean(by_step[s] for s in range(p - window + 1, p + 1) if s in by_step):.3f}"
+                 if p in by_step else "" for p in points]
+        print(f"| {name} | " + " | ".join(means) + " |")
 
 
 if __name__ == "__main__":
