@@ -72,7 +72,7 @@ def test_models_by_name_in_every_command_that_takes_one(small_reference_dir: Pat
     assert main(["predict", "--model", "demo", image, "the red circle", "--json", "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["width"] == 23
     refusals = {("info", "preset:demo"): "random weights, which only train and distill start from",
-                ("convert", "nonsense", "out", "--to", "hf"): "bundled models: demo; hub ids",
+                ("convert", "nonsense", "out", "--to", "hf"): "bundled models: demo, demo-small; hub ids",
                 ("predict", "--model", "nonsense", image, "x"): "--model: nonsense: no such model",
                 ("predict", "--model", "preset:demo", image, "x"): "for the trained demo model write demo",
                 ("calibrate", "--model", "demo", "--data", image, "--write"): "the bundled demo model is part of"}
