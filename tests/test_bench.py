@@ -114,6 +114,20 @@ def test_every_number_in_the_table_has_a_label() -> None:
     assert lines[at + 1].split()[:2] == ["min", "90.0ms"] and lines[at + 2].split()[:2] == ["max", "200.0ms"]
 
 
+def _fake_workers(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """`bench` with its measuring processes replaced by a fixed row of the requested mode, on 16 stand-in images;
+    returns the list the worker command lines are appended to."""
+    commands: list[list[str]] = []
+
+    def fake_worker(cmd: list[str], env: dict | None = None) -> dict:
+        commands.append(cmd)
+        return {**_row(f"ours {cmd[cmd.index('--worker') + 1]}", 1.0), "torch": "x"}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    monkeypatch.setattr(bench, "image_set", lambda images, tmp: ["a.png"] * 16)
+    return commands
+
+
 def test_few_iterations_are_allowed_with_a_warning(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture) -> None:
     """--iters 1 to 4 run (the heavier scenarios as often, not 3 times), warning that the medians are noisy;
@@ -122,14 +136,7 @@ def test_few_iterations_are_allowed_with_a_warning(tiny_model_dir: Path, monkeyp
     assert {k: n for k, (*_, n) in bench.plan(["a.png"] * 16, 3).items()} == {"single": 3, "five": 3, "batch16": 3}
     assert {k: n for k, (*_, n) in bench.plan(["a.png"] * 16, 10).items()} == {"single": 10, "five": 5,
                                                                                  "batch16": 3}
-    commands = []
-
-    def fake_worker(cmd: list[str], env: dict | None = None) -> dict:
-        commands.append(cmd)
-        return {**_row("ours fp32", 1.0), "torch": "x"}
-
-    monkeypatch.setattr(bench, "run_worker", fake_worker)
-    monkeypatch.setattr(bench, "image_set", lambda images, tmp: ["a.png"] * 16)
+    commands = _fake_workers(monkeypatch)
     assert main(["bench", "--model", str(tiny_model_dir), "--iters", "3", "--precisions", "fp32"]) == 0
     captured = capsys.readouterr()
     assert commands[0][commands[0].index("--iters") + 1] == "3"
@@ -143,14 +150,7 @@ def test_few_iterations_are_allowed_with_a_warning(tiny_model_dir: Path, monkeyp
 
 def test_dtypes_is_a_deprecated_alias_of_precisions(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
-    commands = []
-
-    def fake_worker(cmd: list[str], env: dict | None = None) -> dict:
-        commands.append(cmd)
-        return {**_row("ours bf16", 1.0), "torch": "x"}
-
-    monkeypatch.setattr(bench, "run_worker", fake_worker)
-    monkeypatch.setattr(bench, "image_set", lambda images, tmp: ["a.png"] * 16)
+    commands = _fake_workers(monkeypatch)
     assert main(["bench", "--model", str(tiny_model_dir), "--iters", "5", "--dtypes", "bf16"]) == 0
     assert [c[c.index("--worker") + 1] for c in commands] == ["bf16"]
     assert capsys.readouterr().err.splitlines()[0] == (

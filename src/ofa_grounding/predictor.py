@@ -339,11 +339,14 @@ class Grounder:
         """(3, S, S) normalised pixels of an RGB image, as the model expects them."""
         return image_to_tensor(rgb, self.preprocess.patch_image_size, self.preprocess.mean, self.preprocess.std)
 
+    def _backbone(self, rgb: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One image's backbone output (1, P, d) and its grid (no cache)."""
+        return self.model.image_features(self.image_tensor(rgb).unsqueeze(0))
+
     def image_features(self, rgbs: Sequence[Image.Image]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Backbone output (n, P, d) for each image, and the feature grid; each distinct image once."""
         if len(rgbs) == 1 and self.cache.max_bytes == 0:  # nothing to share: skip hashing the pixels (~1 ms/MP)
-            tokens, grid = self.model.image_features(self.image_tensor(rgbs[0]).unsqueeze(0))
-            return tokens, grid
+            return self._backbone(rgbs[0])
         keys = [FeatureCache.key(rgb) for rgb in rgbs]
         found: dict[bytes, Features] = {}
         for key in keys:
@@ -351,7 +354,7 @@ class Grounder:
                 found[key] = hit
         for key, rgb in zip(keys, rgbs):
             if key not in found:  # one image per backbone pass: peak memory stays one image's activations
-                tokens, grid = self.model.image_features(self.image_tensor(rgb).unsqueeze(0))
+                tokens, grid = self._backbone(rgb)
                 found[key] = (tokens[0], grid)
                 self.cache.put(key, found[key])
         return torch.stack([found[k][0] for k in keys]), found[keys[0]][1]
