@@ -147,10 +147,10 @@ def main() -> int:
         elif not args.no_reference:
             print(f"(no reference: {args.peer_python} is missing; bash ../shared/peer/setup_venv.sh makes it)")
 
-    print(f"\n{'':34} {'seconds':>8} {'ms / description':>16} {'reference / ours':>16} {'same box':>9}")
+    print(f"\n{'':42} {'seconds':>8} {'ms / description':>16} {'reference / ours':>16} {'same box':>9}")
     if reference:
         total = reference["load_s"] + reference["answer_s"]
-        print(f"{'reference, one call a description':34} {total:8.1f} {1000 * total / n:16.1f} {'1.00x':>16} "
+        print(f"{'reference, one call a description':42} {total:8.1f} {1000 * total / n:16.1f} {'1.00x':>16} "
               f"{'':>9}")
     for r in runs:
         ratio = same = ""
@@ -159,7 +159,7 @@ def main() -> int:
             agree = sum(max(abs(a - b) for a, b in zip(mine, theirs)) < 1e-3
                         for mine, theirs in zip(r["boxes"], reference["boxes"]))
             same = f"{agree}/{n}"
-        print(f"{r['name']:34} {r['seconds']:8.1f} {1000 * r['seconds'] / n:16.1f} {ratio:>16} {same:>9}")
+        print(f"{r['name']:42} {r['seconds']:8.1f} {1000 * r['seconds'] / n:16.1f} {ratio:>16} {same:>9}")
     if reference:
         print(f"\n(the reference: {reference['load_s']:.1f} s building its pipeline, {reference['answer_s']:.1f} s "
               "answering; ours: whole processes, model load included)")

@@ -8,11 +8,14 @@ every one it calls invalid refused; no server error; memory flat; /healthz still
 from __future__ import annotations
 
 import base64
+import http.server
 import io
+import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from email import policy
@@ -60,9 +63,51 @@ def base64_images(draw: st.DrawFn) -> str:
     return draw(st.sampled_from([data, f"data:{media_type};base64,{data}"]))
 
 
+# With --allow-urls, `image_url` (format "uri") is fetched: valid ones are the test's own image server's files,
+# so that a valid request is one the server can answer (it is on 127.0.0.1: nothing leaves the machine).
+SERVED = {"shapes.png": "PNG", "small.jpg": "JPEG", "tiny.gif": "GIF", "wide.webp": "WEBP"}
+IMAGE_SERVER: list[str] = []  # the image server's base URL, while one runs
+
+
+def image_urls() -> st.SearchStrategy[str]:
+    return st.builds(lambda name, query: f"{IMAGE_SERVER[0]}/{name}{query}", st.sampled_from(sorted(SERVED)),
+                     st.sampled_from(["", "?v=1", "#frag"]))
+
+
 for _media_type, _kind in IMAGE_TYPES.items():
     schemathesis.openapi.media_type(_media_type, image_files(_kind))
 schemathesis.openapi.format(IMAGE_BASE64_FORMAT, base64_images())
+schemathesis.openapi.format("uri", image_urls())
+
+
+@pytest.fixture
+def image_server(tmp_path: Path):
+    """An HTTP server on 127.0.0.1 serving SERVED's images; yields the list of paths it was asked for."""
+    for name, kind in SERVED.items():
+        size = (640, 480) if name == "shapes.png" else (48, 24) if kind == "WEBP" else (16, 16)
+        image = Image.open(ROOT / "examples" / "shapes.png").convert("RGB").resize(size)
+        image.save(tmp_path / name, format=kind)
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    IMAGE_SERVER[:] = [f"http://127.0.0.1:{server.server_address[1]}"]
+    try:
+        yield requested
+    finally:
+        IMAGE_SERVER.clear()
+        server.shutdown()
 
 
 def _sent_form(request) -> dict | None:
@@ -78,6 +123,17 @@ def _sent_form(request) -> dict | None:
             (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
         form.setdefault(part.get_param("name", header="content-disposition"), []).append(value)
     return {name: values[0] if len(values) == 1 else values for name, values in form.items()}
+
+
+def _unfetchable_url_refused(response) -> bool:
+    """The request gave an `image_url` outside the test's image server and was answered 422 unreadable_image."""
+    try:
+        url = json.loads(response.request.body)["image_url"]
+        code = response.json()["error"]["code"]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return (response.status_code == 422 and code == "unreadable_image" and isinstance(url, str)
+            and not (IMAGE_SERVER and url.startswith(IMAGE_SERVER[0] + "/")))
 
 
 def _rss_mb() -> float | None:
@@ -102,12 +158,17 @@ def fuzz(app, examples: int, seed: int) -> tuple[list[str], Counter]:
 
     @schema.hook
     def filter_failure(ctx, failure, case, response) -> bool:
-        """Drop one false positive of the fuzzer's, only where the request as sent is valid: a negative form
+        """Drop two false positives of the fuzzer's. An `image_url` that is not the test's image server's
+        (schemathesis's coverage phase builds some from the pattern alone, e.g. "http://0"), refused as
+        `unreadable_image` because it cannot be fetched: a schema says what a URL looks like, not that it
+        answers. And, only where the request as sent is valid: a negative form
         whose `text` it made a number or null goes out as the text "0" or "null", which is a description.
         (schemathesis checks the form as sent, but gives up when it has a file part: "Unsupported type:
         'Binary'"; here the file part counts as the file it is.)"""
         import jsonschema_rs
 
+        if failure.title == "Schema-valid request rejected" and _unfetchable_url_refused(response):
+            return False
         if failure.title != "Schema-violating request accepted" or not str(case.media_type).startswith("multipart/"):
             return True
         sent = _sent_form(response.request)
@@ -133,8 +194,11 @@ def fuzz(app, examples: int, seed: int) -> tuple[list[str], Counter]:
 
 
 @pytest.mark.slow
-def test_the_api_holds_to_its_openapi_document_under_fuzzing(small_grounder) -> None:
-    app = create_app(small_grounder, ServeConfig(), model_name="fixture")
+@pytest.mark.parametrize("allow_urls", [False, True], ids=["base64", "allow-urls"])
+def test_the_api_holds_to_its_openapi_document_under_fuzzing(small_grounder, allow_urls: bool, request) -> None:
+    fetched = request.getfixturevalue("image_server") if allow_urls else None
+    # A URL that does not answer (coverage-phase URLs such as "http://10.0.0.0") costs the fetch's timeout.
+    app = create_app(small_grounder, ServeConfig(allow_urls=allow_urls, url_timeout_s=1.0), model_name="fixture")
     access = logging.getLogger("ofa_grounding.serve.access")
     level = access.level
     access.setLevel(logging.WARNING)  # thousands of requests: not one line each
@@ -157,12 +221,15 @@ def test_the_api_holds_to_its_openapi_document_under_fuzzing(small_grounder) -> 
     failures, statuses = failures + more_failures, statuses + more_statuses
     summary = ", ".join(f"{op} {status}: {n}" for (op, status), n in sorted(statuses.items()))
     memory = "" if before is None else f"; RSS {before:.0f} -> {after:.0f} MB, {cached_mb:.1f} MB of it feature cache"
+    urls = "" if fetched is None else f"; {len(fetched)} image_url fetches"
     print(f"\nfuzzed in {seconds:.1f} s (seed {SEED}, {EXAMPLES} examples; before it seed {SEED + 1}, 100): "
-          f"{summary}{memory}", file=sys.stderr)
+          f"{summary}{memory}{urls}", file=sys.stderr)
     assert not failures, f"{len(failures)} failures (seeds {SEED + 1}, {SEED}):\n\n" + "\n\n".join(failures[:10])
     assert not [key for key in statuses if key[1] >= 500], summary
     assert statuses["POST /v1/ground", 200] >= EXAMPLES // 3, summary  # it got past the validation, often
     assert {status for op, status in statuses if op == "POST /v1/ground"} >= {200, 415, 422}, summary
+    if fetched is not None:  # the fuzzer got URLs past the validation and the server fetched them
+        assert len(fetched) >= 10, summary + f"; {len(fetched)} fetches"
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert answered.status_code == 200 and len(answered.json()["results"]) == 1
     if before is not None:

@@ -177,9 +177,24 @@ def test_size_limits_are_413(small_grounder) -> None:
         assert "200x100" in message
 
 
+class _RedirectingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves its folder; /to?URL answers 302 with Location URL."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/to?"):
+            self.send_response(302)
+            self.send_header("Location", self.path[4:])
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def test_image_url_only_when_enabled(small_grounder, tmp_path: Path) -> None:
     (tmp_path / "shapes.png").write_bytes(EXAMPLE.read_bytes())
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    handler = lambda *a, **k: _RedirectingHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/shapes.png"
@@ -190,6 +205,13 @@ def test_image_url_only_when_enabled(small_grounder, tmp_path: Path) -> None:
             _error(c.post("/v1/ground", json={"image_url": url + "-missing", "texts": ["a"]}), 422, "unreadable_image")
             _error(c.post("/v1/ground", json={"image_url": "file:///etc/passwd", "texts": ["a"]}), 422,
                    "bad_image_url")
+            base = url.rsplit("/", 1)[0]
+            moved = c.post("/v1/ground", json={"image_url": f"{base}/to?{url}", "texts": ["the red circle"]})
+            assert moved.status_code == 200 and moved.json()["width"] == 640, moved.text
+            for target in ("file:///etc/passwd", "ftp://127.0.0.1:9/shapes.png"):  # urllib alone follows ftp://
+                message = _error(c.post("/v1/ground", json={"image_url": f"{base}/to?{target}", "texts": ["a"]}),
+                                 422, "unreadable_image")
+                assert "redirect" in message.lower(), message
     finally:
         server.shutdown()
 

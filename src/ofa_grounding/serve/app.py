@@ -27,6 +27,7 @@ import logging
 import sys
 import time
 import typing
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
@@ -79,7 +80,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "unreadable_image": (422, "the image is not one Pillow reads, is damaged, or is not valid base64; or "
                               "`image_url` cannot be fetched"),
     "urls_disabled": (422, "JSON `image_url` without --allow-urls"),
-    "bad_image_url": (422, "`image_url` is not an http:// or https:// URL"),
+    "bad_image_url": (422, "`image_url` is not an http:// or https:// URL with a host"),
     "missing_text": (422, "no description (an empty or blank one is answered, with `\"found\": false`)"),
     "too_many_texts": (422, "more than --max-texts descriptions"),
     "text_too_long": (422, "a description over --max-text-chars characters"),
@@ -240,12 +241,25 @@ def _result_json(r: GroundingResult) -> dict[str, Any]:
     return r.to_dict(alternatives=True, tokens=False, truncated=True)
 
 
+class _HTTPRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) URLs only (urllib's own handler also follows them to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.startswith(("http://", "https://")):
+            raise urllib.error.HTTPError(newurl, code, "a redirect to a URL that is not http(s)", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_URL_OPENER = urllib.request.build_opener(_HTTPRedirectsOnly)
+
+
 def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """GET an http(s) URL, at most `max_bytes` (only called when URL fetching is enabled)."""
-    if not url.startswith(("http://", "https://")):
-        raise APIError(422, "bad_image_url", "image_url must be an http:// or https:// URL")
+    """GET an http(s) URL, at most `max_bytes`, following redirects to http(s) URLs only (only called when URL
+    fetching is enabled)."""
+    if not url.startswith(("http://", "https://")) or url.partition("://")[2][:1] in ("", "/", "?", "#"):
+        raise APIError(422, "bad_image_url", "image_url must be an http:// or https:// URL with a host")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with _URL_OPENER.open(url, timeout=timeout_s) as response:
             data = response.read(max_bytes + 1)
     except Exception as exc:
         raise APIError(422, "unreadable_image", f"image_url: cannot fetch ({str(exc).splitlines()[0]})") from None
@@ -455,7 +469,7 @@ def _ground_body(config: ServeConfig) -> dict[str, Any]:
                                   "text": {**texts, "description": "the same as 'texts' (give one of the two)"}}
     one_of_texts = {"oneOf": [{"required": ["texts"]}, {"required": ["text"]}]}
     if config.allow_urls:
-        properties["image_url"] = {"type": "string", "pattern": "^https?://",
+        properties["image_url"] = {"type": "string", "format": "uri", "pattern": "^https?://[^/?#]",
                                    "description": "an http(s) URL the server fetches, instead of 'image'"}
         required: dict[str, Any] = {"allOf": [one_of_texts, {"oneOf": [{"required": ["image"]},
                                                                        {"required": ["image_url"]}]}]}
