@@ -95,9 +95,9 @@ if [ -z "${STAGE3_FROM:-}" ]; then
   MIX3="$OUT/stage3-data"
   if [ ! -f "$MIX3/train.jsonl" ]; then
     mkdir -p "$MIX3"
-  ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX3/v2-images"
-  ln -sfn "$(cd "$TRAIN1" && pwd)/images" "$MIX3/v1-images"
-  ${PYTHON:-python3} - "$TRAIN2/train.jsonl" "$TRAIN1/train.jsonl" > "$MIX3/train.jsonl" <<'EOF'
+    ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX3/v2-images"
+    ln -sfn "$(cd "$TRAIN1" && pwd)/images" "$MIX3/v1-images"
+    ${PYTHON:-python3} - "$TRAIN2/train.jsonl" "$TRAIN1/train.jsonl" > "$MIX3/train.jsonl" <<'EOF'
 import json, random, sys
 rng, rows = random.Random(0), []
 for path, prefix in ((sys.argv[1], "v2-"), (sys.argv[2], "v1-")):

@@ -28,6 +28,7 @@ import sys
 import time
 import typing
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
@@ -256,7 +257,7 @@ _URL_OPENER = urllib.request.build_opener(_HTTPRedirectsOnly)
 def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
     """GET an http(s) URL, at most `max_bytes`, following redirects to http(s) URLs only (only called when URL
     fetching is enabled)."""
-    if not url.startswith(("http://", "https://")) or url.partition("://")[2][:1] in ("", "/", "?", "#"):
+    if not url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(url).netloc:
         raise APIError(422, "bad_image_url", "image_url must be an http:// or https:// URL with a host")
     try:
         with _URL_OPENER.open(url, timeout=timeout_s) as response:
