@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -438,6 +439,11 @@ class Trainer:
                 self.epoch, self.position = self.epoch + 1, 0
         bar.close()
         self._check_replicas()
+        if self.net is not self.model:
+            # DDP's reducer holds the process group: let it go while the interpreter is whole. A group freed
+            # only at interpreter exit can abort the process (gloo's threads; seen once in CI, SIGABRT on rank 0).
+            self.net = self.model
+            gc.collect()
         ctx.close()
         return {"steps": self.step, "epochs": self.epoch, "out_of_time": out_of_time, "stopped_early": stopped,
                 "best_acc50": self.best["acc50"] if self.val_set is not None else None,
