@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # OFA builds its 1-D bucket tables for this many positions; the log-bucket formula uses it as a
 # constant regardless of `max_position_embeddings`.
 _BUCKET_MAX_POSITION = 1024
+# Rows per block of the FFN at inference over many tokens (_Layer._ffn): the fastest of 128-1024 for d 256.
+FFN_ROWS = 512
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,6 +163,16 @@ class _Layer(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or len(rows) <= 2 * FFN_ROWS:
+            return self._ffn_rows(x)
+        # Inference over many tokens, a block of rows at a time: the (rows, ffn_dim) activations stay in the
+        # CPU's cache between fc1, GELU, the LayerNorm and fc2 instead of going to memory and back (benchmarks/
+        # where_time_goes.py; 7 x 1041 tokens, d 256: GELU and the LayerNorm 2.5x faster). Each row's numbers
+        # are the same.
+        return torch.cat([self._ffn_rows(block) for block in rows.split(FFN_ROWS)]).view_as(x)
+
+    def _ffn_rows(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ffn_layer_norm(F.gelu(self.fc1(self.final_layer_norm(x))))
         return self.fc2(F.dropout(h, self.activation_dropout, self.training))
 
