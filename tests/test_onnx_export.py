@@ -163,3 +163,18 @@ def test_a_model_with_entangled_positions_exports_and_matches_torch(tmp_path: Pa
     disentangled = Grounder.from_pretrained(directory)
     disentangled.model.config.entangle_position_embedding = False
     assert [r.tokens for r in disentangled.predict(EXAMPLE, texts)] != [r.tokens for r in ours]  # positions matter
+
+
+@pytest.mark.slow
+def test_an_export_carries_the_calibration_and_threshold(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The bundled model's grounding.json goes with its graphs: the ONNX run reports the same calibrated
+    confidence as torch, and --min-confidence given with --onnx is applied."""
+    assert main(["export-onnx", "demo", str(tmp_path / "onnx")]) == 0
+    torch_result = Grounder.from_pretrained("demo").predict(EXAMPLE, "the red circle")
+    onnx_result = onnx_grounder(tmp_path / "onnx").predict(EXAMPLE, "the red circle")
+    assert onnx_result.calibrated and torch_result.calibrated
+    assert onnx_result.confidence == pytest.approx(torch_result.confidence, abs=1e-3)
+    capsys.readouterr()
+    assert main(["predict", "--onnx", str(tmp_path / "onnx"), str(EXAMPLE), "the red circle", "--json",
+                 "--min-confidence", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["found"] is False  # nothing is 100 % sure

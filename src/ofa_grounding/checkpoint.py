@@ -302,8 +302,26 @@ def read_calibration(directory: Path) -> Calibration | None:
 
 def write_calibration(directory: Path, calibration: Calibration) -> Path:
     """Store `calibration` in the directory's grounding.json, keeping its other keys; returns the file."""
+    return _write_grounding(directory, {**read_grounding(directory), "calibration": calibration.to_json()})
+
+
+def write_grounding(directory: Path, min_confidence: float | None, calibration: Calibration | None) -> Path | None:
+    """What a model carries besides its weights (its "not found" threshold, its calibration) written to a new
+    copy's grounding.json (`convert`, `export-onnx`), replacing the file; when it has neither, no file (an
+    older one there is removed: it belonged to another model) and None."""
+    data: dict[str, Any] = {}
+    if min_confidence is not None:
+        data["min_confidence"] = min_confidence
+    if calibration is not None:
+        data["calibration"] = calibration.to_json()
+    if not data:
+        (Path(directory) / GROUNDING_FILE).unlink(missing_ok=True)
+        return None
+    return _write_grounding(directory, data)
+
+
+def _write_grounding(directory: Path, data: dict[str, Any]) -> Path:
     path = Path(directory) / GROUNDING_FILE
-    data = {**read_grounding(directory), "calibration": calibration.to_json()}
     partial = path.with_name(path.name + ".partial")
     try:
         partial.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

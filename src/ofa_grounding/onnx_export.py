@@ -117,8 +117,9 @@ def _quiet_known_tracer_warnings() -> Iterator[None]:
 
 
 def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> Path:
-    """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`."""
-    from .checkpoint import save_settings
+    """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`, and
+    the checkpoint's "not found" threshold and calibration, if it has them, to its grounding.json."""
+    from .checkpoint import save_settings, write_grounding
 
     model = ckpt.model.eval()
     cfg = model.config
@@ -184,6 +185,7 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
     meta = {"graphs": list(GRAPHS), "steps": steps, "grid": list(grid), "layers": n, "heads": H, "head_dim": dh,
             "output_ids": output_ids.tolist(), "opset": opset, "parameters": model.num_parameters()}
     (out / "onnx_config.json").write_text(json.dumps(meta))
+    write_grounding(out, ckpt.min_confidence, ckpt.calibration)  # the same model: the same calibration
     return out
 
 
@@ -278,8 +280,12 @@ class OnnxModel:
 
 
 def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: Any) -> Any:
-    """A `Grounder` whose model runs in onnxruntime."""
+    """A `Grounder` whose model runs in onnxruntime. `min_confidence` and `calibration` default to the folder's
+    grounding.json (what the exported model carried), as `Grounder.from_pretrained` does for a model directory."""
+    from .checkpoint import read_calibration, read_min_confidence
     from .predictor import Grounder
 
     model = OnnxModel(directory, threads)
+    kwargs.setdefault("min_confidence", read_min_confidence(Path(directory)))
+    kwargs.setdefault("calibration", read_calibration(Path(directory)))
     return Grounder(model, model.tokenizer, model.preprocess, model.generation, **kwargs)

@@ -107,3 +107,25 @@ def test_train_starts_from_a_bundled_model_or_a_preset(tmp_path: Path, capsys: p
     assert main(["train", "--model", "preset:nope", "--data", str(tmp_path / "syn"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no such preset" in err and "preset:tiny" in err
+
+
+@pytest.mark.slow
+def test_convert_carries_the_calibration_and_threshold(tiny_model_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A converted model gives the same calibrated confidence as its source; a model without grounding.json
+    converted over an earlier copy does not inherit that copy's file."""
+    from ofa_grounding import DEFAULT_MODEL, Grounder
+    from ofa_grounding.checkpoint import GROUNDING_FILE, read_grounding
+
+    out = tmp_path / "demo-hf"
+    assert main(["convert", "demo", str(out), "--to", "hf"]) == 0
+    assert GROUNDING_FILE in capsys.readouterr().out
+    source = read_grounding(DEFAULT_MODEL)
+    assert "calibration" in source  # what the bundled model carries
+    assert read_grounding(out) == {k: source[k] for k in ("min_confidence", "calibration") if k in source}
+    example = Path(__file__).resolve().parents[2] / "examples" / "shapes.png"
+    a = Grounder.from_pretrained("demo").predict(example, "the red circle")
+    b = Grounder.from_pretrained(out).predict(example, "the red circle")
+    assert b.calibrated and b.box == a.box and b.confidence == pytest.approx(a.confidence, abs=1e-9)
+    assert main(["convert", str(tiny_model_dir), str(out), "--to", "hf", "--overwrite"]) == 0
+    assert not (out / GROUNDING_FILE).exists()

@@ -16,6 +16,10 @@ def load_grounder(args: argparse.Namespace) -> Any:
     from ..loader import DEFAULT_MODEL
     from ..predictor import Grounder  # torch import deferred so that --help is instant
 
+    threshold = getattr(args, "min_confidence", None)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UsageError(f"--min-confidence must be in [0, 1], got {threshold}")
+    given = {} if threshold is None else {"min_confidence": threshold}
     if getattr(args, "onnx", None) is not None:
         if args.model is not None:
             raise UsageError("give either --model or --onnx, not both")
@@ -24,7 +28,8 @@ def load_grounder(args: argparse.Namespace) -> Any:
 
         threads = set_threads(args.threads)  # onnxruntime's too
         try:
-            return onnx_grounder(args.onnx, threads=threads, max_pixels=args.max_pixels, batch_size=args.batch_size)
+            return onnx_grounder(args.onnx, threads=threads, max_pixels=args.max_pixels, batch_size=args.batch_size,
+                                 **given)
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(f"--onnx {args.onnx}: not an export-onnx folder ({exc})") from None
     if args.model is None and not DEFAULT_MODEL.is_dir():
@@ -34,15 +39,12 @@ def load_grounder(args: argparse.Namespace) -> Any:
         raise UsageError("--batch-size must be at least 1")
     if args.cache_mb < 0:
         raise UsageError("--cache-mb must not be negative")
-    threshold = getattr(args, "min_confidence", None)
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise UsageError(f"--min-confidence must be in [0, 1], got {threshold}")
     set_threads(args.threads)
     try:
         return Grounder.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
                                         batch_size=args.batch_size, precision=args.precision, cache_mb=args.cache_mb,
                                         cache_dir=args.cache_dir,
-                                        **({} if threshold is None else {"min_confidence": threshold}))
+                                        **given)
     except CheckpointError as exc:
         raise UsageError(f"--model: {exc}") from None
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
