@@ -5,9 +5,9 @@ arithmetic peak: the floor below which fp32 cannot go without computing less.
 
 One `predict_batch` of K descriptions of one image (feature cache off: the backbone runs once, the encoder K
 times), under torch's profiler; each operation goes to a part (matrix products, fused attention,
-convolutions, the rest), with its FLOPs from the recorded shapes and arguments. The peak is a 2048^3 matrix product
-measured in the same run, at the same threads. The last iteration's profile is reported; the wall time is the
-median of `--iters` unprofiled calls. Default model: the fixture OFA-tiny of ../shared/reference (512 px).
+convolutions, the rest), with its FLOPs from the recorded shapes and arguments. The peak is a 2048^3 matrix
+product measured in the same run, at the same threads. The table is one more call, profiled; the wall time is
+the median of `--iters` unprofiled calls. Default model: the fixture OFA-tiny of ../shared/reference (512 px).
 """
 
 from __future__ import annotations
