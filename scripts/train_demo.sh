@@ -33,6 +33,15 @@ stage() {  # stage NAME SAMPLES_PER_STEP STEPS COMMAND...: run it, then log what
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$((per_step * steps))" "$(( $(date +%s) - start ))" "$(uname -n)" "$*" \
     >> "$OUT/stages.tsv"
 }
+wide_stage() {  # wide_stage NAME FROM DATA STEPS THREADS LR WARMUP SEED RESUME [ARGS...]: stages 3-6's training run,
+  # validated on the wide world's val split; ARGS go before --batch-size (e.g. the image side)
+  local name=$1 from=$2 data=$3 steps=$4 threads=$5 lr=$6 warmup=$7 seed=$8 resume=$9; shift 9
+  stage "$name" 32 "$steps" env OMP_NUM_THREADS="$threads" "$OFA" train --model "$from" \
+    --data "$data" --val "$BENCH2" --val-split val --val-limit 600 --out "$OUT/$name" --max-steps "$steps" \
+    "$@" --batch-size 32 --lr "$lr" --warmup-ratio "$warmup" $BF16 --augment flip,jitter --cache-images \
+    --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 --save-every 250 \
+    --seed "$seed" --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} ${resume:+--resume} --no-progress
+}
 [ -f "$OUT/stages.tsv" ] || printf 'stage\tsamples_seen\twall_s\tmachine\tcommand\n' > "$OUT/stages.tsv"
 
 # 0. Data: the benchmark (its val split validates, its test split scores) and a larger training set of the
@@ -110,12 +119,7 @@ rng.shuffle(rows)
 sys.stdout.writelines(rows)
 EOF
   fi
-  stage stage3 32 "$STEPS3" env OMP_NUM_THREADS="${THREADS3:-${THREADS:-2}}" "$OFA" train --model "$STAGE2_FROM" \
-    --data "$MIX3" --val "$BENCH2" --val-split val --val-limit 600 --out "$OUT/stage3" --max-steps "$STEPS3" \
-    --batch-size 32 --lr 5e-4 --warmup-ratio 0.02 $BF16 --augment flip,jitter --cache-images --bin-sigma 12 \
-    --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 --save-every 250 --seed 5 \
-    --device "$DEVICE" \
-    ${MINUTES:+--max-minutes "$MINUTES"} ${RESUME3:+--resume} --no-progress
+  wide_stage stage3 "$STAGE2_FROM" "$MIX3" "$STEPS3" "${THREADS3:-${THREADS:-2}}" 5e-4 0.02 5 "${RESUME3:-}"
   STAGE3_FROM="$OUT/stage3/best"
 fi
 
@@ -144,11 +148,8 @@ sys.stdout.writelines(rows)
 EOF2
 fi
 if [ -z "${STAGE4_FROM:-}" ]; then
-  stage stage4 32 "$STEPS4" env OMP_NUM_THREADS="${THREADS4:-${THREADS:-2}}" "$OFA" train --model "$STAGE3_FROM" \
-    --data "$MIX4" --val "$BENCH2" --val-split val --val-limit 600 --out "$OUT/stage4" --max-steps "$STEPS4" \
-    ${IMAGE4:+--image-size "$IMAGE4"} --batch-size 32 --lr 4e-4 --warmup-ratio 0.02 $BF16 --augment flip,jitter \
-    --cache-images --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 \
-    --save-every 250 --seed 7 --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} ${RESUME4:+--resume} --no-progress
+  wide_stage stage4 "$STAGE3_FROM" "$MIX4" "$STEPS4" "${THREADS4:-${THREADS:-2}}" 4e-4 0.02 7 "${RESUME4:-}" \
+    ${IMAGE4:+--image-size "$IMAGE4"}
   STAGE4_FROM="$OUT/stage4/best"
 fi
 
@@ -157,11 +158,8 @@ fi
 #    3e-4. STAGE5_FROM=DIR skips it; STEPS5 (default 11000) updates; THREADS5 threads (default: THREADS, else 2).
 STEPS5=${STEPS5:-11000}
 if [ -z "${STAGE5_FROM:-}" ]; then
-  stage stage5 32 "$STEPS5" env OMP_NUM_THREADS="${THREADS5:-${THREADS:-2}}" "$OFA" train --model "$STAGE4_FROM" \
-    --data "$MIX4" --val "$BENCH2" --val-split val --val-limit 600 --out "$OUT/stage5" \
-    --max-steps "$STEPS5" --image-size 160 --batch-size 32 --lr 3e-4 --warmup-ratio 0.03 $BF16 --augment flip,jitter \
-    --cache-images --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 \
-    --save-every 250 --seed 11 --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} ${RESUME5:+--resume} --no-progress
+  wide_stage stage5 "$STAGE4_FROM" "$MIX4" "$STEPS5" "${THREADS5:-${THREADS:-2}}" 3e-4 0.03 11 "${RESUME5:-}" \
+    --image-size 160
   STAGE5_FROM="$OUT/stage5/best"
 fi
 
@@ -170,11 +168,8 @@ fi
 #    updates; THREADS6 threads (default: THREADS, else 2).
 STEPS6=${STEPS6:-9000}
 if [ -z "${STAGE6_FROM:-}" ]; then
-  stage stage6 32 "$STEPS6" env OMP_NUM_THREADS="${THREADS6:-${THREADS:-2}}" "$OFA" train --model "$STAGE5_FROM" \
-    --data "$MIX4" --val "$BENCH2" --val-split val --val-limit 600 --out "$OUT/stage6" \
-    --max-steps "$STEPS6" --image-size 160 --batch-size 32 --lr 2e-4 --warmup-ratio 0.02 $BF16 --augment flip,jitter \
-    --cache-images --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 \
-    --save-every 250 --seed 13 --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} ${RESUME6:+--resume} --no-progress
+  wide_stage stage6 "$STAGE5_FROM" "$MIX4" "$STEPS6" "${THREADS6:-${THREADS:-2}}" 2e-4 0.02 13 "${RESUME6:-}" \
+    --image-size 160
   STAGE6_FROM="$OUT/stage6/best"
 fi
 
