@@ -114,6 +114,26 @@ def test_train_with_cell_heads_saves_and_resumes_them(tmp_path: Path) -> None:
 
     assert not any(k.startswith("cells") for k in read_checkpoint(out / "last").model.state_dict())
 
+    # a new stage from this run's weights starts its heads as this run left them (lr 0: nothing moves)
+    heads_at_4 = {k: v for k, v in load_file(str(out / "last" / "trainer_state.safetensors")).items()
+                  if k.startswith("cells.")}
+    stage2 = tmp_path / "stage2"
+    nxt = ["--model", str(out / "last"), "--data", str(data), "--out", str(stage2), "--max-steps", "1",
+           "--batch-size", "4", "--lr", "0", "--image-size", "64", "--attr-weight", "1", "--pointer-weight", "1"]
+    done = run_cli([*nxt, "--heads-from", str(out / "last")])
+    assert done.returncode == 0, done.stderr
+    carried = load_file(str(stage2 / "last" / "trainer_state.safetensors"))
+    assert all(torch.equal(carried[k], v) for k, v in heads_at_4.items())
+    fresh = run_cli([*nxt, "--overwrite"])
+    assert fresh.returncode == 0, fresh.stderr
+    assert not torch.equal(load_file(str(stage2 / "last" / "trainer_state.safetensors"))["cells.attr.weight"],
+                           heads_at_4["cells.attr.weight"])
+    for bad, says in ((["--heads-from", str(data)], "no trainer_state.safetensors"),
+                      (["--heads-from", str(out / "last"), "--attr-weight", "0", "--pointer-weight", "0"],
+                       "needs the heads it starts")):
+        done = run_cli([*nxt, "--overwrite", *bad])
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
 
 @pytest.mark.slow
 def test_cell_heads_refuse_data_without_objects(tmp_path: Path) -> None:

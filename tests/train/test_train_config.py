@@ -38,6 +38,7 @@ def test_every_setting_has_a_flag_and_reaches_the_config() -> None:
               "weight_decay": ("0.2", 0.2), "label_smoothing": ("0.3", 0.3), "clip_norm": ("2", 2.0),
               "bin_sigma": ("12", 12.0), "attr_weight": ("0.5", 0.5), "pointer_weight": ("0.25", 0.25),
               "absent_rate": ("0.1", 0.1), "smooth_bins": (None, True), "backbone_from": ("demo", "demo"),
+              "heads_from": ("r/last", "r/last"),
               "drop_path": ("0.2", 0.2),
               "dropout": ("0.3", 0.3), "bf16": (None, True), "augment": ("flip,jitter", ["flip", "jitter"]),
               "log_every": ("10", 10), "eval_every": ("5", 5), "save_every": ("6", 6), "seed": ("8", 8),

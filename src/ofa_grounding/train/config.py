@@ -77,6 +77,9 @@ class TrainConfig:
                                     "index")
     backbone_from: str | None = _opt(None, "ours: a preset's fresh ResNet backbone starts as this model's (same "
                                            "resnet type and width; its BatchNorm statistics too)", metavar="MODEL")
+    heads_from: str | None = _opt(None, "ours: the training-only heads (--attr-weight, --pointer-weight) start as "
+                                        "this earlier run's (its last/ directory, which keeps them), not afresh; "
+                                        "for a new run that starts from that run's weights", metavar="RUN_LAST")
     drop_path: float | None = _opt(None, "encoder/decoder drop-path rate (default: the model's)")
     dropout: float | None = _opt(None, "dropout (default: the model's)")
     bf16: bool = _opt(False, "bfloat16 autocast")

@@ -130,6 +130,8 @@ class Trainer:
         self._open_data()
         if cfg.attr_weight > 0 or cfg.pointer_weight > 0:  # built after the data: it checks every sample's labels
             self.terms.append(CellTerm(self.model, self.samples, cfg.attr_weight, cfg.pointer_weight, device))
+            if cfg.heads_from and not cfg.resume:
+                self._load_heads(cfg.heads_from)
         if distill is not None and cfg.distill.teacher_cache:
             identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data),
                         "split": str(cfg.split)}
@@ -197,6 +199,24 @@ class Trainer:
                         "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
         self.model = model.to(self.device).train()
 
+    def _load_heads(self, run_last: str) -> None:
+        """--heads-from: the loss terms' own parameters (the cell heads) as an earlier run saved them."""
+        path = Path(run_last) / "trainer_state.safetensors"
+        if not path.is_file():
+            raise ValueError(f"--heads-from {run_last}: no trainer_state.safetensors there (pass a run's last/ "
+                             "directory)")
+        tensors = load_file(str(path))
+        for term in self.terms:
+            if not term.state_tensors():
+                continue
+            prefix = f"{term.name}."
+            own = {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            mine = term.state_tensors()
+            if set(own) != set(mine) or any(own[k].shape != v.shape for k, v in mine.items()):
+                raise ValueError(f"--heads-from {run_last}: its {term.name} heads do not fit this run's (other loss "
+                                 "settings or another model width?)")
+            term.load_state_tensors(own)
+
     def _open_data(self) -> None:
         """The training samples, their dataset (targets, augmentation), the sampler and the schedule's length."""
         cfg = self.cfg
@@ -222,7 +242,7 @@ class Trainer:
         self.params = [*self.model.parameters(), *self.term_params]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                            weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"))
-        warmup, floor = int(cfg.warmup_ratio * self.total), cfg.min_lr / cfg.lr
+        warmup, floor = int(cfg.warmup_ratio * self.total), (cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: floor + (1 - floor) * lr_factor(s, self.total, warmup))
 
@@ -489,6 +509,12 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Contradictions among the settings, found before anything is loaded."""
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other")
+    if cfg.heads_from and not (cfg.attr_weight > 0 or cfg.pointer_weight > 0):
+        raise ValueError("--heads-from needs the heads it starts: --attr-weight or --pointer-weight above 0")
+    if cfg.heads_from and cfg.resume:
+        raise ValueError("--heads-from starts a new run; --resume continues one with its own heads")
+    if not 0 <= cfg.min_lr <= cfg.lr:
+        raise ValueError(f"--lr {cfg.lr} and --min-lr {cfg.min_lr}: need 0 <= --min-lr <= --lr")
     if cfg.log_every < 1:
         raise ValueError(f"--log-every must be at least 1, got {cfg.log_every}")
     if cfg.group_by_image < 1:
