@@ -174,6 +174,7 @@ def test_an_export_carries_the_calibration_and_threshold(tmp_path: Path, capsys:
     onnx_result = onnx_grounder(tmp_path / "onnx").predict(EXAMPLE, "the red circle")
     assert onnx_result.calibrated and torch_result.calibrated
     assert onnx_result.confidence == pytest.approx(torch_result.confidence, abs=1e-3)
+    assert (tmp_path / "onnx" / "README.md").read_text(encoding="utf-8") == Grounder.from_pretrained("demo").card
     capsys.readouterr()
     assert main(["predict", "--onnx", str(tmp_path / "onnx"), str(EXAMPLE), "the red circle", "--json",
                  "--min-confidence", "1"]) == 0

@@ -271,6 +271,17 @@ def read_card(directory: Path) -> str | None:
         return f.read(MAX_CARD_BYTES).decode("utf-8", errors="replace")
 
 
+def write_card(directory: Path, card: str | None) -> Path | None:
+    """A model's card written to a new copy's README.md (`convert`, `export-onnx`); without a card, none (an
+    older README.md there is removed: it described another model) and None."""
+    path = Path(directory) / "README.md"
+    if card is None:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(card, encoding="utf-8")
+    return path
+
+
 GROUNDING_FILE = "grounding.json"  # ours, beside the model's files; ModelScope ignores it
 
 

@@ -119,7 +119,7 @@ def _quiet_known_tracer_warnings() -> Iterator[None]:
 def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> Path:
     """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`, and
     the checkpoint's "not found" threshold and calibration, if it has them, to its grounding.json."""
-    from .checkpoint import save_settings, write_grounding
+    from .checkpoint import save_settings, write_card, write_grounding
 
     model = ckpt.model.eval()
     cfg = model.config
@@ -186,6 +186,7 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
             "output_ids": output_ids.tolist(), "opset": opset, "parameters": model.num_parameters()}
     (out / "onnx_config.json").write_text(json.dumps(meta))
     write_grounding(out, ckpt.min_confidence, ckpt.calibration)  # the same model: the same calibration
+    write_card(out, ckpt.card)
     return out
 
 

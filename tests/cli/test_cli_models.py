@@ -112,8 +112,8 @@ def test_train_starts_from_a_bundled_model_or_a_preset(tmp_path: Path, capsys: p
 @pytest.mark.slow
 def test_convert_carries_the_calibration_and_threshold(tiny_model_dir: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
-    """A converted model gives the same calibrated confidence as its source; a model without grounding.json
-    converted over an earlier copy does not inherit that copy's file."""
+    """A converted model gives the same calibrated confidence as its source and keeps its model card; a model
+    without grounding.json or a card converted over an earlier copy does not inherit that copy's files."""
     from ofa_grounding import DEFAULT_MODEL, Grounder
     from ofa_grounding.checkpoint import GROUNDING_FILE, read_grounding
 
@@ -127,5 +127,7 @@ def test_convert_carries_the_calibration_and_threshold(tiny_model_dir: Path, tmp
     a = Grounder.from_pretrained("demo").predict(example, "the red circle")
     b = Grounder.from_pretrained(out).predict(example, "the red circle")
     assert b.calibrated and b.box == a.box and b.confidence == pytest.approx(a.confidence, abs=1e-9)
+    assert (out / "README.md").read_text(encoding="utf-8") == (DEFAULT_MODEL / "README.md").read_text(encoding="utf-8")
+    assert Grounder.from_pretrained(out).card.startswith("#")  # the card goes with the weights (info, web page)
     assert main(["convert", str(tiny_model_dir), str(out), "--to", "hf", "--overwrite"]) == 0
-    assert not (out / GROUNDING_FILE).exists()
+    assert not (out / GROUNDING_FILE).exists() and not (out / "README.md").exists()

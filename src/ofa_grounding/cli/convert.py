@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import save_checkpoint, write_grounding
+    from ..checkpoint import save_checkpoint, write_card, write_grounding
 
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:  # before the load
         raise UsageError(f"{args.dst} exists and is not empty (use --overwrite to replace it)")
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
                     dtype=torch.float16 if args.dtype == "fp16" else None,
                     metadata={"source": str(args.src), "converted_by": f"ofa-grounding {__version__}"})
     carried = write_grounding(args.dst, ckpt.min_confidence, ckpt.calibration)
+    card = write_card(args.dst, ckpt.card)
     print(f"{args.src} ({ckpt.layout}) -> {args.dst} ({args.to}, {args.dtype})"
-          + (f"; its calibration and threshold in {carried.name}" if carried else ""))
+          + (f"; its calibration and threshold in {carried.name}" if carried else "")
+          + (f"; its model card in {card.name}" if card else ""))
     return EXIT_OK
