@@ -61,7 +61,7 @@ def _open_bytes(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             _check_pixels(image.size, max_pixels, name)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # not a copy of every image without EXIF rotation
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -129,7 +129,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
         array = np.asarray(image, dtype=np.uint32) >> 8
         image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # RGB: the same pixels, without a copy
 
 
 def resize_square(image: Image.Image, size: int) -> Image.Image:
