@@ -61,6 +61,23 @@ def fitted(train: list[dict], test: list[dict], names: list[str]) -> list[float]
     return list(1 / (1 + np.exp(-(np.c_[np.ones(len(xt)), xt] @ w))))
 
 
+def report(val: list[dict], test: list[dict], extras: dict[str, list[str]]) -> None:
+    """A table row per feature set: the calibration's features plus `extras[label]`, fitted per kind of
+    answer on `val`, scored on `test` (AUROC; shares of right and wrong answers at >= 0.5)."""
+    print("| features | test AUROC | right answers at >= 0.5 | wrong answers at >= 0.5 |\n| --- | ---: | ---: | ---: |")
+    for label, extra in extras.items():
+        probs, labels = [], []
+        for not_found, names in ((False, BOX_FEATURES), (True, NOT_FOUND_FEATURES)):
+            train = [r for r in val if r["not_found"] == not_found]
+            held = [r for r in test if r["not_found"] == not_found]
+            probs += fitted(train, held, [*names, *extra])
+            labels += [r["right"] for r in held]
+        right = np.array([p for p, y in zip(probs, labels) if y])
+        wrong = np.array([p for p, y in zip(probs, labels) if not y])
+        print(f"| {label} | {auroc(list(right), list(wrong)):.4f} | {np.mean(right >= 0.5):.1%} | "
+              f"{np.mean(wrong >= 0.5):.1%} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo")
@@ -71,19 +88,8 @@ def main() -> int:
     val, test = answers(grounder, args.data, "val"), answers(grounder, args.data, "test")
     print(f"{args.model} on {args.data}: fitted on val ({len(val)} answers), scored on test ({len(test)} answers, "
           f"{sum(r['right'] for r in test)} right)\n")
-    print("| features | test AUROC |\n| --- | ---: |")
-    extras = {"the calibration's": [], "+ token log-probs min, max, spread": ["lp_min", "lp_max", "lp_std"],
-              "+ each token's log-prob": ["lp0", "lp1", "lp2", "lp3", "lp_end"]}
-    for label, extra in extras.items():
-        probs, labels = [], []
-        for not_found, names in ((False, BOX_FEATURES), (True, NOT_FOUND_FEATURES)):
-            train = [r for r in val if r["not_found"] == not_found]
-            held = [r for r in test if r["not_found"] == not_found]
-            probs += fitted(train, held, [*names, *extra])
-            labels += [r["right"] for r in held]
-        right = [p for p, y in zip(probs, labels) if y]
-        wrong = [p for p, y in zip(probs, labels) if not y]
-        print(f"| {label} | {auroc(right, wrong):.4f} |")
+    report(val, test, {"the calibration's": [], "+ token log-probs min, max, spread": ["lp_min", "lp_max", "lp_std"],
+                       "+ each token's log-prob": ["lp0", "lp1", "lp2", "lp3", "lp_end"]})
     return 0
 
 

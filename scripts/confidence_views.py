@@ -18,12 +18,12 @@ import dataclasses
 import re
 import time
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from confidence_features import report  # this folder's: the same fit and table
 from ofa_grounding import Grounder
-from ofa_grounding.calibration import BOX_FEATURES, L2, NOT_FOUND_FEATURES, _newton, answered_not_found, auroc, features
+from ofa_grounding.calibration import answered_not_found, features
 from ofa_grounding.data import open_dataset
 from ofa_grounding.metrics import box_iou, is_hit
 
@@ -66,14 +66,6 @@ def answers(native: Grounder, larger: Grounder, data: str, split: str) -> list[d
     return rows
 
 
-def fitted(train: list[dict], test: list[dict], names: list[str]) -> list[float]:
-    x = np.array([[r[n] for n in names] for r in train])
-    mean, std = x.mean(0), x.std(0) + 1e-9
-    w = _newton(np.c_[np.ones(len(x)), (x - mean) / std], np.array([r["right"] for r in train], float), L2)
-    xt = (np.array([[r[n] for n in names] for r in test]) - mean) / std
-    return list(1 / (1 + np.exp(-(np.c_[np.ones(len(xt)), xt] @ w))))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo")
@@ -90,20 +82,8 @@ def main() -> int:
     val, test = answers(native, larger, args.data, "val"), answers(native, larger, args.data, "test")
     print(f"{args.model} on {args.data} (second view at {side} px; {time.time() - start:.0f} s): fitted on val "
           f"({len(val)} answers), scored on test ({len(test)} answers, {sum(r['right'] for r in test)} right)\n")
-    print("| features | test AUROC | right answers at >= 0.5 | wrong answers at >= 0.5 |\n| --- | ---: | ---: | ---: |")
-    extras = {"the calibration's": [], "+ agreement with the larger view": ["scale_agree"],
-              "+ agreement with the mirrored view": ["flip_agree"], "+ both": ["scale_agree", "flip_agree"]}
-    for label, extra in extras.items():
-        probs, labels = [], []
-        for not_found, names in ((False, BOX_FEATURES), (True, NOT_FOUND_FEATURES)):
-            train = [r for r in val if r["not_found"] == not_found]
-            held = [r for r in test if r["not_found"] == not_found]
-            probs += fitted(train, held, [*names, *extra])
-            labels += [r["right"] for r in held]
-        right = [p for p, y in zip(probs, labels) if y]
-        wrong = [p for p, y in zip(probs, labels) if not y]
-        print(f"| {label} | {auroc(right, wrong):.4f} | {np.mean(np.array(right) >= 0.5):.1%} | "
-              f"{np.mean(np.array(wrong) >= 0.5):.1%} |")
+    report(val, test, {"the calibration's": [], "+ agreement with the larger view": ["scale_agree"],
+                       "+ agreement with the mirrored view": ["flip_agree"], "+ both": ["scale_agree", "flip_agree"]})
     return 0
 
 

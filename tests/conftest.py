@@ -7,10 +7,17 @@ use `reference_dir` & co., and they must be marked `@pytest.mark.reference` (che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -39,6 +46,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(args: list[str], log: IO[str], ready: Callable[[int], object],
+           timeout_s: float = 180) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`ofa-ground serve ARGS --port P` in a subprocess, its output to `log`: yields (process, P) once
+    `ready(P)` returns without an OSError, and stops the server with SIGINT (then kill) on the way out."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ofa_grounding.cli", "serve", *args, "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ready(port)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise AssertionError(f"the server did not answer in {timeout_s:.0f} s: "
+                                         f"{log.read()[-4000:]}") from None
+                time.sleep(0.3)
+        yield proc, port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def reference_dirs() -> list[Path]:

@@ -47,34 +47,19 @@ def test_server_settings_reach_the_app_typed(small_model_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_serve_with_workers_end_to_end(small_model_dir: Path) -> None:
+def test_serve_with_workers_end_to_end(small_model_dir: Path, tmp_path: Path) -> None:
     """`serve --workers 2`: both processes load the model from the settings they were handed and answer."""
     import json
-    import signal
-    import subprocess
-    import time
     import urllib.request
 
-    from conftest import free_port
+    from conftest import served
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ofa_grounding.cli", "serve", "--model", str(small_model_dir),
-                             "--workers", "2", "--threads", "1", "--port", str(port), "--max-texts", "7"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, model = time.monotonic() + 180, None
-        while model is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=5) as response:
-                    model = json.loads(response.read())
-            except OSError:
-                time.sleep(0.5)
-        assert model is not None, proc.stderr.read() if proc.poll() is not None else "no answer in 180 s"
-        assert model["limits"]["max_texts"] == 7 and model["name"] == str(small_model_dir)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def model_info(port: int) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=5) as response:
+            return json.loads(response.read())
+
+    with (tmp_path / "server.log").open("w+") as log, \
+            served(["--model", str(small_model_dir), "--workers", "2", "--threads", "1", "--max-texts", "7"], log,
+                   model_info) as (_, port):
+        model = model_info(port)
+    assert model["limits"]["max_texts"] == 7 and model["name"] == str(small_model_dir)

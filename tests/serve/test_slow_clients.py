@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import served
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "shapes.png"
@@ -125,62 +123,47 @@ def _trickle(port: int, body: bytes, ctype: str, seconds: float) -> bytes:
 @pytest.mark.slow
 def test_cut_off_uploads_and_slow_clients_neither_leak_nor_wedge_the_server(small_model_dir: Path,
                                                                              tmp_path: Path) -> None:
-    port, log = free_port(), (tmp_path / "server.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "ofa_grounding.cli", "serve", "--model", str(small_model_dir),
-                             "--port", str(port), "--threads", "1", "--body-timeout-s", str(BODY_TIMEOUT_S)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    log = (tmp_path / "server.log").open("w+")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                _health(port)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.seek(0) or log.read()
-                time.sleep(0.3)
-        for _ in range(5):  # warm up: buffers, codecs, thread pools
-            assert _ground(port, ["the red circle"])[0] == 200
-        rss = [_rss_mb(proc.pid)]
-        image = EXAMPLE.read_bytes()
-        body, ctype = _multipart(["the red circle", "the blue square"], image)
-        big, _ = _multipart(["the red circle"], image * 400)  # ~1 MB (under the 10 MB limit)
-        for _ in range(ROUNDS):
-            # 1. Uploads of ~1 MB cut off at every stage of the body, 60 of them, 8 at a time.
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda i: _cut_off_upload(port, big, ctype, (i % 10) / 10), range(60)))
-            # 2. Complete requests whose clients leave before the answer: the model may still run them, for nobody.
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda _: _abandoned_request(port, body, ctype), range(24)))
-            _wait_idle(port)
+        with served(["--model", str(small_model_dir), "--threads", "1", "--body-timeout-s", str(BODY_TIMEOUT_S)],
+                    log, _health) as (proc, port):
+            for _ in range(5):  # warm up: buffers, codecs, thread pools
+                assert _ground(port, ["the red circle"])[0] == 200
+            rss = [_rss_mb(proc.pid)]
+            image = EXAMPLE.read_bytes()
+            body, ctype = _multipart(["the red circle", "the blue square"], image)
+            big, _ = _multipart(["the red circle"], image * 400)  # ~1 MB (under the 10 MB limit)
+            for _ in range(ROUNDS):
+                # 1. Uploads of ~1 MB cut off at every stage of the body, 60 of them, 8 at a time.
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda i: _cut_off_upload(port, big, ctype, (i % 10) / 10), range(60)))
+                # 2. Complete requests whose clients leave before the answer: the model may still run them, for nobody.
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda _: _abandoned_request(port, body, ctype), range(24)))
+                _wait_idle(port)
+                rss.append(_rss_mb(proc.pid))
+            # 3. While slow clients trickle their bodies and one request line never ends, normal requests are
+            # answered promptly; the slow ones are cut off with 408 after --body-timeout-s.
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as never_ends, ThreadPoolExecutor(4) as pool:
+                never_ends.sendall(b"POST /v1/ground HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+                slow = [pool.submit(_trickle, port, body, ctype, 4 * BODY_TIMEOUT_S + 10) for _ in range(3)]
+                time.sleep(0.5)
+                answered = [_ground(port, ["the red circle"]) for _ in range(5)]
+                trickled = [f.result() for f in slow]
             rss.append(_rss_mb(proc.pid))
-        # 3. While slow clients trickle their bodies and one request line never ends, normal requests are
-        # answered promptly; the slow ones are cut off with 408 after --body-timeout-s.
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as never_ends, ThreadPoolExecutor(4) as pool:
-            never_ends.sendall(b"POST /v1/ground HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
-            slow = [pool.submit(_trickle, port, body, ctype, 4 * BODY_TIMEOUT_S + 10) for _ in range(3)]
-            time.sleep(0.5)
-            answered = [_ground(port, ["the red circle"]) for _ in range(5)]
-            trickled = [f.result() for f in slow]
-        rss.append(_rss_mb(proc.pid))
 
-        assert all(status == 200 and seconds < PROMPT_S for status, _, seconds in answered), answered
-        for answer in trickled:
-            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-            assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
-        health = _health(port)
-        assert health["status"] == "ok" and health["queued"] == 0, health
-        status, result, seconds = _ground(port, ["the blue square", "the green triangle"])
-        assert status == 200 and len(result["results"]) == 2 and seconds < PROMPT_S
-        if rss[0] is not None:
-            assert rss[ROUNDS] - rss[ROUNDS - 1] < RSS_LAST_ROUND_MB and rss[-1] - rss[0] < RSS_TOTAL_MB, \
-                f"server RSS (MB): {rss[0]:.0f} before, {', '.join(f'{r:.0f}' for r in rss[1:])} after each round"
+            assert all(status == 200 and seconds < PROMPT_S for status, _, seconds in answered), answered
+            for answer in trickled:
+                assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+                assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+            health = _health(port)
+            assert health["status"] == "ok" and health["queued"] == 0, health
+            status, result, seconds = _ground(port, ["the blue square", "the green triangle"])
+            assert status == 200 and len(result["results"]) == 2 and seconds < PROMPT_S
+            if rss[0] is not None:
+                assert rss[ROUNDS] - rss[ROUNDS - 1] < RSS_LAST_ROUND_MB and rss[-1] - rss[0] < RSS_TOTAL_MB, \
+                    f"server RSS (MB): {rss[0]:.0f} before, {', '.join(f'{r:.0f}' for r in rss[1:])} after each round"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         log.seek(0)
         output = log.read()
         log.close()
