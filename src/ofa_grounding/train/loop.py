@@ -200,14 +200,14 @@ class Trainer:
         self.model = model.to(self.device).train()
 
     def _load_heads(self, run_last: str) -> None:
-        """--heads-from: the loss terms' own parameters (the cell heads) as an earlier run saved them."""
+        """--heads-from: the cell heads as an earlier run saved them (a distiller's projections start afresh)."""
         path = Path(run_last) / "trainer_state.safetensors"
         if not path.is_file():
             raise ValueError(f"--heads-from {run_last}: no trainer_state.safetensors there (pass a run's last/ "
                              "directory)")
         tensors = load_file(str(path))
         for term in self.terms:
-            if not term.state_tensors():
+            if not isinstance(term, CellTerm):
                 continue
             prefix = f"{term.name}."
             own = {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
