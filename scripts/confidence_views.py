@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import time
 
 import torch
@@ -26,15 +25,7 @@ from ofa_grounding import Grounder
 from ofa_grounding.calibration import answered_not_found, features
 from ofa_grounding.data import open_dataset
 from ofa_grounding.metrics import box_iou, is_hit
-
-_LEFT_RIGHT = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
-
-
-def mirrored_text(text: str) -> str:
-    def swap(m: re.Match) -> str:
-        word = _LEFT_RIGHT[m.group(0).lower()]
-        return word.upper() if m.group(0).isupper() else word.capitalize() if m.group(0)[0].isupper() else word
-    return re.sub(r"\b(left|right|leftmost|rightmost)\b", swap, text, flags=re.IGNORECASE)
+from ofa_grounding.train.data import mirror_text
 
 
 def agreement(a, b) -> float:
@@ -55,7 +46,7 @@ def answers(native: Grounder, larger: Grounder, data: str, split: str) -> list[d
         texts = [s.text for s in samples]
         first = native.predict(image, texts)
         big = larger.predict(image, texts)
-        flipped = native.predict(mirror, [mirrored_text(t) for t in texts])
+        flipped = native.predict(mirror, [mirror_text(t) for t in texts])
         w = image.width
         for s, a, b, f in zip(samples, first, big, flipped):
             f = dataclasses.replace(f, box=(w - f.box[2], f.box[1], w - f.box[0], f.box[3]))

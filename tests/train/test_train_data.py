@@ -12,7 +12,7 @@ from ofa_grounding.data import Sample
 from ofa_grounding.synthetic import write_synthetic
 from ofa_grounding.tokenizer import OFATokenizer
 from ofa_grounding.train.cells import cell_labels
-from ofa_grounding.train.data import GroundingTrainSet, ShardedShuffleSampler, collate
+from ofa_grounding.train.data import GroundingTrainSet, ShardedShuffleSampler, collate, mirror_text
 
 
 def test_sampler_gives_disjoint_deterministic_shares() -> None:
@@ -24,6 +24,13 @@ def test_sampler_gives_disjoint_deterministic_shares() -> None:
     assert list(a) != list(ShardedShuffleSampler(10, seed=3, rank=0, world_size=2))
     a.set_epoch(1, start=2)
     assert list(a) == a.indices()[2:] and len(a) == 3
+
+
+def test_mirror_text_swaps_left_and_right_in_any_case() -> None:
+    assert mirror_text("the circle left of the square") == "the circle right of the square"
+    assert mirror_text("THE LEFTMOST STAR, RIGHT?") == "THE RIGHTMOST STAR, LEFT?"
+    assert mirror_text("Rightmost circle") == "Leftmost circle"
+    assert mirror_text("the bright star on the leftward side") == "the bright star on the leftward side"
 
 
 @pytest.mark.slow

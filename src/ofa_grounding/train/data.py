@@ -26,15 +26,19 @@ from ..image import NULL_BOX_BINS, box_to_bins, load_image, resize_ratios, resiz
 from ..synthetic import absent_expressions
 from ..tokenizer import BOS, PAD, OFATokenizer, pad_ids
 
-__all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "AUGMENTATIONS"]
+__all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "mirror_text", "AUGMENTATIONS"]
 
 AUGMENTATIONS = ("flip", "jitter")
 _LEFT_RIGHT = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
 
 
-def _flip_text(text: str) -> str:
-    """Mirror the words a horizontal flip changes the meaning of (left <-> right)."""
-    return re.sub(r"\b(left|right|leftmost|rightmost)\b", lambda m: _LEFT_RIGHT[m.group(1)], text)
+def mirror_text(text: str) -> str:
+    """Mirror the words a horizontal flip changes the meaning of (left <-> right), in any case, keeping it:
+    "LEFT" -> "RIGHT", "Leftmost" -> "Rightmost" (make-synthetic writes such phrasings)."""
+    def swap(m: re.Match) -> str:
+        word, said = _LEFT_RIGHT[m.group(0).lower()], m.group(0)
+        return word.upper() if said.isupper() else word.capitalize() if said[0].isupper() else word
+    return re.sub(r"\b(left|right|leftmost|rightmost)\b", swap, text, flags=re.IGNORECASE)
 
 
 @dataclass
@@ -125,7 +129,7 @@ class GroundingTrainSet(torch.utils.data.Dataset):
             w = size_wh[0]
             if box is not None:
                 box = (w - box[2], box[1], w - box[0], box[3])
-            text = _flip_text(text)
+            text = mirror_text(text)
         if jitter is not None:
             image = Image.fromarray(np.ascontiguousarray(pixels))
             image = ImageEnhance.Brightness(image).enhance(jitter.uniform(0.85, 1.15))
