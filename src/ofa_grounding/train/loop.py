@@ -129,9 +129,10 @@ class Trainer:
 
         self._open_data()
         if cfg.attr_weight > 0 or cfg.pointer_weight > 0:  # built after the data: it checks every sample's labels
-            self.terms.append(CellTerm(self.model, self.samples, cfg.attr_weight, cfg.pointer_weight, device))
-            if cfg.heads_from and not cfg.resume:
-                self._load_heads(cfg.heads_from)
+            cells = CellTerm(self.model, self.samples, cfg.attr_weight, cfg.pointer_weight, device)
+            self.terms.append(cells)
+            if cfg.heads_from:  # a new run only (_check_settings)
+                self._load_heads(cells, cfg.heads_from)
         if distill is not None and cfg.distill.teacher_cache:
             identity = {"teacher": str(Path(cfg.distill.teacher).resolve()), "data": str(cfg.data),
                         "split": str(cfg.split)}
@@ -199,23 +200,17 @@ class Trainer:
                         "than fp32 (measured on an AVX2 CPU); leave --bf16 out here")
         self.model = model.to(self.device).train()
 
-    def _load_heads(self, run_last: str) -> None:
+    def _load_heads(self, cells: CellTerm, run_last: str) -> None:
         """--heads-from: the cell heads as an earlier run saved them (a distiller's projections start afresh)."""
         path = Path(run_last) / "trainer_state.safetensors"
         if not path.is_file():
             raise ValueError(f"--heads-from {run_last}: no trainer_state.safetensors there (pass a run's last/ "
                              "directory)")
-        tensors = load_file(str(path))
-        for term in self.terms:
-            if not isinstance(term, CellTerm):
-                continue
-            prefix = f"{term.name}."
-            own = {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
-            mine = term.state_tensors()
-            if set(own) != set(mine) or any(own[k].shape != v.shape for k, v in mine.items()):
-                raise ValueError(f"--heads-from {run_last}: its {term.name} heads do not fit this run's (other loss "
-                                 "settings or another model width?)")
-            term.load_state_tensors(own)
+        own, mine = _term_tensors(load_file(str(path)), cells, self.device), cells.state_tensors()
+        if set(own) != set(mine) or any(own[k].shape != v.shape for k, v in mine.items()):
+            raise ValueError(f"--heads-from {run_last}: its {cells.name} heads do not fit this run's (other loss "
+                             "settings or another model width?)")
+        cells.load_state_tensors(own)
 
     def _open_data(self) -> None:
         """The training samples, their dataset (targets, augmentation), the sampler and the schedule's length."""
@@ -303,8 +298,7 @@ class Trainer:
         tensors = load_file(str(self.last_dir / "trainer_state.safetensors"))
         restore_optimizer(self.optimizer, tensors, state["optimizer"])
         for term in self.terms:
-            prefix = f"{term.name}."
-            own = {k[len(prefix):]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            own = _term_tensors(tensors, term, self.device)
             if term.state_tensors() and not own:
                 raise ValueError(f"--resume: the run's trainer state has no {term.name} parameters (was it started "
                                  "with other loss settings?)")
@@ -503,6 +497,12 @@ def validation_line(step: int, total: int, summary: dict[str, Any], best: bool) 
         absent = summary["absent"]
         line += f"; absent objects answered not found {100 * absent['not_found']:.1f} % of {absent['count']}"
     return line + ("), best so far" if best else ")")
+
+
+def _term_tensors(tensors: dict[str, torch.Tensor], term: LossTerm, device: torch.device) -> dict[str, torch.Tensor]:
+    """A loss term's own tensors in a saved trainer state (stored under f"{term.name}."), on `device`."""
+    prefix = f"{term.name}."
+    return {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _check_settings(cfg: TrainConfig) -> None:
