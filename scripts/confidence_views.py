@@ -18,7 +18,7 @@ import dataclasses
 import time
 
 import torch
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from confidence_features import report  # this folder's: the same fit and table
 from ofa_grounding import Grounder
@@ -41,7 +41,7 @@ def answers(native: Grounder, larger: Grounder, data: str, split: str) -> list[d
         by_image.setdefault(str(s.image), []).append(s)
     rows = []
     for path, samples in by_image.items():
-        image = Image.open(path).convert("RGB")
+        image = native.load_image(path)  # as predict reads it (EXIF orientation, RGB)
         mirror = ImageOps.mirror(image)
         texts = [s.text for s in samples]
         first = native.predict(image, texts)

@@ -24,28 +24,24 @@ TEACHER=${TEACHER:-demo}
 mkdir -p "$OUT"
 [ -n "${SKIP1:-}" ] || bash "$(dirname "$0")/distill_experiment.sh" demo "$OUT/experiment"
 
-if [ -z "${SKIP2:-}" ]; then
-  START=$(date +%s)
-  RESUME=(); [ -d "$OUT/stage2/last" ] && RESUME=(--resume)
-  env OMP_NUM_THREADS="${THREADS2:-1}" "$OFA" distill --teacher "$TEACHER" --student "$OUT/experiment/distilled-s1/last" \
-    --data "$MIX" --val "$BENCH2" --val-split val --val-limit 300 --out "$OUT/stage2" --max-steps "$STEPS2" \
-    --batch-size 32 --lr 5e-4 --min-lr 0 --warmup-ratio 0.02 --dropout 0 --augment flip,jitter --cache-images \
+distill_stage() {  # distill_stage NAME STUDENT STEPS THREADS LR SEED MINUTES [ARGS...]: stages 2 and 3's run from
+  # STUDENT, resumed when NAME/last exists; ARGS go before --resume (e.g. --heads-from)
+  local name=$1 student=$2 steps=$3 threads=$4 lr=$5 seed=$6 minutes=$7; shift 7
+  local start resume=(); start=$(date +%s)
+  [ -d "$OUT/$name/last" ] && resume=(--resume)
+  env OMP_NUM_THREADS="$threads" "$OFA" distill --teacher "$TEACHER" --student "$student" \
+    --data "$MIX" --val "$BENCH2" --val-split val --val-limit 300 --out "$OUT/$name" --max-steps "$steps" \
+    --batch-size 32 --lr "$lr" --min-lr 0 --warmup-ratio 0.02 --dropout 0 --augment flip,jitter --cache-images \
     --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 --save-every 250 \
-    --seed 11 --threads "${THREADS2:-1}" ${MINUTES2:+--max-minutes "$MINUTES2"} "${RESUME[@]}" --no-progress
-  echo "stage2	$(( $(date +%s) - START )) s	$(hostname)" >> "$OUT/stages.tsv"
-fi
+    --seed "$seed" --threads "$threads" ${minutes:+--max-minutes "$minutes"} "$@" "${resume[@]}" --no-progress
+  echo "$name	$(( $(date +%s) - start )) s	$(hostname)" >> "$OUT/stages.tsv"
+}
 
+[ -n "${SKIP2:-}" ] || distill_stage stage2 "$OUT/experiment/distilled-s1/last" "$STEPS2" "${THREADS2:-1}" 5e-4 11 \
+  "${MINUTES2:-}"
 if [ -z "${SKIP3:-}" ]; then
-  START=$(date +%s)
-  RESUME=(); [ -d "$OUT/stage3/last" ] && RESUME=(--resume)
-  HEADS=(); [ -d "$OUT/stage3/last" ] || HEADS=(--heads-from "$OUT/stage2/last")
-  env OMP_NUM_THREADS="${THREADS3:-1}" "$OFA" distill --teacher "$TEACHER" --student "$OUT/stage2/last" \
-    --data "$MIX" --val "$BENCH2" --val-split val --val-limit 300 --out "$OUT/stage3" --max-steps "$STEPS3" \
-    --batch-size 32 --lr 3e-4 --min-lr 0 --warmup-ratio 0.02 --dropout 0 --augment flip,jitter --cache-images \
-    --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 --save-every 250 \
-    --seed 19 --threads "${THREADS3:-1}" ${MINUTES3:+--max-minutes "$MINUTES3"} "${HEADS[@]}" "${RESUME[@]}" \
-    --no-progress
-  echo "stage3	$(( $(date +%s) - START )) s	$(hostname)" >> "$OUT/stages.tsv"
+  HEADS=(); [ -d "$OUT/stage3/last" ] || HEADS=(--heads-from "$OUT/stage2/last")  # a new run: stage 2's cell heads
+  distill_stage stage3 "$OUT/stage2/last" "$STEPS3" "${THREADS3:-1}" 3e-4 19 "${MINUTES3:-}" "${HEADS[@]}"
 fi
 
 [ -n "${SKIP4:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage3/last" --name demo-small \
