@@ -15,6 +15,9 @@ def test_serve_refuses_bad_settings(capsys: pytest.CaptureFixture) -> None:
     assert main(["serve", "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
     assert main(["serve", "--max-request-mb", "0"]) == 2
+    capsys.readouterr()
+    assert main(["serve", "--allow-private-urls"]) == 2
+    assert "--allow-private-urls needs --allow-urls" in capsys.readouterr().err
 
 
 def test_serve_caps_malloc_arenas_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -198,7 +198,8 @@ def fuzz(app, examples: int, seed: int) -> tuple[list[str], Counter]:
 def test_the_api_holds_to_its_openapi_document_under_fuzzing(small_grounder, allow_urls: bool, request) -> None:
     fetched = request.getfixturevalue("image_server") if allow_urls else None
     # A URL that does not answer (coverage-phase URLs such as "http://10.0.0.0") costs the fetch's timeout.
-    app = create_app(small_grounder, ServeConfig(allow_urls=allow_urls, url_timeout_s=1.0), model_name="fixture")
+    app = create_app(small_grounder, ServeConfig(allow_urls=allow_urls, allow_private_urls=allow_urls,
+                                                         url_timeout_s=1.0), model_name="fixture")
     access = logging.getLogger("ofa_grounding.serve.access")
     level = access.level
     access.setLevel(logging.WARNING)  # thousands of requests: not one line each

@@ -199,7 +199,12 @@ def test_image_url_only_when_enabled(small_grounder, tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/shapes.png"
     try:
-        with _client(small_grounder, allow_urls=True) as c:
+        with _client(small_grounder, allow_urls=True) as c:  # public addresses only: 127.0.0.1 is refused
+            for refused in (url, f"http://localhost:{server.server_address[1]}/shapes.png"):
+                message = _error(c.post("/v1/ground", json={"image_url": refused, "texts": ["a"]}), 422,
+                                 "private_image_url")
+                assert "127.0.0.1" in message and "public" in message, message
+        with _client(small_grounder, allow_urls=True, allow_private_urls=True) as c:
             ok = c.post("/v1/ground", json={"image_url": url, "texts": ["the red circle"]})
             assert ok.status_code == 200 and ok.json()["width"] == 640, ok.text
             _error(c.post("/v1/ground", json={"image_url": url + "-missing", "texts": ["a"]}), 422, "unreadable_image")

@@ -61,7 +61,11 @@ def add_parser(sub: Any) -> None:
                         f"(default {defaults.body_timeout_s:g}): a client trickling bytes cannot hold a connection "
                         "and its partial upload for long")
     v.add_argument("--allow-urls", action="store_true",
-                   help='let JSON requests give "image_url" for the server to fetch (off by default)')
+                   help='let JSON requests give "image_url" for the server to fetch (off by default), from '
+                        'public addresses only')
+    v.add_argument("--allow-private-urls", action="store_true",
+                   help="with --allow-urls, also fetch from loopback, private and link-local addresses (the "
+                        "server's own network; off by default)")
     v.add_argument("-v", "--verbose", action="store_true", help="log every request and progress to stderr")
     v.set_defaults(func=run)
 
@@ -93,10 +97,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_request_mb <= 0 or args.max_wait_ms < 0 or args.body_timeout_s <= 0:
         raise UsageError("--max-request-mb and --body-timeout-s must be positive and --max-wait-ms not negative")
+    if args.allow_private_urls and not args.allow_urls:
+        raise UsageError("--allow-private-urls needs --allow-urls")
     config = ServeConfig(max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
                          max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls,
-                         body_timeout_s=args.body_timeout_s)
+                         allow_private_urls=args.allow_private_urls, body_timeout_s=args.body_timeout_s)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"binding {args.host}: the service is reachable from other machines")
     log_level = "info" if args.verbose else "warning"

@@ -27,9 +27,6 @@ import logging
 import sys
 import time
 import typing
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -52,6 +49,7 @@ from ..predictor import Grounder, GroundingResult
 from ..presets import match_preset
 from .batcher import MicroBatcher, Overloaded
 from .config import ServeConfig, ServerSettings
+from .fetch import FetchError, fetch_url
 
 __all__ = ["ERRORS", "ErrorBody", "ServeConfig", "ServerSettings", "app_from_settings", "create_app"]
 
@@ -82,6 +80,8 @@ ERRORS: dict[str, tuple[int, str]] = {
                               "`image_url` cannot be fetched"),
     "urls_disabled": (422, "JSON `image_url` without --allow-urls"),
     "bad_image_url": (422, "`image_url` is not an http:// or https:// URL with a host"),
+    "private_image_url": (422, "`image_url` (or a redirect) names a host with no public address (loopback, "
+                               "private, link-local, ...) and the server was not given --allow-private-urls"),
     "missing_text": (422, "no description (an empty or blank one is answered, with `\"found\": false`)"),
     "too_many_texts": (422, "more than --max-texts descriptions"),
     "text_too_long": (422, "a description over --max-text-chars characters"),
@@ -242,33 +242,6 @@ def _result_json(r: GroundingResult) -> dict[str, Any]:
     return r.to_dict(alternatives=True, tokens=False, truncated=True)
 
 
-class _HTTPRedirectsOnly(urllib.request.HTTPRedirectHandler):
-    """Follows redirects to http(s) URLs only (urllib's own handler also follows them to ftp://)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not newurl.startswith(("http://", "https://")):
-            raise urllib.error.HTTPError(newurl, code, "a redirect to a URL that is not http(s)", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_URL_OPENER = urllib.request.build_opener(_HTTPRedirectsOnly)
-
-
-def fetch_url(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """GET an http(s) URL, at most `max_bytes`, following redirects to http(s) URLs only (only called when URL
-    fetching is enabled)."""
-    if not url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(url).netloc:
-        raise APIError(422, "bad_image_url", "image_url must be an http:// or https:// URL with a host")
-    try:
-        with _URL_OPENER.open(url, timeout=timeout_s) as response:
-            data = response.read(max_bytes + 1)
-    except Exception as exc:
-        raise APIError(422, "unreadable_image", f"image_url: cannot fetch ({str(exc).splitlines()[0]})") from None
-    if len(data) > max_bytes:
-        raise APIError(413, "image_too_large", f"image_url: more than {max_bytes} bytes")
-    return data
-
-
 async def _read_request(request: Request, config: ServeConfig) -> tuple[bytes, list[Any]]:
     """(image bytes, texts) from a multipart form or a JSON body: exactly what `_ground_body(config)` declares."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -329,8 +302,11 @@ async def _read_json(request: Request, config: ServeConfig) -> tuple[bytes, list
             raise APIError(422, "conflicting_fields", "give the image as 'image' or as 'image_url', not both")
         if not isinstance(body["image_url"], str):
             raise APIError(422, "bad_image_url", "'image_url' must be a string")
-        return await run_in_threadpool(fetch_url, body["image_url"], config.max_request_bytes,
-                                       config.url_timeout_s), texts
+        try:
+            return await run_in_threadpool(fetch_url, body["image_url"], config.max_request_bytes,
+                                           config.url_timeout_s, config.allow_private_urls), texts
+        except FetchError as exc:
+            raise APIError(exc.status, exc.code, str(exc)) from None
     image = body.get("image")
     if not isinstance(image, str) or not image:
         raise APIError(422, "missing_image", "JSON field 'image' must be a base64-encoded image")

@@ -20,6 +20,7 @@ class ServeConfig:
     max_queue: int = 64  # requests waiting; beyond it: 503
     retry_after_s: int = 1
     allow_urls: bool = False  # JSON "image_url": fetched only when enabled
+    allow_private_urls: bool = False  # and then from public addresses only, unless this is set too
     url_timeout_s: float = 10.0
     # The whole request body must arrive within this many seconds of the request's start, else 408: a client
     # trickling bytes would otherwise hold its connection and what it sent so far (up to max_request_bytes) open.
