@@ -118,8 +118,22 @@ def test_long_text_is_truncated_and_flagged(small_grounder: Grounder, small_case
 
 
 def test_text_must_be_a_string(small_grounder: Grounder, small_reference_dir: Path) -> None:
+    image = small_reference_dir / "images/scene_rgb_320x240.png"
     with pytest.raises(TypeError, match="string"):
-        small_grounder.predict(small_reference_dir / "images/scene_rgb_320x240.png", [b"bytes"])
+        small_grounder.predict(image, [b"bytes"])
+    for text in (None, 5, b"a red square"):
+        with pytest.raises(TypeError, match=f"a string or a sequence of strings, got {type(text).__name__}"):
+            small_grounder.predict(image, text)
+    with pytest.raises(ValueError, match="not Unicode text: a lone surrogate at character 4"):
+        small_grounder.predict(image, "red \ud800 square")
+
+
+def test_descriptions_from_any_iterable(small_grounder: Grounder, small_reference_dir: Path) -> None:
+    """A generator of descriptions gets one result per description (it is read once), as a list does."""
+    image = small_reference_dir / "images/scene_rgb_320x240.png"
+    texts = ["a red square", "a blue circle"]
+    from_generator = small_grounder.predict(image, (t for t in texts))
+    assert [r.box for r in from_generator] == [r.box for r in small_grounder.predict(image, texts)]
 
 
 def test_tiny_model_end_to_end(tiny_model_dir: Path) -> None:

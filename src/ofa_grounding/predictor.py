@@ -165,6 +165,16 @@ def _confidence(h: Hypothesis) -> float:
     return math.exp(sum(h.positional_scores[:4]) / 4)
 
 
+def _descriptions(text) -> list:
+    """One item's descriptions as a list: [text] for a string, the items of a list, tuple or other iterable
+    of strings (each checked when tokenised)."""
+    if isinstance(text, str):
+        return [text]
+    if isinstance(text, (bytes, bytearray, dict)) or not hasattr(text, "__iter__"):
+        raise TypeError(f"text must be a string or a sequence of strings, got {type(text).__name__}")
+    return list(text)
+
+
 def _model_precision(model: GroundingModel) -> str:
     """`model.precision`; for a `GroundingModel` written before that field was renamed, its old name `dtype`
     (with a DeprecationWarning; the fallback goes in the next release)."""
@@ -270,6 +280,10 @@ class Grounder:
         encoder."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # "\ud800": a lone surrogate, which no tokenizer takes
+            raise ValueError(f"text is not Unicode text: a lone surrogate at character {exc.start}") from None
         return self.tokenizer.encode_query(text, self.preprocess.prompt, self.preprocess.max_src_length)
 
     def encode_text(self, text: str) -> tuple[list[int], bool]:
@@ -310,14 +324,16 @@ class Grounder:
         description, in order; empty for an empty sequence) where it is a sequence, even one of length 1.
         `predict_batch([])` is `[]`. Every image is loaded before the model runs, so one unreadable or too
         large image raises (`ImageLoadError`, `ImageTooLargeError`) for the whole call and returns nothing;
-        a description that is not a string raises `TypeError`.
+        a description that is not a string raises `TypeError`, one that is not Unicode text (a lone
+        surrogate) `ValueError`.
         """
         if not items:
             return []
+        texts = [_descriptions(text) for _, text in items]  # before any image is read: a wrong type fails fast
         rgbs = [self.load_image(image) for image, _ in items]
         queries: list[tuple[int, str, list[int], bool]] = []
-        for i, (_, text) in enumerate(items):
-            for t in [text] if isinstance(text, str) else list(text):
+        for i, item_texts in enumerate(texts):
+            for t in item_texts:
                 ids, cut = self.tokenize_text(t)
                 if cut:
                     log.warning("description truncated to %d tokens: %.60r...", self.preprocess.max_src_length, t)
@@ -331,8 +347,8 @@ class Grounder:
                                 [q[3] for q in chunk])
         out: list[GroundingResult | list[GroundingResult]] = []
         it = iter(flat)
-        for _, text in items:
-            out.append(next(it) if isinstance(text, str) else [next(it) for _ in text])
+        for (_, text), item_texts in zip(items, texts):
+            out.append(next(it) if isinstance(text, str) else [next(it) for _ in item_texts])
         return out
 
     def image_tensor(self, rgb: Image.Image) -> torch.Tensor:
