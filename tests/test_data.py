@@ -29,6 +29,7 @@ def test_jsonl_paths_relative_to_the_file_and_bad_rows_reported(tmp_path: Path) 
         "not json",
         {"image": "imgs/a.png", "box": [1, 2, 3, 4]},
         {"image": "imgs/a.png", "text": "second", "box": [0, 0, 5, 5], "split": "val"},
+        {"image": "imgs/a.png", "text": "the \ud800 cat", "box": [1, 2, 3, 4]},  # JSON's lone surrogate
     ]
     (tmp_path / "d.jsonl").write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
     ds = read_jsonl(tmp_path / "d.jsonl")
@@ -36,8 +37,9 @@ def test_jsonl_paths_relative_to_the_file_and_bad_rows_reported(tmp_path: Path) 
     assert [s.id for s in samples] == ["s1", "d:5"]
     assert samples[0].image == tmp_path / "imgs/a.png" and samples[0].box == (1.0, 2.0, 30.0, 25.0)
     assert samples[0].meta["kind"] == "attribute" and samples[1].split == "val"
-    assert [i.where for i in ds.issues] == ["d.jsonl:2", "d.jsonl:3", "d.jsonl:4"]
+    assert [i.where for i in ds.issues] == ["d.jsonl:2", "d.jsonl:3", "d.jsonl:4", "d.jsonl:6"]
     assert "inverted" in ds.issues[0].message and '"text"' in ds.issues[2].message
+    assert ds.issues[3].message == "text is not Unicode text: a lone surrogate at character 4"
     assert [s.id for s in read_jsonl(tmp_path / "d.jsonl", split="val")] == ["d:5"]
     with pytest.raises(DataError, match=r"d.jsonl:2"):
         list(read_jsonl(tmp_path / "d.jsonl", strict=True))

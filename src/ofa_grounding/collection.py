@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .data import check_unicode
 from .errors import ImageLoadError
 
 __all__ = ["Answer", "ChunkAnswers", "ChunkRule", "Item", "Output", "OutputBusy", "OutputMismatch", "Start",
@@ -91,6 +92,7 @@ def _parse(raw: bytes, line: int, offset: int, where: str) -> Item:
         if not isinstance(value, dict) or not isinstance(value.get("image"), str) or not isinstance(
                 value.get("text"), str):
             raise ValueError('expected {"image": str, "text": str}')
+        check_unicode(value["text"])
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return Item(line, offset, None, None, f"{where}:{line}: {str(exc).splitlines()[0]}")
     # An empty description is answered, as `Grounder.predict` answers it: not found (found false), the box the

@@ -24,8 +24,8 @@ from typing import Any
 
 from .errors import DataError
 
-__all__ = ["Sample", "DataIssue", "DataError", "Dataset", "open_dataset", "read_jsonl", "read_tsv", "read_refer",
-           "load_refer_pickle", "list_splits", "FORMATS"]
+__all__ = ["Sample", "DataIssue", "DataError", "Dataset", "check_unicode", "open_dataset", "read_jsonl", "read_tsv",
+           "read_refer", "load_refer_pickle", "list_splits", "FORMATS"]
 
 FORMATS = ("jsonl", "tsv", "refer")
 
@@ -59,6 +59,16 @@ class DataIssue:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
+
+
+def check_unicode(text: str) -> None:
+    """ValueError unless `text` is Unicode text: JSON's "\\ud800" decodes to a lone surrogate, which is a str
+    to Python but which no tokenizer (nor UTF-8) takes."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"text is not Unicode text: a lone surrogate at character {exc.start}") from None
 
 
 def _check_box(box: Any) -> tuple[float, float, float, float]:
@@ -118,6 +128,7 @@ def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
                     raise ValueError('missing "image" (a path)')
                 if not isinstance(text, str):
                     raise ValueError('missing "text" (a string)')
+                check_unicode(text)
                 if "box" not in row:
                     raise ValueError('missing "box" ([x0, y0, x1, y1], or null for an object the image lacks)')
                 box = None if row["box"] is None else _check_box(row["box"])
@@ -259,8 +270,12 @@ def _refer(ds: Dataset, root: Path, images: Path, split: str | None, split_by: s
             continue
         for i, sentence in enumerate(ref.get("sentences", [])):
             text = sentence.get(text_field, sentence.get("sent")) if isinstance(sentence, dict) else None
-            if not isinstance(text, str):
-                ds.report(f"ref {ref_id} sentence {i}", f"no {text_field!r} text")
+            try:
+                if not isinstance(text, str):
+                    raise ValueError(f"no {text_field!r} text")
+                check_unicode(text)
+            except ValueError as exc:
+                ds.report(f"ref {ref_id} sentence {i}", str(exc))
                 continue
             yield Sample(f"{ref_id}_{i}", images / image_info["file_name"], text, box, ref_split,
                          image_id=str(ref.get("image_id")), ref_id=ref_id, ann_id=ref.get("ann_id"),

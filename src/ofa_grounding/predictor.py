@@ -24,6 +24,7 @@ from PIL import Image
 
 from .calibration import Calibration
 from .config import GenerationConfig, PreprocessConfig
+from .data import check_unicode
 from .generation import Hypothesis, allowed_token_ids, beam_search
 from .hardware import use_ieee_fp32_on_cuda
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
@@ -280,10 +281,7 @@ class Grounder:
         encoder."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # "\ud800": a lone surrogate, which no tokenizer takes
-            raise ValueError(f"text is not Unicode text: a lone surrogate at character {exc.start}") from None
+        check_unicode(text)
         return self.tokenizer.encode_query(text, self.preprocess.prompt, self.preprocess.max_src_length)
 
     def encode_text(self, text: str) -> tuple[list[int], bool]:

@@ -30,7 +30,8 @@ IMAGES = ["images/noise_rgb_200x150.png", "images/scene_rgb_320x240.png", "image
 WORDS = ["the red circle", "the blue square on the left", "a green triangle", "the small yellow star", "it"]
 BATCH = ["--batch-size", "1"]  # chunks of 8 lines and 2 images (`ChunkRule.for_batch_size`): many chunks
 BAD = {4: "{broken json", 7: json.dumps({"image": "images/missing.png", "text": "x"}),
-       11: json.dumps({"image": "images/broken.png", "text": "the red circle"}), 18: json.dumps([1, 2])}
+       11: json.dumps({"image": "images/broken.png", "text": "the red circle"}), 18: json.dumps([1, 2]),
+       22: json.dumps({"image": "images/scene_rgb_320x240.png", "text": "the red \ud800"})}  # a lone surrogate
 EMPTY = 15  # an empty description: answered "not found", as `Grounder.predict` answers it, not an error
 
 
@@ -92,6 +93,7 @@ def test_one_line_per_input_line_in_order_errors_as_lines(small_model_dir: Path,
     assert set(errors) == set(BAD)
     assert "Expecting property name" in errors[4] and errors[18].endswith('expected {"image": str, "text": str}')
     assert "missing.png: image file not found" in errors[7] and "broken.png" in errors[11]
+    assert errors[22].endswith("text is not Unicode text: a lone surrogate at character 8")
     assert rows[EMPTY - 2]["line"] == EMPTY and rows[EMPTY - 2]["found"] is False
     by_text = {r["text"]: r for r in rows if "error" not in r}
     # the answers are the Grounder's: the same tokens one by one (scores may differ in the last bits)

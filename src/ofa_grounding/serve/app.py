@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..data import check_unicode
 from ..image import ImageLoadError, ImageTooLargeError, load_image
 from ..predictor import Grounder, GroundingResult
 from ..presets import match_preset
@@ -341,11 +342,10 @@ def _check_texts(texts: Sequence[Any], config: ServeConfig) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise APIError(422, "bad_text", f"description {i} is not a string")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate, which no tokenizer takes
-                raise APIError(422, "bad_text", f"description {i} is not Unicode text (a lone surrogate)") from None
+        try:
+            check_unicode(t)
+        except ValueError:
+            raise APIError(422, "bad_text", f"description {i} is not Unicode text (a lone surrogate)") from None
         if len(t) > config.max_text_chars:
             raise APIError(422, "text_too_long",
                            f"description {i} has {len(t)} characters; the limit is {config.max_text_chars}")
