@@ -104,6 +104,9 @@ def test_export_keeps_a_non_empty_folder_and_prints_no_tracer_warnings(
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(["export-onnx", str(tiny_model_dir), str(out / "notes.txt")]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
+    for opset in ("13", "999"):  # attention needs 14; 999 is newer than any torch writes
+        assert main(["export-onnx", str(tiny_model_dir), str(tmp_path / "new"), "--opset", opset]) == 2
+        assert "--opset must be 14-" in capsys.readouterr().err and not (tmp_path / "new").exists()
     with warnings.catch_warnings(record=True) as caught:
         # the filters a user's process has: torch's own, hiding TracerWarnings from torch.* (pytest drops it
         # when it restores the filters after collection), and ours from ofa_grounding shown each time

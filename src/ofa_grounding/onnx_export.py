@@ -38,6 +38,16 @@ __all__ = ["OnnxModel", "export_onnx", "onnx_grounder"]
 
 GRAPHS = ("image", "encoder", "decoder_start", "decoder_step")
 OPSET = 17
+MIN_OPSET = 14  # scaled-dot-product attention's export
+
+
+def max_opset() -> int | None:
+    """The newest opset this torch writes (None when its private constant moves: the export then says)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:
+        return None
+    return int(ONNX_MAX_OPSET)
 
 
 class _Image(nn.Module):
@@ -118,7 +128,12 @@ def _quiet_known_tracer_warnings() -> Iterator[None]:
 
 def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> Path:
     """Write the four graphs and `onnx_config.json` (with the checkpoint's tokenizer and settings) to `out`, and
-    the checkpoint's "not found" threshold and calibration, if it has them, to its grounding.json."""
+    the checkpoint's "not found" threshold and calibration, if it has them, to its grounding.json. ValueError
+    for an opset outside MIN_OPSET..max_opset()."""
+    newest = max_opset()
+    if opset < MIN_OPSET or (newest is not None and opset > newest):
+        raise ValueError(f"--opset must be {MIN_OPSET}-{newest or 'the newest torch writes'} (attention needs "
+                         f"{MIN_OPSET}), got {opset}")
     from .checkpoint import save_settings, write_card, write_grounding
 
     model = ckpt.model.eval()

@@ -41,6 +41,8 @@ def test_convert_round_trips_every_layout(tiny_model_dir: Path, tmp_path: Path, 
 
     assert main(["convert", str(tiny_model_dir), str(tmp_path / "d"), "--to", "hf"]) == 2  # not empty
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["convert", str(tiny_model_dir), str(example), "--to", "hf"]) == 2  # a file, not a folder
+    assert capsys.readouterr().err == f"ofa-ground: error: {example} exists and is not a directory\n"
     assert main(["convert", str(tiny_model_dir), str(tmp_path / "half"), "--to", "safetensors", "--dtype", "fp16"]) == 0
     assert main(["info", str(tmp_path / "half"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.splitlines()[-1])

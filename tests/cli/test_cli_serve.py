@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +19,16 @@ def test_serve_refuses_bad_settings(capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     assert main(["serve", "--allow-private-urls"]) == 2
     assert "--allow-private-urls needs --allow-urls" in capsys.readouterr().err
+    assert main(["serve", "--port", "99999"]) == 2
+    assert "--port must be 0-65535, got 99999" in capsys.readouterr().err
+    with socket.socket() as taken:  # a port another program listens on: told before the model loads
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"ofa-ground: error: cannot listen on 127.0.0.1:{port} (")
+    assert message.count("\n") == 1 and "another --port" in message
 
 
 def test_serve_caps_malloc_arenas_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

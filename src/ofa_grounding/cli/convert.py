@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import save_checkpoint, write_card, write_grounding
 
+    if args.dst.exists() and not args.dst.is_dir():
+        raise UsageError(f"{args.dst} exists and is not a directory")
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:  # before the load
         raise UsageError(f"{args.dst} exists and is not empty (use --overwrite to replace it)")
     ckpt = load_any(args.src, args.cache_dir)

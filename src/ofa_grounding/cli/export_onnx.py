@@ -17,7 +17,7 @@ def add_parser(sub: Any) -> None:
                                    "with onnxruntime through the same beam search.")
     x.add_argument("model", metavar="MODEL", help=model_sources())
     x.add_argument("out", type=Path, help="output directory")
-    x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset version (14 up to the newest torch writes)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     x.add_argument("--cache-dir", help="hub cache for ids (default: the hubs' own caches; see README)")
     x.set_defaults(func=run)
@@ -25,12 +25,14 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("onnx", "export-onnx", "onnx", "onnxscript")
-    from ..onnx_export import export_onnx
+    from ..onnx_export import MIN_OPSET, export_onnx, max_opset
 
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"{args.out} exists and is not a directory")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:  # as `convert`, before the load
         raise UsageError(f"{args.out} exists and is not empty (use --overwrite to replace it)")
+    if args.opset < MIN_OPSET or args.opset > (max_opset() or args.opset):  # before the load
+        raise UsageError(f"--opset must be {MIN_OPSET}-{max_opset()} (attention needs {MIN_OPSET}), got {args.opset}")
     ckpt = load_any(args.model, args.cache_dir)
     try:
         out = export_onnx(ckpt, args.out, args.opset)

@@ -6,6 +6,7 @@ import argparse
 import functools
 import inspect
 import os
+import socket
 import sys
 from typing import Any
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-request-mb and --body-timeout-s must be positive and --max-wait-ms not negative")
     if args.allow_private_urls and not args.allow_urls:
         raise UsageError("--allow-private-urls needs --allow-urls")
+    check_listen(args.host, args.port)  # before the model loads: a port in use is told at once
     config = ServeConfig(max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
                          max_texts=args.max_texts, max_text_chars=args.max_text_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, allow_urls=args.allow_urls,
@@ -123,6 +125,25 @@ def run(args: argparse.Namespace) -> int:
     run_workers(uvicorn.Config(functools.partial(app_from_settings, settings), factory=True, host=args.host,
                                port=args.port, workers=args.workers, log_level=log_level))
     return EXIT_OK
+
+
+def check_listen(host: str, port: int) -> None:
+    """UsageError unless a server could listen on (host, port) now: the port in range, the host an address of
+    this machine, the port free (bound and released at once, with SO_REUSEADDR as uvicorn binds)."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                             "give another --port or --host") from None
 
 
 def run_workers(config: Any) -> None:
