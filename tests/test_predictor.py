@@ -128,6 +128,15 @@ def test_text_must_be_a_string(small_grounder: Grounder, small_reference_dir: Pa
         small_grounder.predict(image, "red \ud800 square")
 
 
+def test_bad_settings_are_refused(small_model_dir: Path) -> None:
+    for settings, message in (({"batch_size": "4"}, "batch_size must be an integer of at least 1, got '4'"),
+                              ({"cache_mb": -1}, "cache_mb must be at least 0"),
+                              ({"max_pixels": 0}, "max_pixels at least 1"),
+                              ({"device": "bogus"}, "device 'bogus' is not a torch device")):
+        with pytest.raises(ValueError, match=message):
+            Grounder.from_pretrained(small_model_dir, **settings)
+
+
 def test_descriptions_from_any_iterable(small_grounder: Grounder, small_reference_dir: Path) -> None:
     """A generator of descriptions gets one result per description (it is read once), as a list does."""
     image = small_reference_dir / "images/scene_rgb_320x240.png"

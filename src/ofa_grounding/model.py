@@ -631,7 +631,10 @@ class OFAModel(nn.Module):
         dtype: deprecated alias of `precision` (warns; removed in the next release).
         """
         precision = precision_argument(precision, dtype, "OFAModel.prepared_for_inference")
-        device = torch.device(device or "cpu")
+        try:
+            device = torch.device(device or "cpu")
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available")
         if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():

@@ -219,8 +219,11 @@ class Grounder:
         precision = precision_argument(precision, dtype, "Grounder")
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+        if cache_mb < 0 or (max_pixels is not None and max_pixels < 1):
+            raise ValueError(f"cache_mb must be at least 0 and max_pixels at least 1 (or None), got {cache_mb} and "
+                             f"{max_pixels}")
         self.min_confidence = min_confidence
         self.calibration = calibration
         self.card = card

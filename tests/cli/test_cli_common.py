@@ -90,6 +90,18 @@ def test_every_computing_command_takes_threads_and_checks_it(small_model_dir: Pa
     assert err == "ofa-ground: error: --threads must be at least 1, got 0"
 
 
+def test_bad_loading_settings_are_named(small_model_dir: Path, small_reference_dir: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    """Each bad setting of the model's loading is refused with its own option's name (exit 2, one line)."""
+    image = str(small_reference_dir / "images/scene_tiny_23x17.png")
+    for more, message in ((["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
+                          (["--cache-mb", "-1"], "--cache-mb must not be negative"),
+                          (["--device", "bogus"], "--device bogus: device 'bogus' is not a torch device")):
+        assert main(["predict", "--model", str(small_model_dir), image, "x", *more]) == 2, more
+        err = capsys.readouterr().err
+        assert err.startswith(f"ofa-ground: error: {message}") and err.count("\n") == 1, err
+
+
 def test_set_threads_follows_the_argument_then_omp_then_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

@@ -19,6 +19,8 @@ def load_grounder(args: argparse.Namespace) -> Any:
     threshold = getattr(args, "min_confidence", None)
     if threshold is not None and not 0 <= threshold <= 1:
         raise UsageError(f"--min-confidence must be in [0, 1], got {threshold}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1, got {args.max_pixels}")
     given = {} if threshold is None else {"min_confidence": threshold}
     if getattr(args, "onnx", None) is not None:
         if args.model is not None:
