@@ -180,6 +180,14 @@ def test_make_synthetic_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["make-synthetic", str(tmp_path / "w"), "--n", "20", "--seed", "3"]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
     assert main(["make-synthetic", str(tmp_path / "x"), "--n", "20", "--max-side", "2000"]) == 2
+    (tmp_path / "labels").mkdir()  # a folder with a split file of someone else's
+    (tmp_path / "labels" / "val.jsonl").write_text("mine\n")
+    (tmp_path / "file").write_text("mine")
+    capsys.readouterr()
+    for out in ("labels", "file"):
+        assert main(["make-synthetic", str(tmp_path / out), "--n", "20"]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert (tmp_path / "labels" / "val.jsonl").read_text() == "mine\n" and (tmp_path / "file").read_text() == "mine"
 
 
 def test_batching_across_images_answers_as_one_call_per_image(tiny_model_dir: Path, synthetic: Path) -> None:

@@ -46,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
                          "at least 64")
     if not 160 <= args.max_side <= 1600 or not 0 <= args.absent <= 4:
         raise UsageError("--max-side must be 160-1600 and --absent 0-4")
-    if (args.out / "images").exists() and any((args.out / "images").iterdir()):
-        raise UsageError(f"{args.out} already holds a dataset (images/ is not empty); choose a new folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"{args.out} exists and is not a directory")
+    if ((args.out / "images").is_dir() and any((args.out / "images").iterdir())) or any(args.out.glob("*.jsonl")):
+        raise UsageError(f"{args.out} already holds a dataset (images/ or .jsonl files); choose a new folder")
     print(f"drawing {args.n} samples ({args.world}) into {args.out} ...", file=sys.stderr, flush=True)
     counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple,
                              args.workers, world=args.world, absent=args.absent, max_side=args.max_side,
