@@ -73,3 +73,25 @@ def test_help_comes_from_the_config() -> None:
     assert "attr_weight" in actions and "kill_at_step" not in actions
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--model", "m", *REQUIRED, "--kill-at-step", "3"])
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--max-steps", "-5"], "--max-steps must be at least 1, got -5"),
+    (["--accum", "0"], "--accum must be at least 1, got 0"),
+    (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+    (["--val-limit", "0"], "--val-limit must be at least 1, got 0"),
+    (["--image-size", "100"], "--image-size must be a multiple of 16"),
+    (["--warmup-ratio", "2"], r"--warmup-ratio must be in \[0, 1\], got 2.0"),
+    (["--label-smoothing", "1"], r"--label-smoothing must be in \[0, 1\), got 1.0"),
+    (["--bin-sigma", "-1"], "--bin-sigma must not be negative, got -1.0"),
+    (["--clip-norm", "0"], "--clip-norm must be positive, got 0.0"),
+    (["--max-minutes", "0"], "--max-minutes must be positive"),
+])
+def test_settings_out_of_range_are_refused_before_anything_loads(flags: list[str], message: str) -> None:
+    """Each used to crash (ZeroDivisionError), train nothing and exit 0, or run with a meaningless setting."""
+    from ofa_grounding.train.loop import _check_settings
+
+    with pytest.raises(ValueError, match=message):
+        _check_settings(_config("train", "--model", "m", *REQUIRED, *flags))

@@ -177,6 +177,9 @@ class Trainer:
         model, self.tokenizer, self.generation = initial.model, initial.tokenizer, initial.generation
         self.tokenizer_dir, self.preprocess = initial.tokenizer_dir, initial.preprocess
         if cfg.image_size is not None:
+            most = 16 * model.config.image_bucket_size  # the image position table's side, in pixels
+            if cfg.image_size > most:
+                raise ValueError(f"--image-size {cfg.image_size}: this model's image positions reach {most} px")
             self.preprocess = dataclasses.replace(self.preprocess, patch_image_size=cfg.image_size,
                                                   max_image_size=cfg.image_size)
         if cfg.drop_path is not None:
@@ -515,8 +518,29 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise ValueError("--heads-from starts a new run; --resume continues one with its own heads")
     if not 0 <= cfg.min_lr <= cfg.lr:
         raise ValueError(f"--lr {cfg.lr} and --min-lr {cfg.min_lr}: need 0 <= --min-lr <= --lr")
-    if cfg.log_every < 1:
-        raise ValueError(f"--log-every must be at least 1, got {cfg.log_every}")
+    at_least_one = {"--batch-size": cfg.batch_size, "--accum": cfg.accum, "--epochs": cfg.epochs,
+                    "--max-steps": cfg.max_steps, "--stop-at-step": cfg.stop_at_step, "--val-limit": cfg.val_limit,
+                    "--log-every": cfg.log_every, "--eval-every": cfg.eval_every, "--save-every": cfg.save_every}
+    for option, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+    if cfg.workers < 0 or (cfg.max_minutes is not None and not cfg.max_minutes > 0):
+        raise ValueError("--workers must not be negative and --max-minutes must be positive")
+    if cfg.image_size is not None and (cfg.image_size < 32 or cfg.image_size % 16):
+        raise ValueError(f"--image-size must be a multiple of 16 (the backbone's stride) of at least 32, got "
+                         f"{cfg.image_size}")
+    if not 0 <= cfg.warmup_ratio <= 1:  # also NaN, as below
+        raise ValueError(f"--warmup-ratio must be in [0, 1], got {cfg.warmup_ratio}")
+    for option, value in {"--label-smoothing": cfg.label_smoothing, "--drop-path": cfg.drop_path,
+                          "--dropout": cfg.dropout}.items():
+        if value is not None and not 0 <= value < 1:
+            raise ValueError(f"{option} must be in [0, 1), got {value}")
+    for option, value in {"--weight-decay": cfg.weight_decay, "--bin-sigma": cfg.bin_sigma,
+                          "--attr-weight": cfg.attr_weight, "--pointer-weight": cfg.pointer_weight}.items():
+        if not value >= 0:
+            raise ValueError(f"{option} must not be negative, got {value}")
+    if not cfg.clip_norm > 0:  # 0 would scale every gradient to nothing
+        raise ValueError(f"--clip-norm must be positive, got {cfg.clip_norm}")
     if cfg.group_by_image < 1:
         raise ValueError(f"--group-by-image must be at least 1, got {cfg.group_by_image}")
     if cfg.batch_size % cfg.group_by_image:
