@@ -73,6 +73,8 @@ def test_eval_workers_usage_and_a_model_that_fails_to_load(tmp_path: Path, small
     data = _tiny_dataset(tmp_path / "data", small_reference_dir / "images")
     assert main(["eval", "--data", str(data), "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip() == "ofa-ground: error: --workers must be at least 1, got 0"
+    assert main(["eval", "--data", str(data), "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "ofa-ground: error: --limit must be at least 1, got 0"
     with monkeypatch.context() as m:
         m.setenv("WORLD_SIZE", "2")
         assert main(["eval", "--data", str(data), "--workers", "2"]) == 2

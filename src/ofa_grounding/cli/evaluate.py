@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {args.data}: no such file or folder")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if torchrun and (args.workers or 1) > 1:
         raise UsageError("--workers is for one machine without torchrun; under torchrun each process is one worker")
