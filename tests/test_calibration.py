@@ -184,7 +184,7 @@ def test_grounder_with_a_calibration(tiny_model_dir: Path, tmp_path: Path) -> No
     assert calibrated[2].confidence == 0.9 and not calibrated[2].found  # empty description: the "not found" model
     d = calibrated[0].to_dict(alternatives=True)
     assert list(d) == ["text", "box", "score", "confidence", "found", "tokens", "alternatives", "raw_confidence",
-                       "calibrated"]
+                       "calibrated", "zoomed"]
     assert d["calibrated"] is True and d["raw_confidence"] == raw
     assert calibrated[0].confidence_label() == "62 % sure" and plain[0].confidence_label() == f"raw {raw:.3f}"
     # the model folder's calibration is used unless calibration=None; min_confidence is then a probability

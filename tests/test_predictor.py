@@ -90,7 +90,8 @@ def test_result_fields(small_grounder: Grounder, small_reference_dir: Path) -> N
     assert [a.score for a in r.alternatives] == sorted((a.score for a in r.alternatives), reverse=True)
     assert all(a.score <= r.score for a in r.alternatives)
     d = r.to_dict()
-    assert list(d) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated"]
+    assert list(d) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated",
+                       "zoomed"]
     assert len(r.to_dict(alternatives=True)["alternatives"]) == 4
     assert not r.calibrated and r.raw_confidence == r.confidence  # no calibration: the raw value
     assert r.confidence_label() == f"raw {r.confidence:.3f}"

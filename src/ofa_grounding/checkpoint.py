@@ -34,6 +34,7 @@ from .errors import CheckpointError
 from .fairseq import config_from_fairseq, read_fairseq
 from .model import OFAModel, meta_model
 from .tokenizer import ASSETS_DIR, OFAChineseTokenizer, OFATokenizer, load_tokenizer
+from .zoom import Zoom
 
 __all__ = [
     "LAYOUTS",
@@ -48,6 +49,7 @@ __all__ = [
     "read_calibration",
     "read_grounding",
     "read_min_confidence",
+    "read_zoom",
     "save_checkpoint",
     "save_settings",
     "write_calibration",
@@ -82,6 +84,7 @@ class LoadedCheckpoint:
     min_confidence: float | None = None  # ours: a calibrated "not found" threshold (grounding.json), if any
     calibration: Calibration | None = None  # ours: the fitted confidence calibration (grounding.json), if any
     card: str | None = None  # the model directory's README.md (its model card: what it was trained on), if any
+    zoom: Zoom | None = None  # ours: a second look at small answers (grounding.json), if the model asks for one
 
 
 def _read_json(path: Path) -> dict:
@@ -247,7 +250,8 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
     model = _build(config, state)
     log.info("loaded %s (%d parameters)", weights, model.num_parameters())
     return LoadedCheckpoint(model, tokenizer, preprocess, generation, directory, directory, layout, stored,
-                            read_min_confidence(directory), read_calibration(directory), read_card(directory))
+                            read_min_confidence(directory), read_calibration(directory), read_card(directory),
+                            read_zoom(directory))
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -311,18 +315,32 @@ def read_calibration(directory: Path) -> Calibration | None:
         raise CheckpointError(f"{Path(directory) / GROUNDING_FILE}: {exc}") from None
 
 
+def read_zoom(directory: Path) -> Zoom | None:
+    """The second look at small answers a model directory asks for (grounding.json's "zoom"), if any."""
+    record = read_grounding(directory).get("zoom")
+    if record is None:
+        return None
+    try:
+        return Zoom.from_json(record)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{Path(directory) / GROUNDING_FILE}: {exc}") from None
+
+
 def write_calibration(directory: Path, calibration: Calibration) -> Path:
     """Store `calibration` in the directory's grounding.json, keeping its other keys; returns the file."""
     return _write_grounding(directory, {**read_grounding(directory), "calibration": calibration.to_json()})
 
 
-def write_grounding(directory: Path, min_confidence: float | None, calibration: Calibration | None) -> Path | None:
-    """What a model carries besides its weights (its "not found" threshold, its calibration) written to a new
-    copy's grounding.json (`convert`, `export-onnx`), replacing the file; when it has neither, no file (an
-    older one there is removed: it belonged to another model) and None."""
+def write_grounding(directory: Path, min_confidence: float | None, calibration: Calibration | None,
+                    zoom: Zoom | None = None) -> Path | None:
+    """What a model carries besides its weights (its "not found" threshold, its calibration, its second look at
+    small answers) written to a new copy's grounding.json (`convert`, `export-onnx`), replacing the file; when
+    it has none of them, no file (an older one there is removed: it belonged to another model) and None."""
     data: dict[str, Any] = {}
     if min_confidence is not None:
         data["min_confidence"] = min_confidence
+    if zoom is not None:
+        data["zoom"] = zoom.to_json()
     if calibration is not None:
         data["calibration"] = calibration.to_json()
     if not data:

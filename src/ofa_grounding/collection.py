@@ -17,7 +17,7 @@ Data flows one way:
   chunk at a time, each flushed and fsynced before the next.
 
 An output line is the input's line number, image and text, then the answer: {"line", "image", "text",
-"width", "height", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated"} (as
+"width", "height", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated", "zoomed"} (as
 `GroundingResult.to_dict` orders them), or {"line", "image", "text", "error"}.
 
 Why the output holds whole chunks: descriptions decoded in one batch get the same tokens and boxes as one by

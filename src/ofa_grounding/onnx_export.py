@@ -200,7 +200,7 @@ def export_onnx(ckpt: LoadedCheckpoint, out: str | Path, opset: int = OPSET) -> 
     meta = {"graphs": list(GRAPHS), "steps": steps, "grid": list(grid), "layers": n, "heads": H, "head_dim": dh,
             "output_ids": output_ids.tolist(), "opset": opset, "parameters": model.num_parameters()}
     (out / "onnx_config.json").write_text(json.dumps(meta))
-    write_grounding(out, ckpt.min_confidence, ckpt.calibration)  # the same model: the same calibration
+    write_grounding(out, ckpt.min_confidence, ckpt.calibration, ckpt.zoom)  # the same model: the same calibration
     write_card(out, ckpt.card)
     return out
 
@@ -296,12 +296,14 @@ class OnnxModel:
 
 
 def onnx_grounder(directory: str | Path, threads: int | None = None, **kwargs: Any) -> Any:
-    """A `Grounder` whose model runs in onnxruntime. `min_confidence` and `calibration` default to the folder's
-    grounding.json (what the exported model carried), as `Grounder.from_pretrained` does for a model directory."""
-    from .checkpoint import read_calibration, read_min_confidence
+    """A `Grounder` whose model runs in onnxruntime. `min_confidence`, `calibration` and `zoom` default to the
+    folder's grounding.json (what the exported model carried), as `Grounder.from_pretrained` does for a model
+    directory."""
+    from .checkpoint import read_calibration, read_min_confidence, read_zoom
     from .predictor import Grounder
 
     model = OnnxModel(directory, threads)
     kwargs.setdefault("min_confidence", read_min_confidence(Path(directory)))
     kwargs.setdefault("calibration", read_calibration(Path(directory)))
+    kwargs.setdefault("zoom", read_zoom(Path(directory)))
     return Grounder(model, model.tokenizer, model.preprocess, model.generation, **kwargs)

@@ -29,10 +29,13 @@ from .generation import Hypothesis, allowed_token_ids, beam_search
 from .hardware import use_ieee_fp32_on_cuda
 from .image import DEFAULT_MAX_PIXELS, ImageInput, bins_to_box, image_to_tensor, is_null_box, load_image, resize_ratios
 from .loader import DEFAULT_MODEL, load_model
+from .metrics import box_overlap
 from .model import DTYPES, PRECISIONS, EncoderOutput, GroundingModel, OFAModel, precision_argument
 from .tokenizer import OFATokenizer, pad_ids
+from .zoom import Zoom
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "PRECISIONS", "Alternative", "FeatureCache", "Grounder", "GroundingResult"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "PRECISIONS", "Alternative", "FeatureCache", "Grounder", "GroundingResult",
+           "Zoom"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ class GroundingResult:
         constructing a result: the same as `confidence`). It ranks answers, but its scale means little:
         the demo model's right answers have about 0.03, its wrong ones a little less.
     calibrated: whether `confidence` is the calibrated probability.
+    zoomed: whether `box` comes from a second look at a crop around the first answer (`Zoom`); `tokens`,
+        `score`, `raw_confidence` and the alternatives are the first look's, `confidence` is recomputed.
     """
 
     text: str
@@ -130,6 +135,7 @@ class GroundingResult:
     found: bool = True
     raw_confidence: float = math.nan  # not given: the same as `confidence`
     calibrated: bool = False
+    zoomed: bool = False
 
     def __post_init__(self) -> None:
         if math.isnan(self.raw_confidence):
@@ -147,7 +153,7 @@ class GroundingResult:
         """The result as JSON-able data: the one form every output uses. The CLI's --json and --jsonl take the
         defaults (--alternatives adds `alternatives`); the HTTP service answers with
         `to_dict(alternatives=True, tokens=False, truncated=True)`. `tokens` also applies to the alternatives.
-        `raw_confidence` and `calibrated` come last."""
+        `raw_confidence`, `calibrated` and `zoomed` come last."""
         out: dict[str, Any] = {"text": self.text, "box": list(self.box), "score": self.score,
                                "confidence": self.confidence, "found": self.found}
         if tokens:
@@ -159,6 +165,7 @@ class GroundingResult:
             out["alternatives"] = alts if tokens else [{k: v for k, v in a.items() if k != "tokens"} for a in alts]
         out["raw_confidence"] = self.raw_confidence
         out["calibrated"] = self.calibrated
+        out["zoomed"] = self.zoomed
         return out
 
 
@@ -199,7 +206,7 @@ class Grounder:
                  device: str | torch.device | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  batch_size: int = 8, fuse: bool = True, precision: str | None = None, cache_mb: float = 64,
                  min_confidence: float | None = None, calibration: Calibration | None = None,
-                 card: str | None = None, *, dtype: str | None = None) -> None:
+                 card: str | None = None, *, zoom: Zoom | None = None, dtype: str | None = None) -> None:
         """`model`: an OFAModel, which is left as it is (its copy prepared for inference in `precision`, "fp32"
         by default or "bf16", on `device` is what runs), or a model already behind the `GroundingModel` interface
         (`OFAModel.prepared_for_inference`, `onnx_export.OnnxModel`), used as is. `fuse` (OFAModel only):
@@ -209,6 +216,7 @@ class Grounder:
         `calibration`: makes `GroundingResult.confidence` the probability that the answer is right (boxes,
         tokens and scores are unchanged); `min_confidence` is then a probability threshold. `card`: the model
         card's text (what the model was trained on and cannot do), shown by the server and the web page.
+        `zoom`: a second look at small answers (`Zoom`); None (the default) answers as the reference does.
         `dtype`: deprecated alias of `precision` (warns; removed in the next release).
 
         fp32 on a GPU: creating the Grounder turns TF32 off for the whole process (`hardware.use_ieee_fp32_on_cuda`:
@@ -227,6 +235,7 @@ class Grounder:
         self.min_confidence = min_confidence
         self.calibration = calibration
         self.card = card
+        self.zoom = zoom
         if isinstance(model, OFAModel):
             model = model.prepared_for_inference(precision, device, fuse=fuse)
         self.model: GroundingModel = model
@@ -253,10 +262,10 @@ class Grounder:
         Face; see `hub.resolve_model`, which uses `cache_dir` or the hubs' default caches). `preset:NAME`
         (random weights) is refused: a `CheckpointError`, as for a name that is none of these.
 
-        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence` and
-        `calibration` default to the model directory's (`grounding.json`), if it has them; pass
-        `min_confidence=0` or `calibration=None` to turn them off. `precision`: "fp32" (default) or "bf16", as for
-        `Grounder`; `dtype` is its deprecated alias (warns; removed in the next release).
+        Without a path: the demo model shipped with the package (`DEFAULT_MODEL`). `min_confidence`,
+        `calibration` and `zoom` default to the model directory's (`grounding.json`), if it has them; pass
+        `min_confidence=0`, `calibration=None` or `zoom=None` to turn them off. `precision`: "fp32" (default) or
+        "bf16", as for `Grounder`; `dtype` is its deprecated alias (warns; removed in the next release).
         """
         # before the load: a bad argument should not cost a model load
         precision = precision_argument(precision, dtype, "Grounder.from_pretrained")
@@ -264,6 +273,7 @@ class Grounder:
         kwargs.setdefault("min_confidence", ckpt.min_confidence)
         kwargs.setdefault("calibration", ckpt.calibration)
         kwargs.setdefault("card", ckpt.card)
+        kwargs.setdefault("zoom", ckpt.zoom)
         if kwargs["min_confidence"] == 0:
             kwargs["min_confidence"] = None
         model = ckpt.model.prepared_for_inference(precision, device, fuse=fuse, copy=False)  # ours: no second copy
@@ -339,6 +349,18 @@ class Grounder:
                 if cut:
                     log.warning("description truncated to %d tokens: %.60r...", self.preprocess.max_src_length, t)
                 queries.append((i, t, ids, cut))
+        flat = self._ground(rgbs, queries)
+        if self.zoom is not None:
+            flat = self._second_look(rgbs, queries, flat, self.zoom)
+        out: list[GroundingResult | list[GroundingResult]] = []
+        it = iter(flat)
+        for (_, text), item_texts in zip(items, texts):
+            out.append(next(it) if isinstance(text, str) else [next(it) for _ in item_texts])
+        return out
+
+    def _ground(self, rgbs: Sequence[Image.Image], queries: list[tuple[int, str, list[int], bool]]
+                ) -> list[GroundingResult]:
+        """One answer per query (image index, text, token ids, truncated), `batch_size` at a time."""
         features, grid = self.image_features(rgbs)
         flat: list[GroundingResult] = []
         for start in range(0, len(queries), self.batch_size):
@@ -346,11 +368,25 @@ class Grounder:
             enc, src_len = self.encode_texts(features[[q[0] for q in chunk]], grid, [q[2] for q in chunk])
             flat += self.decode(enc, src_len, [rgbs[q[0]].size for q in chunk], [q[1] for q in chunk],
                                 [q[3] for q in chunk])
-        out: list[GroundingResult | list[GroundingResult]] = []
-        it = iter(flat)
-        for (_, text), item_texts in zip(items, texts):
-            out.append(next(it) if isinstance(text, str) else [next(it) for _ in item_texts])
-        return out
+        return flat
+
+    def _second_look(self, rgbs: Sequence[Image.Image], queries: list[tuple[int, str, list[int], bool]],
+                     flat: list[GroundingResult], zoom: Zoom) -> list[GroundingResult]:
+        """`zoom`'s second look at each small box answer, all crops in one batch."""
+        looks = [(k, window) for k, (q, r) in enumerate(zip(queries, flat))
+                 if r.found and (window := zoom.window(r.box, rgbs[q[0]].size)) is not None]
+        if not looks:
+            return flat
+        crops = [rgbs[queries[k][0]].crop(window) for k, window in looks]
+        second = self._ground(crops, [(j, *queries[k][1:]) for j, (k, _) in enumerate(looks)])
+        flat = list(flat)
+        for (k, (left, top, _, _)), again in zip(looks, second):
+            box = (again.box[0] + left, again.box[1] + top, again.box[2] + left, again.box[3] + top)
+            if again.found and box_overlap(box, flat[k].box) >= zoom.min_iou:
+                first = flat[k]
+                flat[k] = self._judged(replace(first, box=box, confidence=first.raw_confidence, calibrated=False,
+                                               zoomed=True), answered=True)
+        return flat
 
     def image_tensor(self, rgb: Image.Image) -> torch.Tensor:
         """(3, S, S) normalised pixels of an RGB image, as the model expects them."""
@@ -401,13 +437,18 @@ class Grounder:
             answered = not is_null_box(bins, self.generation.num_bins) and bool(text.strip())
             result = GroundingResult(text, tuple(boxes[0]), best.score, _confidence(best), tuple(best.tokens[:4]),
                                      size_wh, alts, cut, answered)
-            if self.calibration is not None:
-                result = replace(result, confidence=self.calibration.apply(result, not_found=not answered),
-                                 calibrated=True)
-            if answered and self.min_confidence is not None and result.confidence < self.min_confidence:
-                result = replace(result, found=False)
-            results.append(result)
+            results.append(self._judged(result, answered))
         return results
+
+    def _judged(self, result: GroundingResult, answered: bool) -> GroundingResult:
+        """An answer with its calibrated confidence, if the Grounder has a calibration, and found False below
+        `min_confidence`; `result` has its raw confidence."""
+        if self.calibration is not None:
+            result = replace(result, confidence=self.calibration.apply(result, not_found=not answered),
+                             calibrated=True)
+        if answered and self.min_confidence is not None and result.confidence < self.min_confidence:
+            result = replace(result, found=False)
+        return result
 
     def _search(self, enc: EncoderOutput, batch: int, src_len: int) -> list[list[Hypothesis]]:
         gen = self.generation

@@ -23,7 +23,8 @@ def test_predict_json(small_model_dir: Path, small_reference_dir: Path, small_ca
     assert list(out) == ["image", "width", "height", "results"]
     assert (out["image"], out["width"], out["height"]) == (image, 200, 150)
     for r, c in zip(out["results"], cases):
-        assert list(r) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated"]
+        assert list(r) == ["text", "box", "score", "confidence", "found", "tokens", "raw_confidence", "calibrated",
+                           "zoomed"]
         assert r["calibrated"] is False and r["raw_confidence"] == r["confidence"]
         assert r["text"] == c["text"] and r["tokens"] == c["tokens"]
         assert all(abs(a - b) < 1e-3 for a, b in zip(r["box"], c["box"]))
@@ -101,7 +102,7 @@ def test_predict_jsonl(small_model_dir: Path, small_reference_dir: Path, small_c
     assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
     for row, i in zip((rows[0], rows[3], rows[4]), (0, 7, 1)):
         assert list(row) == ["line", "image", "text", "width", "height", "box", "score", "confidence", "found",
-                             "tokens", "raw_confidence", "calibrated"]
+                             "tokens", "raw_confidence", "calibrated", "zoomed"]
         assert row["tokens"] == small_cases[i]["tokens"] and row["text"] == small_cases[i]["text"]
     assert rows[1]["image"] == "images/missing.png" and "not found" in rows[1]["error"]
     assert "in.jsonl:3" in rows[2]["error"]

@@ -87,7 +87,7 @@ def test_one_line_per_input_line_in_order_errors_as_lines(small_model_dir: Path,
         else:
             given = json.loads(inputs[row["line"]])
             assert list(row) == ["line", "image", "text", "width", "height", "box", "score", "confidence", "found",
-                                 "tokens", "raw_confidence", "calibrated"]
+                                 "tokens", "raw_confidence", "calibrated", "zoomed"]
             assert (row["image"], row["text"]) == (given["image"], given["text"])
     errors = {r["line"]: r["error"] for r in rows if "error" in r}
     assert set(errors) == set(BAD)

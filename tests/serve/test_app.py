@@ -57,7 +57,7 @@ def test_ground_multipart_gives_the_reference_box(client: TestClient, small_refe
     assert result["text"] == case["text"]
     assert result["box"] == pytest.approx(case["box"], abs=1e-3)
     assert set(result) == {"text", "box", "score", "confidence", "found", "truncated", "alternatives",
-                           "raw_confidence", "calibrated"}
+                           "raw_confidence", "calibrated", "zoomed"}
     assert result["calibrated"] is False and result["raw_confidence"] == result["confidence"]
     assert 0 < result["confidence"] <= 1 and len(result["alternatives"]) == 4
     assert set(result["alternatives"][0]) == {"box", "score", "confidence"}

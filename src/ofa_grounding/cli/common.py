@@ -133,6 +133,9 @@ def precision_arguments(p: argparse.ArgumentParser) -> None:
     deprecated_alias(p, "--dtype", precision)
     p.add_argument("--cache-mb", type=float, default=64,
                    help="backbone-output cache for repeated images, in MB (default 64; 0 turns it off)")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="answer from the first look only, as the reference does (default: a second look at small "
+                        "answers where the model folder's grounding.json asks for one; the bundled models do)")
 
 
 def model_sources() -> str:

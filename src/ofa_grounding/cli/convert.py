@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(args.dst, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation, layout=args.to,
                     dtype=torch.float16 if args.dtype == "fp16" else None,
                     metadata={"source": str(args.src), "converted_by": f"ofa-grounding {__version__}"})
-    carried = write_grounding(args.dst, ckpt.min_confidence, ckpt.calibration)
+    carried = write_grounding(args.dst, ckpt.min_confidence, ckpt.calibration, ckpt.zoom)
     card = write_card(args.dst, ckpt.card)
     print(f"{args.src} ({ckpt.layout}) -> {args.dst} ({args.to}, {args.dtype})"
-          + (f"; its calibration and threshold in {carried.name}" if carried else "")
+          + (f"; its calibration, threshold and zoom in {carried.name}" if carried else "")
           + (f"; its model card in {card.name}" if card else ""))
     return EXIT_OK

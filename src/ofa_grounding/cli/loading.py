@@ -22,6 +22,8 @@ def load_grounder(args: argparse.Namespace) -> Any:
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {args.max_pixels}")
     given = {} if threshold is None else {"min_confidence": threshold}
+    if getattr(args, "no_zoom", False):
+        given["zoom"] = None
     if getattr(args, "onnx", None) is not None:
         if args.model is not None:
             raise UsageError("give either --model or --onnx, not both")

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     load_grounder(args)  # fail here, once, with a clear message, not in every worker
     settings = ServerSettings(model=args.model, device=args.device, precision=args.precision, cache_mb=args.cache_mb,
                               cache_dir=args.cache_dir, batch_size=args.batch_size,
-                              min_confidence=args.min_confidence, threads=threads, service=config)
+                              min_confidence=args.min_confidence, threads=threads, zoom=not args.no_zoom,
+                              service=config)
     run_workers(uvicorn.Config(functools.partial(app_from_settings, settings), factory=True, host=args.host,
                                port=args.port, workers=args.workers, log_level=log_level))
     return EXIT_OK

@@ -370,6 +370,7 @@ class GroundResult(BaseModel):
     alternatives: list[GroundAlternative] = Field(description="the other beams, best first")
     raw_confidence: float
     calibrated: bool
+    zoomed: bool = Field(description="the box is a second look's, at a crop around a small first answer")
 
 
 class GroundResponse(BaseModel):
@@ -399,6 +400,8 @@ class ModelInfo(BaseModel):
     image_size: int
     version: str
     calibrated: bool
+    zoom: dict[str, float] | None = Field(description="the second look at small answers (`Zoom`'s settings), or "
+                                                     "null when there is none")
     card: str | None = Field(description="'/v1/model/card', or null when the model has no card")
     limits: Limits  # type: ignore[valid-type]
     batching: Batching
@@ -417,7 +420,7 @@ class Health(BaseModel):
 _GROUND_EXAMPLE = {"width": 640, "height": 480, "results": [
     {"text": "the red circle", "box": [12.5, 40.0, 98.1, 130.7], "score": -0.21, "confidence": 0.93, "found": True,
      "truncated": False, "alternatives": [{"box": [10.0, 38.2, 99.0, 131.0], "score": -0.9, "confidence": 0.028}],
-     "raw_confidence": 0.031, "calibrated": True}]}
+     "raw_confidence": 0.031, "calibrated": True, "zoomed": False}]}
 
 # An 8x8 red PNG, base64: the JSON example of the OpenAPI document, which Swagger UI's "Try it out" sends.
 _RED_SQUARE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mO8o6HBgA0wMeAAg1MCAO/EATxlNiNa"
@@ -473,6 +476,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
         "precision": grounder.precision, "device": str(grounder.device),
         "image_size": grounder.preprocess.patch_image_size, "version": __version__,
         "calibrated": grounder.calibration is not None,
+        "zoom": None if grounder.zoom is None else grounder.zoom.to_json(),
         "card": "/v1/model/card" if grounder.card else None,
     }
 
@@ -629,5 +633,6 @@ def app_from_settings(settings: ServerSettings) -> FastAPI:
                                         cache_mb=settings.cache_mb, cache_dir=settings.cache_dir,
                                         batch_size=settings.batch_size, max_pixels=settings.service.max_pixels,
                                         **({} if settings.min_confidence is None
-                                           else {"min_confidence": settings.min_confidence}))
+                                           else {"min_confidence": settings.min_confidence}),
+                                        **({} if settings.zoom else {"zoom": None}))
     return create_app(grounder, settings.service, model_name=settings.model or "bundled demo")

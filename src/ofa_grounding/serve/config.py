@@ -41,4 +41,5 @@ class ServerSettings:
     batch_size: int = 8  # descriptions encoded and decoded together
     min_confidence: float | None = None  # None: the model folder's grounding.json, if any
     threads: int | None = None  # torch threads of the process; None: torch's own (OMP_NUM_THREADS)
+    zoom: bool = True  # the second look at small answers the model folder's grounding.json asks for, if any
     service: ServeConfig = field(default_factory=ServeConfig)
