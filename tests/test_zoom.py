@@ -75,6 +75,8 @@ def test_the_model_folder_turns_it_on_and_no_zoom_off(tmp_path: Path, capsys: py
     shutil.copytree(bundled_models()["demo-small"], folder)
     write_grounding(folder, None, None, Zoom(max_share=1.0, factor=1.0, min_side=200, min_iou=0.0))
     assert Grounder.from_pretrained(folder).zoom is not None
+    assert main(["info", str(folder)]) == 0
+    assert "a second look at answers up to 1 of the image (zoom)" in capsys.readouterr().out
     assert Grounder.from_pretrained(folder, zoom=None).zoom is None
     texts = ["the red circle", "the blue square", "the green triangle", "the yellow star"]
     zoomed = {}

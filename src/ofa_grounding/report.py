@@ -38,4 +38,6 @@ def describe(ckpt: LoadedCheckpoint) -> dict[str, Any]:
         "vocabulary": {"size": ckpt.tokenizer.vocab_size, "bins": gen.num_bins,
                        "first_bin": ckpt.tokenizer.bin_offset},
         "preprocess": ckpt.preprocess.to_dict(), "generation": gen.to_dict(),
+        "calibrated": ckpt.calibration is not None, "min_confidence": ckpt.min_confidence,
+        "zoom": None if ckpt.zoom is None else ckpt.zoom.to_json(),
     }

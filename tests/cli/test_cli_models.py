@@ -57,6 +57,7 @@ def test_info_prints_a_summary(small_model_dir: Path, capsys: pytest.CaptureFixt
     assert "resnet18 backbone, d_model 64, 1+1 layers, 2 heads, ffn 256" in out
     assert "token embeddings" in out and "59,457 ids (1000 location bins from id 58457)" in out
     assert "beam 5" in out and "256 px" in out
+    assert "answers: confidence raw, no 'not found' threshold, no second look" in out  # OFA's: as the reference
     from ofa_grounding import DEFAULT_MODEL
 
     assert main(["info", str(DEFAULT_MODEL)]) == 0  # the bundled model: an architecture with a preset's name

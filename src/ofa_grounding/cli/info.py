@@ -40,4 +40,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  images: {p['patch_image_size']} px square, mean {p['mean']}, std {p['std']}")
     print(f"  generation: beam {g['beam_size']}, {g['min_len']}-{g['max_len_b']} tokens, "
           f"no-repeat {g['no_repeat_ngram_size']}-grams, constraint {g['constraint_range']}")
+    z = info["zoom"]
+    print(f"  answers: confidence {'calibrated' if info['calibrated'] else 'raw'}, "
+          + ("no 'not found' threshold" if info["min_confidence"] is None
+             else f"'not found' below {info['min_confidence']:g}")
+          + (f", a second look at answers up to {z['max_share']:g} of the image (zoom)" if z else ", no second look"))
     return EXIT_OK
