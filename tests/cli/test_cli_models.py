@@ -125,7 +125,8 @@ def test_convert_carries_the_calibration_and_threshold(tiny_model_dir: Path, tmp
     assert GROUNDING_FILE in capsys.readouterr().out
     source = read_grounding(DEFAULT_MODEL)
     assert "calibration" in source  # what the bundled model carries
-    assert read_grounding(out) == {k: source[k] for k in ("min_confidence", "calibration") if k in source}
+    assert read_grounding(out) == {k: source[k] for k in ("min_confidence", "zoom", "calibration") if k in source}
+    assert "zoom" in source  # the bundled model takes a second look, and so does its copy
     example = Path(__file__).resolve().parents[2] / "examples" / "shapes.png"
     a = Grounder.from_pretrained("demo").predict(example, "the red circle")
     b = Grounder.from_pretrained(out).predict(example, "the red circle")
