@@ -110,12 +110,11 @@ def fetch_url(url: str, max_bytes: int, timeout_s: float, allow_private: bool = 
     try:
         with (_ANY_OPENER if allow_private else _PUBLIC_OPENER).open(url, timeout=timeout_s) as response:
             data = response.read(max_bytes + 1)
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, PrivateAddressError):
-            raise FetchError(422, "private_image_url", f"image_url: {exc.reason}; this server fetches from public "
+    except Exception as exc:  # an HTTP error, a malformed URL, a broken connection, a timeout while reading, ...
+        reason = getattr(exc, "reason", None)  # urllib's URLError carries the connection's own error
+        if isinstance(reason, PrivateAddressError):
+            raise FetchError(422, "private_image_url", f"image_url: {reason}; this server fetches from public "
                                                        "addresses only") from None
-        raise FetchError(422, "unreadable_image", f"image_url: cannot fetch ({_first_line(exc)})") from None
-    except Exception as exc:  # a malformed URL, a broken connection, a timeout while reading, ...
         raise FetchError(422, "unreadable_image", f"image_url: cannot fetch ({_first_line(exc)})") from None
     if len(data) > max_bytes:
         raise FetchError(413, "image_too_large", f"image_url: more than {max_bytes} bytes")
