@@ -3,6 +3,7 @@ values, the stored record (JSON round trip, malformed grounding.json), and a Gro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -104,6 +105,23 @@ def test_features_read_the_beams() -> None:
     null = _result(0.06, (0.0, 0.0, 0.6, 0.5), score=-3.0, alternatives=[alt_same, alt_null])
     assert answered_not_found(null) and features(null)["agreement"] == pytest.approx(2 / 3)
     assert answered_not_found(_result(0.03, text="  ")) and not answered_not_found(_result(0.03))
+
+
+def test_zoomed_is_a_feature_and_old_records_still_apply() -> None:
+    assert features(_result(0.03))["zoomed"] == 0.0
+    assert features(dataclasses.replace(_result(0.03), zoomed=True))["zoomed"] == 1.0
+    # Zoomed boxes right 90 % of the time, first looks 30 %, at the same raw confidence: only the flag tells.
+    rng = random.Random(5)
+    results, labels = [], []
+    for i in range(600):
+        zoomed = i % 2 == 0
+        results.append(dataclasses.replace(_result(math.exp(rng.gauss(-3.5, 0.3))), zoomed=zoomed))
+        labels.append(rng.random() < (0.9 if zoomed else 0.3))
+    calibration = fit(results, labels)
+    assert "zoomed" in calibration.box.features
+    assert calibration.apply(results[0]) > 0.8 and calibration.apply(results[1]) < 0.4
+    old = Calibration.from_json(_logistic_record())  # a record fitted before "zoomed" existed
+    assert old.apply(dataclasses.replace(_result(0.03), zoomed=True)) == old.apply(_result(0.03))
 
 
 def test_json_round_trip() -> None:

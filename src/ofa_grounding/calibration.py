@@ -33,8 +33,9 @@ __all__ = ["BOX_FEATURES", "NOT_FOUND_FEATURES", "AnswerModel", "Calibration", "
 
 FORMAT = 1  # the stored record's layout
 # Features per kind of answer. For a "not found" answer the box is the null box (no size worth a feature)
-# and the other beams' share of boxes is 1 - agreement, so both are left out.
-BOX_FEATURES = ("log_raw_confidence", "score", "agreement", "not_found_share", "log_area_share")
+# and the other beams' share of boxes is 1 - agreement, so both are left out. A record names the features it
+# uses, so records fitted before a feature was added keep working.
+BOX_FEATURES = ("log_raw_confidence", "score", "agreement", "not_found_share", "log_area_share", "zoomed")
 NOT_FOUND_FEATURES = ("log_raw_confidence", "score", "agreement")
 MIN_ANSWERS, MIN_EACH = 20, 5  # below these, a kind of answer gets a constant
 L2 = 1.0  # on standardised features; the bias is not penalised
@@ -63,7 +64,9 @@ def features(result: GroundingResult) -> dict[str, float]:
         beam included) answers like the best beam: IoU with its box for box answers, 1 per beam that is also
         "not found" for a "not found" answer;
     not_found_share: the share of that mass on "not found" answers (null boxes);
-    log_area_share: log of the box's area as a share of the image's (corners put in order; floor 1e-6).
+    log_area_share: log of the box's area as a share of the image's (corners put in order; floor 1e-6);
+    zoomed: 1 when the box comes from a second look at a crop (`GroundingResult.zoomed`), else 0: such boxes are
+        right more often than their first look's scores say (the scores stay the first look's).
     """
     size = result.image_size
     best_null = answered_not_found(result)
@@ -84,7 +87,8 @@ def features(result: GroundingResult) -> dict[str, float]:
             "score": result.score,
             "agreement": float(weights @ np.array(agree)),
             "not_found_share": float(weights @ np.array(nulls, dtype=np.float64)),
-            "log_area_share": math.log(max(area_share, 1e-6))}
+            "log_area_share": math.log(max(area_share, 1e-6)),
+            "zoomed": float(result.zoomed)}
 
 
 @dataclass(frozen=True)
