@@ -202,8 +202,8 @@ fi
 #    the one below whose residual branches start at zero, so training starts from stage 7's answers; stage 8 had
 #    shown that more updates of 2+2 layers no longer pay), the same mix at 192 px, lr 3e-4, seed 31. The cell heads
 #    start as stage 7 left them when HEADS9 (default "$OUT/stage7/last") exists, fresh otherwise. STAGE9_FROM=DIR
-#    skips it; STEPS9 (default 5000) updates; THREADS9 threads (default: THREADS, else 2).
-STEPS9=${STEPS9:-5000}
+#    skips it; STEPS9 (default 4000) updates; THREADS9 threads (default: THREADS, else 2).
+STEPS9=${STEPS9:-4000}
 HEADS9=${HEADS9:-$([ -f "$OUT/stage7/last/trainer_state.safetensors" ] && echo "$OUT/stage7/last" || true)}
 if [ -z "${STAGE9_FROM:-}" ]; then
   [ -f "$OUT/stage9-init/config.json" ] || ${PYTHON:-python3} "$(dirname "$0")/deepen_model.py" "$STAGE7_FROM" \
