@@ -222,7 +222,8 @@ def main() -> int:
         "",
         "Trained by this project on its synthetic referring-expression scenes: flat coloured shapes and the",
         "words listed below, not real photos (for those, load one of OFA's published checkpoints). Architecture:",
-        f"the `{match_preset(c, side) or 'custom'}` preset (3-stage resnet18-style backbone at width "
+        (f"the `{preset}` preset" if (preset := match_preset(c, side)) else "OFA's, in a shape of our own")
+        + f" (3-stage resnet18-style backbone at width "
         f"{c.resnet_width}, d {c.d_model}, {c.encoder_attention_heads} heads, {c.encoder_layers}+{c.decoder_layers} "
         f"layers, {side} px",
         f"images, OFA's `entangle_position_embedding`, OFA's vocabulary), {n_params / 1e6:.1f} M parameters; "
