@@ -43,6 +43,9 @@ wide_stage() {  # wide_stage NAME FROM DATA STEPS THREADS LR WARMUP SEED RESUME 
     --bin-sigma 12 --group-by-image 4 --attr-weight 1 --pointer-weight 1 --eval-every 1000 --save-every 250 \
     --seed "$seed" --device "$DEVICE" ${MINUTES:+--max-minutes "$MINUTES"} ${resume:+--resume} --no-progress
 }
+last_heads() {  # last_heads STAGE: that stage's last/ when it holds the trainer state (its cell heads), else nothing
+  [ -f "$OUT/$1/last/trainer_state.safetensors" ] && echo "$OUT/$1/last" || true
+}
 [ -f "$OUT/stages.tsv" ] || printf 'stage\tsamples_seen\twall_s\tmachine\tcommand\n' > "$OUT/stages.tsv"
 
 # 0. Data: the benchmark (its val split validates, its test split scores) and a larger training set of the
@@ -181,7 +184,7 @@ fi
 #    them (HEADS7, default "$OUT/stage6/last" when it exists; fresh heads cost stage 6 ~5 val points early).
 #    STAGE7_FROM=DIR skips it; STEPS7 (default 8000) updates; THREADS7 threads (default: THREADS, else 2).
 STEPS7=${STEPS7:-8000}
-HEADS7=${HEADS7:-$([ -f "$OUT/stage6/last/trainer_state.safetensors" ] && echo "$OUT/stage6/last" || true)}
+HEADS7=${HEADS7:-$(last_heads stage6)}
 if [ -z "${STAGE7_FROM:-}" ]; then
   wide_stage stage7 "$STAGE6_FROM" "$MIX4" "$STEPS7" "${THREADS7:-${THREADS:-2}}" 2.5e-4 0.03 17 "${RESUME7:-}" \
     --image-size 192 ${HEADS7:+--heads-from "$HEADS7"}
@@ -194,7 +197,7 @@ fi
 #    Runs only with RUN_STAGE8=1; STEPS8 (default 8000) updates; THREADS8 threads (default: THREADS, else 2).
 if [ -n "${RUN_STAGE8:-}" ]; then
   STEPS8=${STEPS8:-8000}
-  HEADS8=${HEADS8:-$([ -f "$OUT/stage7/last/trainer_state.safetensors" ] && echo "$OUT/stage7/last" || true)}
+  HEADS8=${HEADS8:-$(last_heads stage7)}
   wide_stage stage8 "$STAGE7_FROM" "$MIX4" "$STEPS8" "${THREADS8:-${THREADS:-2}}" 2e-4 0.02 29 "${RESUME8:-}" \
     --image-size 192 ${HEADS8:+--heads-from "$HEADS8"}
 fi
@@ -207,7 +210,7 @@ fi
 #    threads (default: THREADS, else 2).
 if [ -n "${RUN_STAGE9:-}" ]; then
   STEPS9=${STEPS9:-4000}
-  HEADS9=${HEADS9:-$([ -f "$OUT/stage7/last/trainer_state.safetensors" ] && echo "$OUT/stage7/last" || true)}
+  HEADS9=${HEADS9:-$(last_heads stage7)}
   [ -f "$OUT/stage9-init/config.json" ] || ${PYTHON:-python3} "$(dirname "$0")/deepen_model.py" "$STAGE7_FROM" \
     "$OUT/stage9-init" --encoder-layers 4 --decoder-layers 4
   wide_stage stage9 "$OUT/stage9-init" "$MIX4" "$STEPS9" "${THREADS9:-${THREADS:-2}}" 3e-4 0.03 31 "${RESUME9:-}" \
