@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,28 @@ def test_missing_without_the_client_names_the_extra(tmp_path: Path, monkeypatch:
         resolve_model(MS_ID, cache_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"needs huggingface_hub: pip install 'ofa-grounding\[hub\]'"):
         resolve_model("hf:" + HF_ID, cache_dir=tmp_path)
+
+
+def test_failed_downloads_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that fails with an empty or a many-line message (no network here: the clients are fakes)."""
+    def raising(exc: Exception):
+        def snapshot_download(*args, **kwargs):
+            raise exc
+        return snapshot_download
+
+    modelscope_hub = types.ModuleType("modelscope.hub.snapshot_download")
+    modelscope_hub.snapshot_download = raising(ConnectionError())  # type: ignore[attr-defined]
+    for name in ("modelscope", "modelscope.hub"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "modelscope.hub.snapshot_download", modelscope_hub)
+    huggingface_hub = types.ModuleType("huggingface_hub")
+    huggingface_hub.snapshot_download = raising(OSError("\nconnection refused\n  at line 2"))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", huggingface_hub)
+    with pytest.raises(CheckpointError, match=r"ModelScope download failed \(ConnectionError\); or put") as ms:
+        resolve_model(MS_ID, cache_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"Hugging Face download failed \(connection refused\)$") as hf:
+        resolve_model("hf:" + HF_ID, cache_dir=tmp_path)
+    assert "\n" not in str(ms.value) and "\n" not in str(hf.value)
 
 
 def test_local_paths_win_and_bad_names(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_model
 
 from .calibration import Calibration
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .fairseq import config_from_fairseq, read_fairseq
 from .model import OFAModel, meta_model
 from .tokenizer import ASSETS_DIR, OFAChineseTokenizer, OFATokenizer, load_tokenizer
@@ -115,7 +115,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: refused: the file holds Python objects besides tensors{what}, which could "
                               "run code when unpickled; only plain tensor state dicts are loaded") from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else ""
+        reason = first_line(exc, empty="")
         raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {reason})") from None
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

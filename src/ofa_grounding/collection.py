@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .data import check_unicode
-from .errors import ImageLoadError
+from .errors import ImageLoadError, first_line
 
 __all__ = ["Answer", "ChunkAnswers", "ChunkRule", "Item", "Output", "OutputBusy", "OutputMismatch", "Start",
            "answer_chunk", "chunked", "count_items", "load_chunk_images", "read_items", "resume_point"]
@@ -94,7 +94,7 @@ def _parse(raw: bytes, line: int, offset: int, where: str) -> Item:
             raise ValueError('expected {"image": str, "text": str}')
         check_unicode(value["text"])
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return Item(line, offset, None, None, f"{where}:{line}: {str(exc).splitlines()[0]}")
+        return Item(line, offset, None, None, f"{where}:{line}: {first_line(exc)}")
     # An empty description is answered, as `Grounder.predict` answers it: not found (found false), the box the
     # reference's answer to the bare prompt.
     return Item(line, offset, value["image"], value["text"], None)
@@ -157,7 +157,7 @@ def load_chunk_images(grounder: Any, chunk: Sequence[Item], folder: Path) -> dic
         except ImageLoadError as exc:
             images[item.image] = str(exc)  # type: ignore[index]
         except Exception as exc:  # a decoder's surprise: this image's lines fail, not the run
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = first_line(exc, empty="")
             images[item.image] = f"{path}: cannot read image ({type(exc).__name__}: {first})"  # type: ignore[index]
     return images
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 __all__ = ["Sample", "DataIssue", "DataError", "Dataset", "check_unicode", "open_dataset", "read_jsonl", "read_tsv",
            "read_refer", "load_refer_pickle", "list_splits", "FORMATS"]
@@ -133,7 +133,7 @@ def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
                     raise ValueError('missing "box" ([x0, y0, x1, y1], or null for an object the image lacks)')
                 box = None if row["box"] is None else _check_box(row["box"])
             except ValueError as exc:
-                ds.report(where, str(exc).splitlines()[0])
+                ds.report(where, first_line(exc))
                 continue
             row_split = row.get("split")
             if split is not None and row_split != split:
@@ -177,7 +177,7 @@ def _tsv(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
                 if not image:
                     raise ValueError("empty image column")
             except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
-                ds.report(f"{where} (id {uniq_id})", str(exc).splitlines()[0])
+                ds.report(f"{where} (id {uniq_id})", first_line(exc))
                 continue
             yield Sample(uniq_id, image, text, box, split, image_id=image_id or None, meta={"line": where})
 

@@ -3,7 +3,7 @@ no module needs another one's internals to raise or catch them."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "ImageLoadError", "ImageTooLargeError"]
+__all__ = ["CheckpointError", "DataError", "ImageLoadError", "ImageTooLargeError", "first_line"]
 
 
 class CheckpointError(ValueError):
@@ -20,3 +20,10 @@ class ImageLoadError(ValueError):
 
 class ImageTooLargeError(ImageLoadError):
     """The image has more pixels than allowed (checked from its header, before decoding)."""
+
+
+def first_line(exc: BaseException, empty: str | None = None) -> str:
+    """The first non-blank line of an exception's message, stripped, for one-line errors; for a blank message
+    `empty`, or the exception's type name when that is None."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else (type(exc).__name__ if empty is None else empty)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import GenerationConfig, OFAConfig, PreprocessConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 __all__ = ["FAIRSEQ_CONFIG_NAMES", "FAIRSEQ_LAYER_NAMES", "FAIRSEQ_ONLY_KEYS", "NORMFORMER_FLAGS",
            "config_from_fairseq", "from_fairseq_key", "read_fairseq", "to_fairseq_key"]
@@ -82,7 +82,7 @@ def read_fairseq(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise CheckpointError(f"{path}: cannot read as a fairseq checkpoint (not a torch pickle: "
                               f"{detail[:120] or 'unreadable'})") from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else ""
+        reason = first_line(exc, empty="")
         raise CheckpointError(f"{path}: cannot read as a fairseq checkpoint ({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")

@@ -19,7 +19,7 @@ import re
 import warnings
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 __all__ = ["OFFLINE_ENV", "is_hub_id", "is_offline", "resolve_model"]
 
@@ -92,7 +92,7 @@ def _modelscope(model_id: str, cache_dir: str | os.PathLike | None) -> Path:
     try:
         return Path(snapshot_download(model_id, cache_dir=str(root)))
     except Exception as exc:
-        raise CheckpointError(f"{model_id}: ModelScope download failed ({str(exc).splitlines()[0][:200]}); "
+        raise CheckpointError(f"{model_id}: ModelScope download failed ({first_line(exc)[:200]}); "
                               f"or put its files ({_NEEDED}) in {target}") from None
 
 
@@ -117,5 +117,5 @@ def _huggingface(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
     try:
         return Path(snapshot_download(repo_id, cache_dir=str(root)))
     except Exception as exc:
-        raise CheckpointError(f"hf:{repo_id}: Hugging Face download failed ({str(exc).splitlines()[0][:200]})") \
+        raise CheckpointError(f"hf:{repo_id}: Hugging Face download failed ({first_line(exc)[:200]})") \
             from None

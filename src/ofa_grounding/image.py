@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_PIXELS
-from .errors import ImageLoadError, ImageTooLargeError
+from .errors import ImageLoadError, ImageTooLargeError, first_line
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -69,7 +69,7 @@ def _open_bytes(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as exc:  # so large that Pillow refuses even to open it
         raise ImageTooLargeError(f"{name}: too many pixels ({exc})") from None
     except Exception as exc:  # Pillow's decoders raise many types for damaged files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageLoadError(f"{name}: image is truncated or corrupt ({reason})") from None
     return image
 

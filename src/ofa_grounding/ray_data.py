@@ -38,7 +38,7 @@ except ImportError as exc:
                       "pip install 'ofa-grounding[ray]'") from None
 import numpy as np
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, first_line
 
 __all__ = ["OUTPUT_COLUMNS", "OFAGrounder"]
 
@@ -135,7 +135,7 @@ class OFAGrounder:
                 error[i] = str(exc)
                 continue
             except Exception as exc:  # a decoder's surprise: this row fails, not the batch
-                first = str(exc).splitlines()[0] if str(exc) else ""
+                first = first_line(exc, empty="")
                 error[i] = f"cannot read image ({type(exc).__name__}: {first})"
                 continue
             pairs.append((rgb, str(text)))

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import CheckpointError, DataError, ImageLoadError
+from ..errors import CheckpointError, DataError, ImageLoadError, first_line
 from ..model_names import PRESET_PREFIX, bundled_models
 from ..presets import list_presets
 
@@ -50,7 +50,7 @@ def handle_error(exc: BaseException) -> int:
         error(str(exc))
         return EXIT_FAILED
     logging.getLogger("ofa_grounding.cli").debug("unexpected error", exc_info=exc)
-    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = first_line(exc, empty="")
     error(f"unexpected {type(exc).__name__}: {first} (run with -v for details)")
     return EXIT_FAILED
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from .common import UsageError, require_extra, set_threads
 
 
@@ -53,7 +53,7 @@ def load_grounder(args: argparse.Namespace) -> Any:
         raise UsageError(f"--model: {exc}") from None
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown or unavailable device
         what = f"--device {args.device}" if args.device is not None else "--model"
-        raise UsageError(f"{what}: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"{what}: {first_line(exc)}") from None
 
 
 def load_any(model: str, cache_dir: str | None) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MAX_PIXELS
+from ..errors import first_line
 from .common import (
     EXIT_OK,
     UsageError,
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             draw_results(grounder.load_image(args.image), results).save(args.draw)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--draw {args.draw}: cannot write ({str(exc).splitlines()[0]})") from None
+            raise UsageError(f"--draw {args.draw}: cannot write ({first_line(exc)})") from None
     if args.json:
         print(json.dumps({"image": args.image, "width": width, "height": height,
                           "results": [r.to_dict(alternatives=args.alternatives) for r in results]}))

@@ -45,6 +45,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..data import check_unicode
+from ..errors import first_line
 from ..image import ImageLoadError, ImageTooLargeError, load_image
 from ..predictor import Grounder, GroundingResult
 from ..presets import match_preset
@@ -501,7 +502,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc, empty="")
         return _error_response(500, "internal_error", f"{type(exc).__name__}: {first}")
 
     @app.exception_handler(RequestValidationError)

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ..errors import first_line
+
 __all__ = ["FetchError", "PrivateAddressError", "fetch_url", "is_public_address"]
 
 
@@ -94,10 +96,6 @@ _PUBLIC_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _P
 _ANY_OPENER = urllib.request.build_opener(_HTTPRedirectsOnly)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def fetch_url(url: str, max_bytes: int, timeout_s: float, allow_private: bool = False) -> bytes:
     """GET an http(s) URL: its first `max_bytes` bytes, or `FetchError` (422 `bad_image_url`, 422
     `private_image_url`, 422 `unreadable_image`, 413 `image_too_large`)."""
@@ -115,7 +113,7 @@ def fetch_url(url: str, max_bytes: int, timeout_s: float, allow_private: bool = 
         if isinstance(reason, PrivateAddressError):
             raise FetchError(422, "private_image_url", f"image_url: {reason}; this server fetches from public "
                                                        "addresses only") from None
-        raise FetchError(422, "unreadable_image", f"image_url: cannot fetch ({_first_line(exc)})") from None
+        raise FetchError(422, "unreadable_image", f"image_url: cannot fetch ({first_line(exc)})") from None
     if len(data) > max_bytes:
         raise FetchError(413, "image_too_large", f"image_url: more than {max_bytes} bytes")
     return data
