@@ -184,7 +184,8 @@ def main() -> int:
     command = f"`{' '.join(_train_args(cfg))}`"
     earlier = _training_history(Path(cfg["model"]))
     if earlier is None and args.earlier_card:  # the run started from weights without a card of their own
-        earlier = (_training_history(args.earlier_card) or "").removeprefix(EARLIER).strip() or None
+        earlier = _training_history(args.earlier_card)
+    earlier = (earlier or "").removeprefix(EARLIER).strip() or None  # the card writes the prefix once, below
     if args.earlier_note:
         earlier = f"{earlier or ''}\n\n{args.earlier_note}".strip()
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it

@@ -3,8 +3,8 @@
 # command, samples seen and wall time to $OUT/stages.tsv; a stage's weights (fp16, weights only) can be
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1, STAGE2_FROM=DIR stage 2,
 # STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
-# STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7; stages 8 and 9, tried and not shipped, run with RUN_STAGE8=1 and
-# RUN_STAGE9=1). Stage 2's weights are the bundled model of commit 9922adc
+# STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10; stages 8 and 9, tried and not
+# shipped, run with RUN_STAGE8=1 and RUN_STAGE9=1). Stage 2's weights are the bundled model of commit 9922adc
 # (git archive 9922adc src/ofa_grounding/models/demo | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
 # Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS / STEPS2 (stage 1 / 2 updates, default
@@ -132,9 +132,9 @@ fi
 #    split from 92.4 to 88.9 %); 239,237 rows. IMAGE4 (default: the model's side, 128) trains at another image
 #    side. STAGE4_FROM=DIR skips it; STEPS4 (default 12000) updates; THREADS4 threads (default: THREADS, else 2).
 STEPS4=${STEPS4:-12000}
-MIX4="$OUT/stage4-data"  # stages 5-9 train on it too
+MIX4="$OUT/stage4-data"  # stages 5-10 train on it too
 if { [ -z "${STAGE4_FROM:-}" ] || [ -z "${STAGE5_FROM:-}" ] || [ -z "${STAGE6_FROM:-}" ] || [ -z "${STAGE7_FROM:-}" ] \
-  || [ -n "${RUN_STAGE8:-}" ] || [ -n "${RUN_STAGE9:-}" ]; } \
+  || [ -n "${RUN_STAGE8:-}" ] || [ -n "${RUN_STAGE9:-}" ] || [ -z "${STAGE10_FROM:-}" ]; } \
   && [ ! -f "$MIX4/train.jsonl" ]; then
   mkdir -p "$MIX4"
   ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX4/v2-images"
@@ -217,10 +217,22 @@ if [ -n "${RUN_STAGE9:-}" ]; then
     --image-size 192 ${HEADS9:+--heads-from "$HEADS9"}
 fi
 
-# 10. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
+# 10. From stage 7's weights at 224 px (stages 5 and 7 each gained at a larger side; stages 8 and 9, more updates
+#     and more depth at 192 px, did not), the same mix, 5,000 updates, lr 2.5e-4, seed 37, cell heads from stage
+#     7's last/ when there (HEADS10), else fresh (docs/experiments/2026-12-05-demo-wide-world.md, stage 10).
+#     STAGE10_FROM=DIR skips it; STEPS10 (default 5000) updates; THREADS10 threads (default: THREADS, else 2).
+STEPS10=${STEPS10:-5000}
+HEADS10=${HEADS10:-$(last_heads stage7)}
+if [ -z "${STAGE10_FROM:-}" ]; then
+  wide_stage stage10 "$STAGE7_FROM" "$MIX4" "$STEPS10" "${THREADS10:-${THREADS:-2}}" 2.5e-4 0.03 37 "${RESUME10:-}" \
+    --image-size 224 ${HEADS10:+--heads-from "$HEADS10"}
+  STAGE10_FROM="$OUT/stage10/best"
+fi
+
+# 11. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
 [ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
 [ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
 for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
-  "$OFA" eval --model "$STAGE7_FROM" --data "$data" --split test --device "$DEVICE"
+  "$OFA" eval --model "$STAGE10_FROM" --data "$data" --split test --device "$DEVICE"
 done
-# 11. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE7_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
+# 12. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE10_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...

@@ -75,8 +75,8 @@ for _p in (
     register_preset(_p)
 
 # Ours, small enough to train on 2 CPU cores: a quarter-width 3-stage ResNet (2, 2, 2 bottleneck blocks, 256
-# output channels), 192-pixel images (12 x 12 = 144 image tokens; the bundled model's stages 1-4 trained at 128,
-# 5-6 at 160),
+# output channels), 224-pixel images (14 x 14 = 196 image tokens; the bundled model's stages 1-4 trained at 128,
+# 5-6 at 160, 7 at 192, 10 at 224),
 # d 128, 2+2 layers. Positions are entangled into
 # the token values (OFA's entangle_position_embedding), so that the decoder can read where the described object
 # is from what it attends to (docs/experiments/2026-12-04-demo-model.md).
@@ -85,8 +85,8 @@ register_preset(Preset(
     OFAConfig(d_model=128, encoder_attention_heads=4, decoder_attention_heads=4, encoder_layers=2, decoder_layers=2,
               encoder_ffn_dim=512, decoder_ffn_dim=512, resnet_type="resnet18", resnet_width=16,
               entangle_position_embedding=True),
-    PreprocessConfig(patch_image_size=192, max_image_size=192),
-    description="ours: resnet18-style 3-stage backbone at width 16, d 128, 4 heads, 2+2 layers, 192 px images, "
+    PreprocessConfig(patch_image_size=224, max_image_size=224),
+    description="ours: resnet18-style 3-stage backbone at width 16, d 128, 4 heads, 2+2 layers, 224 px images, "
                 "positions entangled"))
 
 # Ours, a student for distillation (issue 30's `demo-small`): the demo preset's backbone (so that a trained demo
