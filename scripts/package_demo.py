@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -62,8 +63,9 @@ def _words(table: dict | tuple) -> list[str]:
     return [w for ws in values for w in ws]
 
 
-def knows_section(worlds: list[str], side: int = 128) -> list[str]:
-    """What the model was trained on, word by word, and what it cannot do: from the worlds' vocabularies."""
+def knows_section(worlds: list[str], side: int = 128, limitations: Sequence[str] = ()) -> list[str]:
+    """What the model was trained on, word by word, and what it cannot do: from the worlds' vocabularies, plus
+    `limitations` measured on that model (one line each)."""
     from ofa_grounding import synthetic, synthetic_v2
 
     tables = [synthetic.VOCABULARY if w == "v1" else synthetic_v2.VOCABULARY for w in worlds]
@@ -103,6 +105,7 @@ def knows_section(worlds: list[str], side: int = 128) -> list[str]:
               f"- Tiny objects: the image is resized to {side} x {side} pixels, so an object a few pixels wide "
               f"there (e.g. under ~{round(25 * 128 / side)} px on a 640 px-wide image) is often missed.",
               "- More than one box per description (\"all the circles\"), counting, text in images, 3D scenes."]
+    lines += [f"- {text}" for text in limitations]
     return lines
 
 
@@ -158,6 +161,8 @@ def main() -> int:
     ap.add_argument("--note", default="", help="a paragraph for the card's Training section (e.g. a table row)")
     ap.add_argument("--plot", type=Path, help="the calibration's reliability plot (default: "
                                               "docs/NAME-confidence.png)")
+    ap.add_argument("--limitation", action="append", default=[],
+                    help="a weakness measured on this model, for the card's What it cannot do (repeatable)")
     ap.add_argument("--machine", default="", help="where the run trained (for the card)")
     ap.add_argument("--wall-minutes", type=float, help="the run's wall time (train_demo.sh's stages.tsv has it)")
     ap.add_argument("--stage", default=STAGE1_NOTE, help="which stage of scripts/train_demo.sh the run is and its "
@@ -231,7 +236,7 @@ def main() -> int:
         "weights stored in",
         f"float16 ({size / 1e6:.1f} MB), loaded as float32.",
         "",
-        *knows_section(args.worlds.split(","), side),
+        *knows_section(args.worlds.split(","), side, args.limitation),
         "",
         "## Scores (this float16 copy, test splits, beam 5)",
         "",
