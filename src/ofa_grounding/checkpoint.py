@@ -115,8 +115,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: refused: the file holds Python objects besides tensors{what}, which could "
                               "run code when unpickled; only plain tensor state dicts are loaded") from None
     except Exception as exc:
-        reason = first_line(exc, empty="")
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {reason})") from None
+        raise CheckpointError(f"{path}: cannot read weights ({first_line(exc, typed=True)})") from None
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

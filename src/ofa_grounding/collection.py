@@ -157,8 +157,7 @@ def load_chunk_images(grounder: Any, chunk: Sequence[Item], folder: Path) -> dic
         except ImageLoadError as exc:
             images[item.image] = str(exc)  # type: ignore[index]
         except Exception as exc:  # a decoder's surprise: this image's lines fail, not the run
-            first = first_line(exc, empty="")
-            images[item.image] = f"{path}: cannot read image ({type(exc).__name__}: {first})"  # type: ignore[index]
+            images[item.image] = f"{path}: cannot read image ({first_line(exc, typed=True)})"  # type: ignore[index]
     return images
 
 

@@ -22,8 +22,10 @@ class ImageTooLargeError(ImageLoadError):
     """The image has more pixels than allowed (checked from its header, before decoding)."""
 
 
-def first_line(exc: BaseException, empty: str | None = None) -> str:
-    """The first non-blank line of an exception's message, stripped, for one-line errors; for a blank message
-    `empty`, or the exception's type name when that is None."""
+def first_line(exc: BaseException, typed: bool = False) -> str:
+    """The first non-blank line of an exception's message, stripped, for one-line errors (the exception's type
+    name for a blank message); `typed`: "TypeName: first line" (nothing after the colon for a blank message)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else (type(exc).__name__ if empty is None else empty)
+    if typed:
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return lines[0] if lines else type(exc).__name__

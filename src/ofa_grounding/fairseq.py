@@ -82,8 +82,8 @@ def read_fairseq(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise CheckpointError(f"{path}: cannot read as a fairseq checkpoint (not a torch pickle: "
                               f"{detail[:120] or 'unreadable'})") from None
     except Exception as exc:
-        reason = first_line(exc, empty="")
-        raise CheckpointError(f"{path}: cannot read as a fairseq checkpoint ({type(exc).__name__}: {reason})") from None
+        raise CheckpointError(f"{path}: cannot read as a fairseq checkpoint ({first_line(exc, typed=True)})") \
+            from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     cfg = ckpt.get("cfg")

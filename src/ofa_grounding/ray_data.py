@@ -135,8 +135,7 @@ class OFAGrounder:
                 error[i] = str(exc)
                 continue
             except Exception as exc:  # a decoder's surprise: this row fails, not the batch
-                first = first_line(exc, empty="")
-                error[i] = f"cannot read image ({type(exc).__name__}: {first})"
+                error[i] = f"cannot read image ({first_line(exc, typed=True)})"
                 continue
             pairs.append((rgb, str(text)))
             rows.append(i)

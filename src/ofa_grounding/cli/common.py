@@ -50,8 +50,7 @@ def handle_error(exc: BaseException) -> int:
         error(str(exc))
         return EXIT_FAILED
     logging.getLogger("ofa_grounding.cli").debug("unexpected error", exc_info=exc)
-    first = first_line(exc, empty="")
-    error(f"unexpected {type(exc).__name__}: {first} (run with -v for details)")
+    error(f"unexpected {first_line(exc, typed=True)} (run with -v for details)")
     return EXIT_FAILED
 
 

@@ -502,8 +502,7 @@ def create_app(grounder: Grounder, config: ServeConfig | None = None, model_name
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        first = first_line(exc, empty="")
-        return _error_response(500, "internal_error", f"{type(exc).__name__}: {first}")
+        return _error_response(500, "internal_error", first_line(exc, typed=True))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
