@@ -9,6 +9,8 @@
 # every score is a line of OUT/results.tsv: model, seed, steps done, data, Acc@0.5, Acc@0.75, mIoU.
 #   bash scripts/distill_experiment.sh TEACHER [OUT]
 # TEACHER: a model name (`demo`, the bundled model, by default) or directory; its backbone must be the student's.
+# Its image side must be the student's too (128 px for `mini`): the bundled `demo` has trained at larger sides since
+# 2026-12-05, so pass the 128-px teacher of docs/distillation.md (git archive 5588783 src/ofa_grounding/models/demo).
 # Environment (defaults in brackets):
 #   BENCH [data/v1-bench]  training data and test split: make-synthetic --world v1 --n 40000 --seed 0, made if missing
 #   UNSEEN [data/v1-unseen-seed-7]  make-synthetic --world v1 --n 8000 --seed 7, made if missing
@@ -28,12 +30,8 @@ DEVICE=${DEVICE:-cpu}
 mkdir -p "$OUT"
 [ -f "$BENCH/test.jsonl" ] || "$OFA" make-synthetic "$BENCH" --world v1 --n 40000 --seed 0
 [ -f "$UNSEEN/test.jsonl" ] || "$OFA" make-synthetic "$UNSEEN" --world v1 --n 8000 --seed 7
-# The demo model's stage-1 recipe (scripts/train_demo.sh), shared by both arms; the schedule is spelled out
-# because `train` and `distill` default to different warmups and final learning rates.
-RECIPE=(--data "$BENCH" --max-steps "$STEPS" --batch-size "${BATCH:-32}" --lr "${LR:-1e-3}" --warmup-ratio 0.02
-        --min-lr 0 --dropout 0 --augment flip --cache-images --bin-sigma 12 --attr-weight 1 --pointer-weight 1
-        --smooth-bins --absent-rate 0.1 --backbone-from "$TEACHER" --save-every 500 --eval-every 100000
-        --threads 1 --device "$DEVICE" --no-progress)
+source "$(dirname "$0")/distill_recipe.sh"  # RECIPE: what both arms share
+distill_recipe "$BENCH" "$STEPS" "$TEACHER" 1 "$DEVICE" 500
 
 score() {  # name seed model_dir: one results.tsv line per benchmark
   local data

@@ -5,6 +5,8 @@
 # updates, scored on the val split (first VAL_LIMIT rows) of BENCH, never on a test split. Each pilot is a line of
 # OUT/pilots.tsv: name, options, steps done, Acc@0.5, Acc@0.75, mIoU.
 #   bash scripts/distill_pilots.sh TEACHER [OUT]
+# TEACHER as for distill_experiment.sh: the student's backbone and image side (the 128-px teacher of
+# docs/distillation.md; the bundled `demo` is 224 px and `distill` refuses it with a 128-px student).
 # Environment (defaults in brackets): BENCH [data/v1-bench]  STUDENT [mini]  STEPS [1000]  SEED [1]
 #   VAL_LIMIT [1000]  DEVICE [cpu]  THREADS [1]  PILOTS: which to run, by name [all, in the order below]
 # A pilot already in pilots.tsv is skipped; one that was cut off resumes from its last/.
@@ -19,10 +21,9 @@ THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
 mkdir -p "$OUT"
 [ -f "$BENCH/val.jsonl" ] || "$OFA" make-synthetic "$BENCH" --world v1 --n 40000 --seed 0
-RECIPE=(--data "$BENCH" --max-steps "$STEPS" --batch-size "${BATCH:-32}" --lr "${LR:-1e-3}" --warmup-ratio 0.02
-        --min-lr 0 --dropout 0 --augment flip --cache-images --bin-sigma 12 --attr-weight 1 --pointer-weight 1
-        --smooth-bins --absent-rate 0.1 --backbone-from "$TEACHER" --save-every 250 --eval-every 100000
-        --threads "$THREADS" --device "$DEVICE" --no-progress --seed "$SEED")
+source "$(dirname "$0")/distill_recipe.sh"
+distill_recipe "$BENCH" "$STEPS" "$TEACHER" "$THREADS" "$DEVICE" 250
+RECIPE+=(--seed "$SEED")
 # name and the distiller's options; "finetuned" is `train` with the same recipe (labels only)
 declare -A OPTIONS=(
   [finetuned]=""

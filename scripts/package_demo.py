@@ -194,7 +194,7 @@ def main() -> int:
     if args.earlier_note:
         earlier = f"{earlier or ''}\n\n{args.earlier_note}".strip()
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it
-        earlier = earlier.split(command)[0].strip().removeprefix(EARLIER).strip() or None
+        earlier = earlier.split(command)[0].strip() or None
     with tempfile.TemporaryDirectory() as tmp:  # what ships, calibrated there, then moved into place
         staged = Path(tmp) / "model"
         save_checkpoint(staged, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
