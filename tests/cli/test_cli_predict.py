@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ofa_grounding.cli import main
 
@@ -39,12 +40,16 @@ def test_json_and_jsonl_give_the_api_results_to_dict(small_grounder, small_model
     image = small_reference_dir / small_cases[0]["image"]
     texts = [small_cases[0]["text"], "the blue square"]
     expected = [json.loads(json.dumps(r.to_dict(alternatives=True))) for r in small_grounder.predict(image, texts)]
-    assert main(["predict", "--model", str(small_model_dir), str(image), *texts, "--json", "--alternatives"]) == 0
+    # the API's thread count: without --threads the CLI takes the idle cores, and another thread count sums in
+    # another order (scores differ in the 7th digit when the machine is busy)
+    threads = ["--threads", str(torch.get_num_threads())]
+    assert main(["predict", "--model", str(small_model_dir), str(image), *texts, "--json", "--alternatives",
+                 *threads]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     assert results == expected and [list(r) for r in results] == [list(e) for e in expected]
     batch = tmp_path / "in.jsonl"
     batch.write_text("".join(json.dumps({"image": str(image), "text": t}) + "\n" for t in texts))
-    assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(batch), "--alternatives"]) == 0
+    assert main(["predict", "--model", str(small_model_dir), "--jsonl", str(batch), "--alternatives", *threads]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     width, height = small_grounder.load_image(image).size
     for n, (row, e) in enumerate(zip(rows, expected, strict=True), 1):
