@@ -180,6 +180,11 @@ def test_make_synthetic_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["make-synthetic", str(tmp_path / "w"), "--n", "20", "--seed", "3"]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
     assert main(["make-synthetic", str(tmp_path / "x"), "--n", "20", "--max-side", "2000"]) == 2
+    capsys.readouterr()
+    for bad in (["--corner-squares", "1.5"], ["--corner-squares", "0.5", "--world", "v1"]):
+        assert main(["make-synthetic", str(tmp_path / "x"), "--n", "20", *bad]) == 2
+        assert "--corner-squares" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     (tmp_path / "labels").mkdir()  # a folder with a split file of someone else's
     (tmp_path / "labels" / "val.jsonl").write_text("mine\n")
     (tmp_path / "file").write_text("mine")

@@ -151,3 +151,35 @@ def test_v1_stays_the_default_of_the_python_function_and_unknown_worlds_fail(tmp
     assert all("world" not in r and r["image_size"] == [256, 256] for r in _rows(tmp_path / "v1"))
     with pytest.raises(ValueError, match="unknown world"):
         write_synthetic(tmp_path / "x", 10, world="v3")
+
+
+def test_the_world_is_the_one_the_recorded_numbers_were_measured_on(tmp_path: Path) -> None:
+    # The digest of these files as written by commit b8010df (before --corner-squares existed): the default
+    # world may grow options, never change.
+    write_synthetic(tmp_path, 40, seed=5, world="v2", max_side=400, absent=1.0)
+    h = hashlib.sha256()
+    for p in sorted(tmp_path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(tmp_path)).encode())
+            h.update(p.read_bytes())
+    assert h.hexdigest() == "1e3a037481028b73abe352955c2459fd5279968d7733d72ee6a3b94dc7600560"
+
+
+def test_corner_squares_stand_on_a_corner_beside_upright_diamonds(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, 200, seed=8, world="v2", max_side=400, corner_squares=1.0)
+    scenes = {r["image"]: r["objects"] for r in _rows(tmp_path)}
+    both = 0
+    for objects in scenes.values():
+        shapes = {o["shape"] for o in objects}
+        both += {"square", "diamond"} <= shapes
+        for o in objects:
+            off = o["angle"] % 90
+            if o["shape"] == "square":
+                assert abs(off - 45) <= 6.1, o
+            elif o["shape"] == "diamond":
+                assert min(off, 90 - off) <= 6.1, o
+    # Every scene is drawn with both shapes in its set; a scene of one object holds only one of them.
+    assert both >= 0.6 * len(scenes)
+    # Descriptions name squares and diamonds, present and absent.
+    texts = " ".join(r["text"].lower() for r in _rows(tmp_path))
+    assert "square" in texts and ("diamond" in texts or "rhombus" in texts)

@@ -372,7 +372,7 @@ def _scene_samples(seed: int, index: int, size: tuple[int, int], per_scene: int,
 def _rendered_scene(job: tuple) -> tuple[bytes, str, tuple[int, int], list[dict], list[dict]]:
     """Scene `index` as (file bytes, extension, size, objects as rows, samples), in a worker process when
     `workers` > 1. v1 scenes are PNG; v2 scenes JPEG or PNG as drawn."""
-    world, seed, index, size, per_scene, simple, absent, max_side = job
+    world, seed, index, size, per_scene, simple, absent, max_side, corner_squares = job
     if world == "v1":
         image, objects, samples = _scene_samples(seed, index, size, per_scene, simple)
         png = io.BytesIO()
@@ -386,7 +386,7 @@ def _rendered_scene(job: tuple) -> tuple[bytes, str, tuple[int, int], list[dict]
     split = _split_of(rng)
     count = int(absent) + (rng.random() < absent - int(absent))
     image, objects, info, samples = synthetic_v2.scene_samples(seed, index, per_scene, simple, count, split,
-                                                               max_side, rng)
+                                                               max_side, rng, corner_squares)
     data, ext = synthetic_v2.encode_image(image, info)
     rows = [asdict(o) | {"box": list(o.box), "fill": o.texture} | extra
             for o, extra in zip(objects, info["objects"])]
@@ -402,13 +402,15 @@ WORLDS = ("v1", "v2")
 
 def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (256, 256),
                     per_scene: int = 2, simple: int = 0, workers: int = 1, world: str = "v1",
-                    absent: float = 0.5, max_side: int = 1600, progress: bool = False) -> dict[str, int]:
+                    absent: float = 0.5, max_side: int = 1600, progress: bool = False,
+                    corner_squares: float = 0.0) -> dict[str, int]:
     """Write `n` samples: OUT/images/<scene>.<png|jpg> and OUT/{train,val,test}.jsonl. Returns counts per split.
 
     `world`: "v1" (square `size` scenes, this module) or "v2" (the wide world, `synthetic_v2`: any canvas up
     to `max_side` pixels, `size` unused; `absent` descriptions of absent objects per scene on average, rows
-    with `"box": null`). `simple` adds up to that many easy expressions per train scene (kind "simple"); they
-    are not counted in `n` and leave every benchmark row unchanged. `workers` > 1 draws scenes in that many
+    with `"box": null`; `corner_squares`, for training data, as in `synthetic_v2.make_scene`). `simple` adds
+    up to that many easy expressions per train scene (kind "simple"); they are not counted in `n` and leave
+    every benchmark row unchanged. `workers` > 1 draws scenes in that many
     processes; the files are byte-identical to one process's. `progress` shows a tqdm bar on stderr, counting
     the `n` samples as their scenes are drawn.
     """
@@ -425,7 +427,7 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
     bar = tqdm(total=n, desc="drawing", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
         while written < n:
-            jobs = [(world, seed, index, size, per_scene, simple, absent, max_side)
+            jobs = [(world, seed, index, size, per_scene, simple, absent, max_side, corner_squares)
                     for index in range(start, start + block)]
             scenes = pool.imap(_rendered_scene, jobs, chunksize=8) if pool else map(_rendered_scene, jobs)
             for index, (data, ext, image_size, scene, samples) in zip(range(start, start + block), scenes):

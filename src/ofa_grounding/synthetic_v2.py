@@ -216,9 +216,15 @@ def _canvas(rng: random.Random, max_side: int) -> tuple[int, int]:
     return max(160, round(w)), max(160, round(h))
 
 
-def make_scene(rng: random.Random, max_side: int = 1600) -> tuple[Image.Image, list[SceneObject], dict[str, Any]]:
+def make_scene(rng: random.Random, max_side: int = 1600,
+               corner_squares: float = 0.0) -> tuple[Image.Image, list[SceneObject], dict[str, Any]]:
     """One scene: 1-9 objects of 1-4 shapes and 1-4 colours; returns the image, its objects and how it was
-    drawn (background kind, file format)."""
+    drawn (background kind, file format).
+
+    `corner_squares` (training data; 0 leaves the world as it is): the share of scenes that hold both squares
+    and diamonds, every square standing on a corner (45 degrees, +-6) and every diamond upright (+-6): the
+    two look most alike there, and uniform angles make such scenes rare (a square on a corner was read as a
+    diamond)."""
     size = _canvas(rng, max_side)
     w, h = size
     nprng = np.random.default_rng(rng.getrandbits(64))
@@ -226,6 +232,10 @@ def make_scene(rng: random.Random, max_side: int = 1600) -> tuple[Image.Image, l
     image = _background(size, kind, rng, nprng)
     palette = _contrasting(sorted(COLORS), image) or ["red", "blue"]
     shapes = rng.sample(SHAPES, rng.choice((1, 2, 2, 3, 3, 3, 4)))
+    contrast = corner_squares > 0 and rng.random() < corner_squares
+    if contrast:
+        others = [s for s in shapes if s not in ("square", "diamond")]
+        shapes = ["square", "diamond", *others[: len(shapes) - 2]]
     colors = rng.sample(palette, min(len(palette), rng.choice((1, 2, 2, 3, 3, 4))))
     count = rng.choice((1, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 8, 9))
     short = min(w, h)
@@ -245,6 +255,9 @@ def make_scene(rng: random.Random, max_side: int = 1600) -> tuple[Image.Image, l
         shape = rng.choice(shapes)
         aspect = rng.uniform(1.6, 2.3) if shape in ("ellipse", "rectangle", "diamond") else 1.0
         angle = rng.uniform(0, 2 * math.pi) if rng.random() < 0.6 else rng.choice((0.0, math.pi / 2, math.pi))
+        if contrast and shape in ("square", "diamond"):
+            angle = (math.pi / 4 if shape == "square" else 0.0) + rng.choice((0, 1, 2, 3)) * math.pi / 2 \
+                + math.radians(rng.uniform(-6, 6))
         pts = _placed(shape, aspect, side, angle, 0.0, 0.0)
         bx0, by0 = min(p[0] for p in pts), min(p[1] for p in pts)
         bw, bh = max(p[0] for p in pts) - bx0, max(p[1] for p in pts) - by0
@@ -380,11 +393,12 @@ def absent_description(objects: Sequence[SceneObject], rng: random.Random) -> di
 
 
 def scene_samples(seed: int, index: int, per_scene: int, simple: int, absent: int, split: str, max_side: int,
-                  rng: random.Random) -> tuple[Image.Image, list[SceneObject], dict[str, Any], list[dict]]:
+                  rng: random.Random, corner_squares: float = 0.0,
+                  ) -> tuple[Image.Image, list[SceneObject], dict[str, Any], list[dict]]:
     """Scene `index` and its descriptions: up to `per_scene` hard ones (attribute, relation, ordinal,
     superlative; a scene of one object gets a plain one), `simple` easy ones on train scenes, `absent`
-    descriptions of absent objects."""
-    image, objects, info = make_scene(rng, max_side)
+    descriptions of absent objects; `corner_squares` as in `make_scene`."""
+    image, objects, info = make_scene(rng, max_side, corner_squares)
     min_gap = 0.03 * min(image.size)
     samples: list[dict] = []
     kinds_used: set[str] = set()

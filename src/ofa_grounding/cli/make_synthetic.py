@@ -28,6 +28,10 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--absent", type=float, default=0.5,
                    help='v2 only: descriptions of absent objects per scene, on average (rows with "box": null; '
                         "default 0.5)")
+    s.add_argument("--corner-squares", type=float, default=0.0, metavar="SHARE",
+                   help="v2 training data: the share of scenes (0-1) that hold squares standing on a corner "
+                        "beside upright diamonds, the pair most easily confused (default 0: the v2 world as "
+                        "benchmarked)")
     s.add_argument("--per-scene", type=int, default=2, help="expressions per scene (default 2)")
     s.add_argument("--simple", type=int, default=0,
                    help="training data only: add up to this many easy expressions per train scene "
@@ -44,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.size < 64 or args.per_scene < 1 or args.simple < 0 or args.workers < 1:
         raise UsageError("--n, --per-scene and --workers must be positive, --simple not negative and --size "
                          "at least 64")
-    if not 160 <= args.max_side <= 1600 or not 0 <= args.absent <= 4:
-        raise UsageError("--max-side must be 160-1600 and --absent 0-4")
+    if not 160 <= args.max_side <= 1600 or not 0 <= args.absent <= 4 or not 0 <= args.corner_squares <= 1:
+        raise UsageError("--max-side must be 160-1600, --absent 0-4 and --corner-squares 0-1")
+    if args.corner_squares and args.world != "v2":
+        raise UsageError("--corner-squares draws v2 scenes; pass --world v2")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"{args.out} exists and is not a directory")
     if ((args.out / "images").is_dir() and any((args.out / "images").iterdir())) or any(args.out.glob("*.jsonl")):
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"drawing {args.n} samples ({args.world}) into {args.out} ...", file=sys.stderr, flush=True)
     counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple,
                              args.workers, world=args.world, absent=args.absent, max_side=args.max_side,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, corner_squares=args.corner_squares)
     rows = {split: [json.loads(line) for line in (args.out / f"{split}.jsonl").open(encoding="utf-8")]
             for split in counts}
     baselines = {split: baseline_accuracies(r) for split, r in rows.items() if r}
