@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The recipe of the bundled demo model (src/ofa_grounding/models/demo), in stages. Each stage appends its
 # command, samples seen and wall time to $OUT/stages.tsv; a stage's weights (fp16, weights only) can be
-# committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1, STAGE2_FROM=DIR stage 2,
-# STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
-# STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10; stages 8 and 9, tried and not
-# shipped, run with RUN_STAGE8=1 and RUN_STAGE9=1). Stage 2's weights are the bundled model of commit 9922adc
-# (git archive 9922adc src/ofa_grounding/models/demo | tar -x -C /tmp).
+# committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1,
+# STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
+# STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11;
+# stages 8 and 9, tried and not shipped, run with RUN_STAGE8=1 and RUN_STAGE9=1). Stage 2's weights are the
+# bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
 # Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS / STEPS2 (stage 1 / 2 updates, default
 # 14000 / 12000), MINUTES (each stage's wall-time cap), DEVICE (cpu, cuda), THREADS (CPU threads, default: the free cores).
@@ -132,9 +132,10 @@ fi
 #    split from 92.4 to 88.9 %); 239,237 rows. IMAGE4 (default: the model's side, 128) trains at another image
 #    side. STAGE4_FROM=DIR skips it; STEPS4 (default 12000) updates; THREADS4 threads (default: THREADS, else 2).
 STEPS4=${STEPS4:-12000}
-MIX4="$OUT/stage4-data"  # stages 5-10 train on it too
+MIX4="$OUT/stage4-data"  # stages 5-11 train on it too
 if { [ -z "${STAGE4_FROM:-}" ] || [ -z "${STAGE5_FROM:-}" ] || [ -z "${STAGE6_FROM:-}" ] || [ -z "${STAGE7_FROM:-}" ] \
-  || [ -n "${RUN_STAGE8:-}" ] || [ -n "${RUN_STAGE9:-}" ] || [ -z "${STAGE10_FROM:-}" ]; } \
+  || [ -n "${RUN_STAGE8:-}" ] || [ -n "${RUN_STAGE9:-}" ] || [ -z "${STAGE10_FROM:-}" ] \
+  || [ -z "${STAGE11_FROM:-}" ]; } \
   && [ ! -f "$MIX4/train.jsonl" ]; then
   mkdir -p "$MIX4"
   ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX4/v2-images"
@@ -229,10 +230,43 @@ if [ -z "${STAGE10_FROM:-}" ]; then
   STAGE10_FROM="$OUT/stage10/best"
 fi
 
-# 11. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
+# 11. From stage 10's weights and cell heads (HEADS11, default its last/), at 224 px, the stage-4 mix plus a
+#     set of scenes where squares stand on a corner beside upright diamonds (make-synthetic --corner-squares
+#     0.6, seed 101, its rows twice: stage 10 read a square at 45 degrees as a diamond), 3,000 updates, lr
+#     1.5e-4, seed 41.
+#     CORNER (default data/v2-corner-train) is that set; STAGE11_FROM=DIR skips the stage; STEPS11 (default
+#     3000) updates; THREADS11 threads (default: THREADS, else 2).
+STEPS11=${STEPS11:-3000}
+CORNER=${CORNER:-data/v2-corner-train}
+HEADS11=${HEADS11:-$(last_heads stage10)}
+if [ -z "${STAGE11_FROM:-}" ]; then
+  [ -f "$CORNER/train.jsonl" ] || "$OFA" make-synthetic "$CORNER" --world v2 --n 30000 --seed 101 --per-scene 3 \
+    --simple 2 --absent 0.7 --max-side 1024 --corner-squares 0.6 --workers 2
+  MIX11="$OUT/stage11-data"
+  if [ ! -f "$MIX11/train.jsonl" ]; then
+    mkdir -p "$MIX11"
+    for images in v2-images v1-images; do ln -sfn "$(readlink "$MIX4/$images")" "$MIX11/$images"; done
+    ln -sfn "$(cd "$CORNER" && pwd)/images" "$MIX11/c-images"
+    ${PYTHON:-python3} - "$MIX4/train.jsonl" "$CORNER/train.jsonl" > "$MIX11/train.jsonl" <<'EOF11'
+import json, random, sys
+rng, rows = random.Random(0), open(sys.argv[1], encoding="utf-8").readlines()
+for line in open(sys.argv[2], encoding="utf-8"):
+    row = json.loads(line)
+    row["image"] = "c-" + row["image"]
+    rows += [json.dumps(row) + "\n"] * 2  # twice: a quarter of the mix
+rng.shuffle(rows)
+sys.stdout.writelines(rows)
+EOF11
+  fi
+  wide_stage stage11 "$STAGE10_FROM" "$MIX11" "$STEPS11" "${THREADS11:-${THREADS:-2}}" 1.5e-4 0.03 41 "${RESUME11:-}" \
+    --image-size 224 ${HEADS11:+--heads-from "$HEADS11"}
+  STAGE11_FROM="$OUT/stage11/best"
+fi
+
+# 12. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
 [ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
 [ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
 for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
-  "$OFA" eval --model "$STAGE10_FROM" --data "$data" --split test --device "$DEVICE"
+  "$OFA" eval --model "$STAGE11_FROM" --data "$data" --split test --device "$DEVICE"
 done
-# 12. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE10_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
+# 13. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE11_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
