@@ -4,8 +4,9 @@
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1,
 # STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
 # STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11;
-# stages 8 and 9, tried and not shipped, run with RUN_STAGE8=1 and RUN_STAGE9=1). Stage 2's weights are the
-# bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo | tar -x -C /tmp).
+# stages 8, 9 and 12, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1 and RUN_STAGE12=1).
+# Stage 2's weights are the bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo
+# | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
 # Environment: BENCH (benchmark folder), TRAIN (training data folder), STEPS / STEPS2 (stage 1 / 2 updates, default
 # 14000 / 12000), MINUTES (each stage's wall-time cap), DEVICE (cpu, cuda), THREADS (CPU threads, default: the free cores).
@@ -263,10 +264,22 @@ EOF11
   STAGE11_FROM="$OUT/stage11/best"
 fi
 
-# 12. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
+# 12. Being tried (2026-12-06), not shipped: from stage 11's weights and cell heads (HEADS12, default its last/)
+#     at 256 px (each larger side has paid so far), stage 11's mix, 2,500 updates, lr 1.5e-4, seed 43. Runs only
+#     with RUN_STAGE12=1; STEPS12 (default 2500) updates; THREADS12 threads (default: THREADS, else 2).
+if [ -n "${RUN_STAGE12:-}" ]; then
+  STEPS12=${STEPS12:-2500}
+  HEADS12=${HEADS12:-$(last_heads stage11)}
+  [ -f "$OUT/stage11-data/train.jsonl" ] || { echo "stage 12 trains on stage 11's mix, $OUT/stage11-data:" \
+    "run stage 11 once (without STAGE11_FROM)" >&2; exit 2; }
+  wide_stage stage12 "$STAGE11_FROM" "$OUT/stage11-data" "$STEPS12" "${THREADS12:-${THREADS:-2}}" 1.5e-4 0.03 43 \
+    "${RESUME12:-}" --image-size 256 ${HEADS12:+--heads-from "$HEADS12"}
+fi
+
+# 13. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
 [ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
 [ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
 for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
   "$OFA" eval --model "$STAGE11_FROM" --data "$data" --split test --device "$DEVICE"
 done
-# 13. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE11_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
+# 14. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE11_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
