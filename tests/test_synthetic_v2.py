@@ -180,6 +180,10 @@ def test_corner_squares_stand_on_a_corner_beside_upright_diamonds(tmp_path: Path
                 assert min(off, 90 - off) <= 6.1, o
     # Every scene is drawn with both shapes in its set; a scene of one object holds only one of them.
     assert both >= 0.6 * len(scenes)
+    for bad in ({"corner_squares": 1.5}, {"corner_squares": float("nan")}, {"corner_squares": 0.5, "world": "v1"}):
+        with pytest.raises(ValueError, match="corner_squares"):
+            write_synthetic(tmp_path / "bad", 10, **{"world": "v2", **bad})
+    assert not (tmp_path / "bad").exists()
     # Descriptions name squares and diamonds, present and absent.
     texts = " ".join(r["text"].lower() for r in _rows(tmp_path))
     assert "square" in texts and ("diamond" in texts or "rhombus" in texts)

@@ -418,6 +418,9 @@ def write_synthetic(out: str | Path, n: int, seed: int = 0, size: tuple[int, int
 
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
+    if not 0 <= corner_squares <= 1 or (corner_squares and world != "v2"):
+        raise ValueError(f"corner_squares must be a share in [0, 1] of v2 scenes, got {corner_squares!r} "
+                         f"for world {world!r}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {name: [] for name, _ in SPLITS}
