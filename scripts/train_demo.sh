@@ -22,6 +22,7 @@ STEPS=${STEPS:-14000}
 STEPS2=${STEPS2:-12000}
 DEVICE=${DEVICE:-cpu}
 OFA=${OFA:-ofa-ground}
+MIXER="$(dirname "$0")/mix_rows.py"  # the training mixes: rows of several sets, re-weighted, shuffled
 mkdir -p "$OUT"
 BF16=$(${PYTHON:-python3} - "$DEVICE" <<'EOF'
 import sys
@@ -77,15 +78,7 @@ if [ -z "${STAGE2_FROM:-}" ]; then
   MIX="$OUT/stage2-data"
   if [ ! -f "$MIX/train.jsonl" ]; then
     mkdir -p "$MIX" && ln -sfn "$(cd "$TRAIN" && pwd)/images" "$MIX/images"
-    ${PYTHON:-python3} - "$TRAIN/train.jsonl" > "$MIX/train.jsonl" <<'EOF'
-import json, random, sys
-weights, rng, rows = {"ordinal": 2, "relation": 2, "simple": 0.25}, random.Random(0), []
-for line in open(sys.argv[1], encoding="utf-8"):
-    w = weights.get(json.loads(line)["kind"], 1)
-    rows += [line] * (int(w) + (rng.random() < w - int(w)))
-rng.shuffle(rows)
-sys.stdout.writelines(rows)
-EOF
+    ${PYTHON:-python3} "$MIXER" "$TRAIN/train.jsonl,ordinal=2,relation=2,simple=0.25" > "$MIX/train.jsonl"
   fi
   stage stage2 32 "$STEPS2" "$OFA" train --model "$STAGE1_FROM" --data "$MIX" --val "$BENCH" --val-split val \
     --val-limit 1000 --out "$OUT/stage2" --max-steps "$STEPS2" --batch-size 32 --lr 3e-4 --warmup-ratio 0.02 $BF16 \
@@ -113,17 +106,7 @@ if [ -z "${STAGE3_FROM:-}" ]; then
     mkdir -p "$MIX3"
     ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX3/v2-images"
     ln -sfn "$(cd "$TRAIN1" && pwd)/images" "$MIX3/v1-images"
-    ${PYTHON:-python3} - "$TRAIN2/train.jsonl" "$TRAIN1/train.jsonl" > "$MIX3/train.jsonl" <<'EOF'
-import json, random, sys
-rng, rows = random.Random(0), []
-for path, prefix in ((sys.argv[1], "v2-"), (sys.argv[2], "v1-")):
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)
-        row["image"] = prefix + row["image"]
-        rows.append(json.dumps(row) + "\n")
-rng.shuffle(rows)
-sys.stdout.writelines(rows)
-EOF
+    ${PYTHON:-python3} "$MIXER" "$TRAIN2/train.jsonl,prefix=v2-" "$TRAIN1/train.jsonl,prefix=v1-" > "$MIX3/train.jsonl"
   fi
   wide_stage stage3 "$STAGE2_FROM" "$MIX3" "$STEPS3" "${THREADS3:-${THREADS:-2}}" 5e-4 0.02 5 "${RESUME3:-}"
   STAGE3_FROM="$OUT/stage3/best"
@@ -142,19 +125,8 @@ if { [ -z "${STAGE4_FROM:-}" ] || [ -z "${STAGE5_FROM:-}" ] || [ -z "${STAGE6_FR
   mkdir -p "$MIX4"
   ln -sfn "$(cd "$TRAIN2" && pwd)/images" "$MIX4/v2-images"
   ln -sfn "$(cd "$TRAIN1" && pwd)/images" "$MIX4/v1-images"
-  ${PYTHON:-python3} - "$TRAIN2/train.jsonl" "$TRAIN1/train.jsonl" > "$MIX4/train.jsonl" <<'EOF2'
-import json, random, sys
-weights = {"v2-": {"ordinal": 2, "relation": 1.5}, "v1-": {"ordinal": 2, "relation": 2}}
-rng, rows = random.Random(0), []
-for path, prefix in ((sys.argv[1], "v2-"), (sys.argv[2], "v1-")):
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)
-        row["image"] = prefix + row["image"]
-        w = weights[prefix].get(row["kind"], 1)
-        rows += [json.dumps(row) + "\n"] * (int(w) + (rng.random() < w - int(w)))
-rng.shuffle(rows)
-sys.stdout.writelines(rows)
-EOF2
+  ${PYTHON:-python3} "$MIXER" "$TRAIN2/train.jsonl,prefix=v2-,ordinal=2,relation=1.5" \
+    "$TRAIN1/train.jsonl,prefix=v1-,ordinal=2,relation=2" > "$MIX4/train.jsonl"
 fi
 if [ -z "${STAGE4_FROM:-}" ]; then
   wide_stage stage4 "$STAGE3_FROM" "$MIX4" "$STEPS4" "${THREADS4:-${THREADS:-2}}" 4e-4 0.02 7 "${RESUME4:-}" \
@@ -249,16 +221,7 @@ if [ -z "${STAGE11_FROM:-}" ]; then
     mkdir -p "$MIX11"
     for images in v2-images v1-images; do ln -sfn "$(readlink "$MIX4/$images")" "$MIX11/$images"; done
     ln -sfn "$(cd "$CORNER" && pwd)/images" "$MIX11/c-images"
-    ${PYTHON:-python3} - "$MIX4/train.jsonl" "$CORNER/train.jsonl" > "$MIX11/train.jsonl" <<'EOF11'
-import json, random, sys
-rng, rows = random.Random(0), open(sys.argv[1], encoding="utf-8").readlines()
-for line in open(sys.argv[2], encoding="utf-8"):
-    row = json.loads(line)
-    row["image"] = "c-" + row["image"]
-    rows += [json.dumps(row) + "\n"] * 2  # twice: a quarter of the mix
-rng.shuffle(rows)
-sys.stdout.writelines(rows)
-EOF11
+    ${PYTHON:-python3} "$MIXER" "$MIX4/train.jsonl" "$CORNER/train.jsonl,prefix=c-,times=2" > "$MIX11/train.jsonl"
   fi
   wide_stage stage11 "$STAGE10_FROM" "$MIX11" "$STEPS11" "${THREADS11:-${THREADS:-2}}" 1.5e-4 0.03 41 "${RESUME11:-}" \
     --image-size 224 ${HEADS11:+--heads-from "$HEADS11"}
@@ -296,18 +259,8 @@ if [ -n "${RUN_STAGE13:-}" ]; then
     mkdir -p "$MIX13"
     for images in v2-images v1-images c-images; do ln -sfn "$(readlink "$OUT/stage11-data/$images")" "$MIX13/$images"; done
     ln -sfn "$(cd "$FRESH" && pwd)/images" "$MIX13/f-images"
-    ${PYTHON:-python3} - "$OUT/stage11-data/train.jsonl" "$FRESH/train.jsonl" > "$MIX13/train.jsonl" <<'EOF13'
-import json, random, sys
-weights = {"ordinal": 2, "relation": 1.5}
-rng, rows = random.Random(0), open(sys.argv[1], encoding="utf-8").readlines()
-for line in open(sys.argv[2], encoding="utf-8"):
-    row = json.loads(line)
-    row["image"] = "f-" + row["image"]
-    w = weights.get(row["kind"], 1)
-    rows += [json.dumps(row) + "\n"] * (int(w) + (rng.random() < w - int(w)))
-rng.shuffle(rows)
-sys.stdout.writelines(rows)
-EOF13
+    ${PYTHON:-python3} "$MIXER" "$OUT/stage11-data/train.jsonl" "$FRESH/train.jsonl,prefix=f-,ordinal=2,relation=1.5" \
+      > "$MIX13/train.jsonl"
   fi
   wide_stage stage13 "$STAGE11_FROM" "$MIX13" "$STEPS13" "${THREADS13:-${THREADS:-2}}" 1.5e-4 0.03 47 \
     "${RESUME13:-}" --image-size 224 ${HEADS13:+--heads-from "$HEADS13"}
