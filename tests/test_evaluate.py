@@ -185,6 +185,10 @@ def test_make_synthetic_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         assert main(["make-synthetic", str(tmp_path / "x"), "--n", "20", *bad]) == 2
         assert "--corner-squares" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    (tmp_path / "cut" / "images").mkdir(parents=True)  # what an interrupted run leaves: images, no rows
+    (tmp_path / "cut" / "images" / "000000.png").write_bytes(b"png")
+    assert main(["make-synthetic", str(tmp_path / "cut"), "--n", "20"]) == 2
+    assert "no .jsonl files (an interrupted make-synthetic?)" in capsys.readouterr().err
     (tmp_path / "labels").mkdir()  # a folder with a split file of someone else's
     (tmp_path / "labels" / "val.jsonl").write_text("mine\n")
     (tmp_path / "file").write_text("mine")

@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--corner-squares draws v2 scenes; pass --world v2")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"{args.out} exists and is not a directory")
-    if ((args.out / "images").is_dir() and any((args.out / "images").iterdir())) or any(args.out.glob("*.jsonl")):
+    images = (args.out / "images").is_dir() and any((args.out / "images").iterdir())
+    if any(args.out.glob("*.jsonl")):
         raise UsageError(f"{args.out} already holds a dataset (images/ or .jsonl files); choose a new folder")
+    if images:  # the rows are written last: images without them are what an interrupted run leaves
+        raise UsageError(f"{args.out} already holds images/ but no .jsonl files (an interrupted make-synthetic?); "
+                         "remove the folder or choose a new one")
     print(f"drawing {args.n} samples ({args.world}) into {args.out} ...", file=sys.stderr, flush=True)
     counts = write_synthetic(args.out, args.n, args.seed, (args.size, args.size), args.per_scene, args.simple,
                              args.workers, world=args.world, absent=args.absent, max_side=args.max_side,
