@@ -149,3 +149,44 @@ def test_rows_without_a_box_target_the_null_box_and_the_wide_world_labels_its_ce
         assert row.sum().item() == pytest.approx(0.0 if sample.box is None else 1.0)
     # v2's colours beyond v1's six get their own ids; "none" is the id after the last colour
     assert labels["color"].max().item() <= len(synthetic_v2.COLORS)
+
+
+def test_the_teacher_gets_its_own_side_flipped_and_jittered_alike(tmp_path: Path) -> None:
+    """teacher_side: each item also carries the image resized from the original to the teacher's side, mirrored
+    with the student's copy and jittered by the same brightness and contrast; collate stacks both."""
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageEnhance
+
+    from ofa_grounding.image import resize_square
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (90, 150, 3), dtype=np.uint8))
+    image.save(tmp_path / "a.png")
+    sample = Sample("s", tmp_path / "a.png", "the circle left of the star", (20.0, 10.0, 60.0, 51.0))
+    pre = PreprocessConfig(patch_image_size=64, max_image_size=64)
+    ds = GroundingTrainSet([sample], OFATokenizer.default(), pre, GenerationConfig(), teacher_side=96,
+                           cache_images=True)
+    plain = ds.item(0)
+    assert plain.teacher_pixels.shape == (96, 96, 3) and plain.pixels.shape == (64, 64, 3)
+    assert np.array_equal(plain.teacher_pixels.numpy(), np.asarray(resize_square(image, 96)))
+    assert np.array_equal(plain.pixels.numpy(), np.asarray(resize_square(image, 64)))
+    mirrored = ds.item(0, flip=True)
+    assert torch.equal(mirrored.teacher_pixels, plain.teacher_pixels.flip(1))
+    assert torch.equal(mirrored.pixels, plain.pixels.flip(1))
+
+    jittered = ds.item(0, jitter=random.Random(7))
+    draw = random.Random(7)
+    brightness, contrast = draw.uniform(0.85, 1.15), draw.uniform(0.85, 1.15)
+    for got, side in ((jittered.teacher_pixels, 96), (jittered.pixels, 64)):
+        want = ImageEnhance.Contrast(ImageEnhance.Brightness(resize_square(image, side)).enhance(brightness))
+        assert np.array_equal(got.numpy(), np.asarray(want.enhance(contrast)))
+    assert not torch.equal(jittered.pixels, plain.pixels)
+
+    batch = collate([plain, mirrored])
+    assert batch["teacher_pixels"].shape == (2, 96, 96, 3) and batch["pixels"].shape == (2, 64, 64, 3)
+    grouped = collate([[plain, plain], [mirrored]])
+    assert batch["teacher_pixels"].shape == grouped["teacher_pixels"].shape
+    assert "teacher_pixels" not in collate([GroundingTrainSet([sample], OFATokenizer.default(), pre,
+                                                              GenerationConfig()).item(0)])

@@ -17,7 +17,7 @@ from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint
 from ofa_grounding.config import GenerationConfig, OFAConfig, PreprocessConfig
 from ofa_grounding.model import OFAModel, init_weights
 from ofa_grounding.synthetic import write_synthetic
-from ofa_grounding.tokenizer import ASSETS_DIR
+from ofa_grounding.tokenizer import ASSETS_DIR, OFATokenizer
 from ofa_grounding.train.distill import DistillConfig, Distiller, layer_pairs
 
 
@@ -229,6 +229,48 @@ def test_teacher_cache_is_built_once_and_read(tiny_model_dir: Path, student_dir:
     assert refused.returncode == 2 and "made for other settings (teacher" in refused.stderr
     with_attention = run("attn", "--teacher-cache", str(cache), "--attn-weight", "1")
     assert with_attention.returncode == 2 and "--attn-weight 0" in with_attention.stderr
+
+
+def test_a_teacher_of_another_image_side_sees_its_own(tiny_model_dir: Path, student_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """A 128-px teacher, a student trained at 64 px: the teacher's soft labels are its answers to the images
+    resized to 128 px (as it was trained), not to the student's 64-px copies; a live teacher gives the same
+    soft-label loss as the cache; attention maps (image grids of different sizes) are refused in one line."""
+    from ofa_grounding.data import open_dataset
+    from ofa_grounding.image import normalize_batch
+    from ofa_grounding.train.data import GroundingTrainSet, collate
+
+    data = tmp_path / "syn"
+    write_synthetic(data, 16, seed=5, size=(96, 96))
+    cache = tmp_path / "soft-labels.safetensors"
+    common = ["--teacher", str(tiny_model_dir), "--student", str(student_dir), "--data", str(data), "--max-steps",
+              "2", "--batch-size", "4", "--attn-weight", "0", "--image-size", "64", "--seed", "3"]
+    cached = run_cli([*common, "--out", str(tmp_path / "cached"), "--teacher-cache", str(cache)], command="distill")
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    live = run_cli([*common, "--out", str(tmp_path / "live")], command="distill")
+    assert live.returncode == 0, live.stderr[-3000:]
+    kd = {name: [float(r.split(",")[9]) for r in (tmp_path / name / "log.csv").read_text().splitlines()[1:]]
+          for name in ("cached", "live")}
+    assert kd["cached"] == pytest.approx(kd["live"], rel=1e-3) and len(kd["live"]) == 2
+
+    samples = list(open_dataset(data, split="train"))
+    teacher = read_checkpoint(tiny_model_dir)
+    vocab = torch.cat([torch.arange(4), torch.arange(58457, 59457)])
+    logits = load_file(str(cache))["logits"][3, 0].float()
+    answers = {}
+    for side in (128, 64):  # the sample as a model trained at that side sees it (no teacher copy involved)
+        pre = PreprocessConfig(patch_image_size=side, max_image_size=side)
+        batch = collate([GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig()).item(3)])
+        with torch.no_grad():
+            answers[side] = teacher.model.eval()(batch["input_ids"], normalize_batch(batch["pixels"], pre.mean,
+                                                                                      pre.std),
+                                                 batch["prev_tokens"], vocab)[0]
+    torch.testing.assert_close(logits, answers[128], rtol=1e-3, atol=1e-2)
+    assert (logits - answers[64]).abs().max() > 0.1  # what the old way (the student's copy) would have given
+
+    refused = run_cli([*common[:-6], "--image-size", "64", "--out", str(tmp_path / "attn")], command="distill")
+    assert refused.returncode == 2 and "image sizes differ (128 vs 64 px)" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_absent_objects_are_distilled_from_a_live_teacher_only(tiny_model_dir: Path, student_dir: Path,

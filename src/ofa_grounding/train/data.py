@@ -7,6 +7,9 @@ sampler that hands each process a disjoint share of one shuffled order.
 With `group_by_image=K` (ours, off by default) the units are images instead of samples: each unit gives
 up to K of its image's samples (a different choice each epoch), which share one backbone pass in
 training (`collate` returns the images once plus `image_index`) and one flip decision.
+
+With `teacher_side` (distillation from a teacher trained at another image side) each sample also carries its
+image resized for the teacher (`teacher_pixels`), mirrored and jittered exactly as the student's.
 """
 
 from __future__ import annotations
@@ -49,13 +52,14 @@ class Item:
     target: torch.Tensor  # (5,) int64: 4 bin ids + EOS
     flipped: bool = False  # mirrored (the teacher cache keys soft labels by sample and flip)
     absent: bool = False  # the text was replaced by a description of an object the image lacks
+    teacher_pixels: torch.Tensor | None = None  # (S_t, S_t, 3) uint8 at the teacher's side (`teacher_side`)
 
 
 class GroundingTrainSet(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[Sample], tokenizer: OFATokenizer, preprocess: PreprocessConfig,
                  generation: GenerationConfig, augment: Sequence[str] = (), seed: int = 0,
                  cache_images: bool = False, max_pixels: int | None = None, group_by_image: int = 1,
-                 absent_rate: float = 0.0) -> None:
+                 absent_rate: float = 0.0, teacher_side: int | None = None) -> None:
         unknown = set(augment) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
@@ -68,8 +72,10 @@ class GroundingTrainSet(torch.utils.data.Dataset):
             raise ValueError("absent descriptions need every sample's objects (the synthetic benchmark's 'objects')")
         self.absent_rate = absent_rate
         self.max_pixels = max_pixels
+        self.teacher_side = teacher_side
         # One entry per image, not per sample: datasets have several expressions per image.
-        self._cache: dict[str, tuple[np.ndarray, tuple[int, int]]] | None = {} if cache_images else None
+        self._cache: dict[str, tuple[np.ndarray, tuple[int, int], np.ndarray | None]] | None = \
+            {} if cache_images else None
         if group_by_image < 1:
             raise ValueError(f"group_by_image must be at least 1, got {group_by_image}")
         self.group_by_image = group_by_image
@@ -86,14 +92,22 @@ class GroundingTrainSet(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _resized(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+    def _resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """The image at the model's side, its original size, and at the teacher's side (or None)."""
         key = self.samples[index].image_key
         if self._cache is not None and key in self._cache:
             return self._cache[key]
         image = load_image(self.samples[index].image, self.max_pixels)
-        out = (np.asarray(resize_square(image, self.preprocess.patch_image_size), dtype=np.uint8), image.size)
+        pixels = np.asarray(resize_square(image, self.preprocess.patch_image_size), dtype=np.uint8)
+        teacher = None
+        if self.teacher_side is not None:  # resized from the original, as the teacher saw images in its training
+            teacher = pixels if self.teacher_side == self.preprocess.patch_image_size else \
+                np.asarray(resize_square(image, self.teacher_side), dtype=np.uint8)
+        out = (pixels, image.size, teacher)
         if self._cache is not None:
-            out[0].setflags(write=False)  # shared by every sample of the image
+            for array in (pixels, teacher):
+                if array is not None:
+                    array.setflags(write=False)  # shared by every sample of the image
             self._cache[key] = out
         return out
 
@@ -120,33 +134,42 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         that text replaces the sample's, and the target is the null box (`image.NULL_BOX_BINS`), as it is
         for a sample without a box (a dataset row describing an absent object)."""
         sample = self.samples[index]
-        pixels, size_wh = self._resized(index)
+        pixels, size_wh, teacher = self._resized(index)
         text, box = sample.text if absent is None else absent, sample.box
         if box is None:  # a row describing an absent object (`"box": null`): the null box, as for `absent`
             absent = text
         if flip:
             pixels = pixels[:, ::-1]
+            teacher = teacher[:, ::-1] if teacher is not None else None
             w = size_wh[0]
             if box is not None:
                 box = (w - box[2], box[1], w - box[0], box[3])
             text = mirror_text(text)
         if jitter is not None:
-            image = Image.fromarray(np.ascontiguousarray(pixels))
-            image = ImageEnhance.Brightness(image).enhance(jitter.uniform(0.85, 1.15))
-            pixels = np.asarray(ImageEnhance.Contrast(image).enhance(jitter.uniform(0.85, 1.15)))
+            brightness, contrast = jitter.uniform(0.85, 1.15), jitter.uniform(0.85, 1.15)
+            pixels = _jittered(pixels, brightness, contrast)
+            teacher = _jittered(teacher, brightness, contrast) if teacher is not None else None
         ratios = torch.tensor([resize_ratios(size_wh, self.preprocess.patch_image_size)], dtype=torch.float32)
         bins = box_to_bins(torch.tensor([box], dtype=torch.float64), ratios, self.generation.num_bins,
                            self.preprocess.max_image_size)[0] if absent is None else torch.tensor(NULL_BOX_BINS)
         target = torch.cat([bins + self.tokenizer.bin_offset, torch.tensor([self.tokenizer.eos_id])])
         ids = self.tokenizer.grounding_ids(text, self.preprocess.prompt, self.preprocess.max_src_length)
         # np.array copies: cached arrays are read-only and shared by the image's samples
-        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target, flip, absent is not None)
+        return Item(index, ids, torch.from_numpy(np.array(pixels, dtype=np.uint8)), target, flip, absent is not None,
+                    torch.from_numpy(np.array(teacher, dtype=np.uint8)) if teacher is not None else None)
+
+
+def _jittered(pixels: np.ndarray, brightness: float, contrast: float) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    image = ImageEnhance.Brightness(image).enhance(brightness)
+    return np.asarray(ImageEnhance.Contrast(image).enhance(contrast))
 
 
 def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int = BOS) -> dict[str, torch.Tensor]:
     """Samples (or image groups of samples) -> a batch; groups add `image_index` (sample -> its image).
 
-    `pixels` stays uint8 (B, S, S, 3): the training loop normalises it on the model's device."""
+    `pixels` (and `teacher_pixels`, when the items have them) stays uint8 (B, S, S, 3): the training loop
+    normalises it on the model's device."""
     groups = [u if isinstance(u, list) else [u] for u in units]
     items = [it for g in groups for it in g]
     input_ids = pad_ids([it.input_ids for it in items], pad_id)
@@ -155,11 +178,13 @@ def collate(units: list[Item] | list[list[Item]], pad_id: int = PAD, bos_id: int
     batch = {"input_ids": input_ids, "prev_tokens": prev, "target": target,
              "index": torch.tensor([it.index for it in items]), "flipped": torch.tensor([it.flipped for it in items]),
              "absent": torch.tensor([it.absent for it in items])}
-    if all(isinstance(u, list) for u in units):
-        batch["pixels"] = torch.stack([g[0].pixels for g in groups])
+    grouped = all(isinstance(u, list) for u in units)
+    heads = [g[0] for g in groups] if grouped else items  # one image per group
+    batch["pixels"] = torch.stack([it.pixels for it in heads])
+    if heads[0].teacher_pixels is not None:
+        batch["teacher_pixels"] = torch.stack([it.teacher_pixels for it in heads])
+    if grouped:
         batch["image_index"] = torch.tensor([k for k, g in enumerate(groups) for _ in g])
-    else:
-        batch["pixels"] = torch.stack([it.pixels for it in items])
     return batch
 
 

@@ -9,7 +9,9 @@ micro-batch:
          + hidden_weight * sum over mapped layer pairs of the hidden-state MSE (ours, off by default: OFA-Compress
            matches no hidden states), through a learned linear projection where the widths differ
 
-The teacher runs in eval mode without gradients (optionally in bf16) on the same batch. OFA-Compress's
+The teacher runs in eval mode without gradients (optionally in bf16) on the same batch, each image resized and
+normalised as the teacher's own preprocessing says (a teacher trained at 224 px sees 224-px images while a 128-px
+student sees 128-px ones: the data gives both, `teacher_pixels`). OFA-Compress's
 defaults: kd weight 10000 on a loss divided by the vocabulary size (= 0.168 per token), temperature 1,
 attention weight 1, layer map "first" (student layer i <-> teacher layer i), head sums.
 """
@@ -28,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..config import PreprocessConfig
 from ..distributed import DistributedContext
 from ..image import normalize_batch
 from ..model import AttentionRecord, OFAModel
@@ -166,15 +169,18 @@ class Distiller:
 
 def build_teacher_cache(path: Path, distiller: Distiller, train_set: GroundingTrainSet, vocab_ids: torch.Tensor,
                         identity: dict[str, str], batch_size: int = 32, pad_id: int = 1, bos_id: int = 0,
-                        flips: bool = False) -> torch.Tensor:
+                        flips: bool = False, teacher_preprocess: PreprocessConfig | None = None) -> torch.Tensor:
     """The teacher's logits over the open ids for every training sample (and its mirror image when `flips`),
     (N, 1 or 2, T, V') float16, read from `path` or computed once and written there.
 
     `identity` (teacher, data, split, ...) is stored with the file; a file made for anything else is refused.
+    The teacher sees `teacher_pixels` where the samples carry them, normalised by `teacher_preprocess`.
     """
     identity = {**identity, "samples": str(len(train_set.samples)), "flips": str(int(flips)),
                 "open_ids": str(len(vocab_ids)), "sample_ids": hashlib.sha256(
                     "\n".join(s.id for s in train_set.samples).encode()).hexdigest()}
+    if train_set.teacher_side is not None:  # the teacher saw its own view of the images
+        identity["teacher_side"] = str(train_set.teacher_side)
     if path.is_file():
         with safe_open(str(path), "pt") as f:
             stored = f.metadata() or {}
@@ -185,7 +191,7 @@ def build_teacher_cache(path: Path, distiller: Distiller, train_set: GroundingTr
             return f.get_tensor("logits")
     teacher = distiller.teacher
     device = next(teacher.parameters()).device
-    pre = train_set.preprocess
+    pre = teacher_preprocess or train_set.preprocess
     views = (False, True) if flips else (False,)
     n = len(train_set.samples)
     out: torch.Tensor | None = None
@@ -195,7 +201,7 @@ def build_teacher_cache(path: Path, distiller: Distiller, train_set: GroundingTr
             for start in range(0, n, batch_size):
                 batch = collate([train_set.item(i, flip) for i in range(start, min(n, start + batch_size))],
                                 pad_id, bos_id)
-                pixels = normalize_batch(batch["pixels"].to(device), pre.mean, pre.std)
+                pixels = normalize_batch(batch.get("teacher_pixels", batch["pixels"]).to(device), pre.mean, pre.std)
                 logits = teacher(batch["input_ids"].to(device), pixels, batch["prev_tokens"].to(device), vocab_ids)
                 if out is None:
                     out = torch.empty((n, len(views), *logits.shape[1:]), dtype=torch.float16)
@@ -213,8 +219,9 @@ class DistillTerm(LossTerm):
     name = "distill"
 
     def __init__(self, cfg: DistillConfig, teacher: OFAModel, student: OFAModel, vocab_ids: torch.Tensor,
-                 pad_id: int) -> None:
+                 pad_id: int, teacher_preprocess: PreprocessConfig | None = None) -> None:
         self.cfg, self.student, self.vocab_ids, self.pad_id = cfg, student, vocab_ids, pad_id
+        self.teacher_preprocess = teacher_preprocess or PreprocessConfig()  # its mean and std, for teacher_pixels
         self.distiller = Distiller(cfg, teacher, student)
         self.reset()
 
@@ -231,7 +238,8 @@ class DistillTerm(LossTerm):
                              "teacher input new)")
         build = partial(build_teacher_cache, Path(self.cfg.teacher_cache), self.distiller, train_set, self.vocab_ids,
                         {**identity, "teacher_bf16": str(self.cfg.teacher_bf16)}, batch_size=batch_size,
-                        pad_id=self.pad_id, bos_id=bos_id, flips="flip" in augment)
+                        pad_id=self.pad_id, bos_id=bos_id, flips="flip" in augment,
+                        teacher_preprocess=self.teacher_preprocess)
         if ctx.world_size == 1:
             labels = build()
         else:
@@ -256,6 +264,9 @@ class DistillTerm(LossTerm):
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.vocab_ids.device)  # kd, attention, hidden
 
     def before_forward(self, batch: dict[str, torch.Tensor], host: dict[str, torch.Tensor]) -> None:
+        if "teacher_pixels" in batch:  # the teacher's own view of the images (its side, its normalisation)
+            pre = self.teacher_preprocess
+            batch = {**batch, "patch_images": normalize_batch(batch["teacher_pixels"], pre.mean, pre.std)}
         self.teacher_out = self.distiller.teacher_forward(batch, self.vocab_ids, host)
 
     @contextlib.contextmanager

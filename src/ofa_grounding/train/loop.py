@@ -117,6 +117,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
+        self.teacher_side: int | None = None  # distillation: the teacher's own image side, where it differs
         self._load_student()
         self.vocab_ids = open_vocab_ids(self.generation, self.model.config.vocab_size, device)
         column = torch.full((self.model.config.vocab_size,), -1, dtype=torch.long, device=device)
@@ -226,7 +227,7 @@ class Trainer:
             raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
         self.train_set = GroundingTrainSet(self.samples, self.tokenizer, self.preprocess, self.generation,
                                            cfg.augment, cfg.seed, cfg.cache_images, group_by_image=cfg.group_by_image,
-                                           absent_rate=cfg.absent_rate)
+                                           absent_rate=cfg.absent_rate, teacher_side=self.teacher_side)
         self.units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
         self.sampler = ShardedShuffleSampler(len(self.train_set), cfg.seed, self.ctx.rank, self.ctx.world_size)
         steps_per_epoch = max(1, len(self.sampler) // (self.units_per_batch * cfg.accum))
@@ -247,13 +248,19 @@ class Trainer:
     def _distill_term(self, dcfg: DistillConfig) -> DistillTerm:
         teacher_loaded = load_model(dcfg.teacher)
         matched = dcfg.attn_weight > 0 or dcfg.hidden_weight > 0
-        teacher_size, size = teacher_loaded.preprocess.patch_image_size, self.preprocess.patch_image_size
+        teacher_pre = teacher_loaded.preprocess
+        teacher_size, size = teacher_pre.patch_image_size, self.preprocess.patch_image_size
         if matched and teacher_size != size:
             raise ValueError(f"teacher and student image sizes differ ({teacher_size} vs {size} px): their attention "
                              "maps and hidden states cannot be matched (use --attn-weight 0 --hidden-weight 0, or a "
                              "student with the teacher's image size)")
+        # The teacher sees each image as it was trained to: resized to its own side and normalised its own way
+        # (the data gives a second copy of each image only where that differs from the student's).
+        own_view = (teacher_size, tuple(teacher_pre.mean), tuple(teacher_pre.std)) != \
+            (size, tuple(self.preprocess.mean), tuple(self.preprocess.std))
+        self.teacher_side = teacher_size if own_view else None
         return DistillTerm(dcfg, teacher_loaded.model.to(self.device), self.model, self.vocab_ids,
-                           self.tokenizer.pad_id)
+                           self.tokenizer.pad_id, teacher_pre)
 
     # -- a run's checkpoint ------------------------------------------------------------------------------------
 
