@@ -3,9 +3,9 @@
 # command, samples seen and wall time to $OUT/stages.tsv; a stage's weights (fp16, weights only) can be
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1,
 # STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
-# STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11;
-# stages 8, 9, 12 and 13, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1, RUN_STAGE12=1 and
-# RUN_STAGE13=1).
+# STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11,
+# STAGE13_FROM=DIR stage 13; stages 8, 9 and 12, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1 and
+# RUN_STAGE12=1). Stage 13's best is the bundled model since 2026-12-06.
 # Stage 2's weights are the bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo
 # | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
@@ -241,12 +241,13 @@ if [ -n "${RUN_STAGE12:-}" ]; then
     "${RESUME12:-}" --image-size 256 ${HEADS12:+--heads-from "$HEADS12"}
 fi
 
-# 13. Being tried (2026-12-06), not shipped: from stage 11's weights and cell heads (HEADS13, default its last/)
-#     at 224 px, stage 11's mix plus the train split of a fresh v2 set (FRESH, default data/v2-train-s103:
-#     make-synthetic --world v2 --n 60000 --seed 103 --per-scene 3 --simple 2 --absent 0.7 --max-side 1024;
-#     its ordinal rows twice, relation rows 1.5 times, as in stage 4), 5,000 updates, lr 1.5e-4, seed 47. Runs
-#     only with RUN_STAGE13=1; STEPS13 (default 5000) updates; THREADS13 threads (default: THREADS, else 2).
-if [ -n "${RUN_STAGE13:-}" ]; then
+# 13. From stage 11's weights and cell heads (HEADS13, default its last/) at 224 px, stage 11's mix plus the
+#     train split of a fresh v2 set (FRESH, default data/v2-train-s103: make-synthetic --world v2 --n 60000
+#     --seed 103 --per-scene 3 --simple 2 --absent 0.7 --max-side 1024; its ordinal rows twice, relation rows
+#     1.5 times, as in stage 4), 5,000 updates, lr 1.5e-4, seed 47; its best (step 4,000) ships
+#     (docs/experiments/2026-12-05-demo-wide-world.md, stage 13). STAGE13_FROM=DIR skips it; STEPS13 (default
+#     5000) updates; THREADS13 threads (default: THREADS, else 2).
+if [ -z "${STAGE13_FROM:-}" ]; then
   STEPS13=${STEPS13:-5000}
   FRESH=${FRESH:-data/v2-train-s103}
   HEADS13=${HEADS13:-$(last_heads stage11)}
@@ -264,12 +265,13 @@ if [ -n "${RUN_STAGE13:-}" ]; then
   fi
   wide_stage stage13 "$STAGE11_FROM" "$MIX13" "$STEPS13" "${THREADS13:-${THREADS:-2}}" 1.5e-4 0.03 47 \
     "${RESUME13:-}" --image-size 224 ${HEADS13:+--heads-from "$HEADS13"}
+  STAGE13_FROM="$OUT/stage13/best"
 fi
 
 # 14. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
 [ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
 [ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
 for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
-  "$OFA" eval --model "$STAGE11_FROM" --data "$data" --split test --device "$DEVICE"
+  "$OFA" eval --model "$STAGE13_FROM" --data "$data" --split test --device "$DEVICE"
 done
-# 15. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE11_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
+# 15. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE13_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
