@@ -7,11 +7,18 @@
 #      pictures the default model knows;
 #   3. more of stage 2 (its val curve still rose 5 points in its last 1,000 updates): from stage 2's last weights
 #      and its cell heads (--heads-from), a new schedule at a lower peak learning rate;
-#   4. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split).
+#   4. stage 3 distilled from the 224-px default model of 2026-12-06 (scripts/train_demo.sh's stage 13, a far
+#      stronger teacher than the 128-px one of stages 2 and 3), each model seeing the images at its own side,
+#      on that model's last training mix (MIX4), soft labels only (the image grids differ, so no attention maps);
+#   5. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split).
 #   bash scripts/train_demo_small.sh [OUT]
 # Environment: MIX [runs/demo/stage4-data], BENCH2 [data/v2-bench], UNSEEN2 [data/v2-unseen-seed-7],
 #   STEPS2 [6000] updates of stage 2, THREADS2 [1], MINUTES2 (optional wall-time guard), STEPS3 [7000],
-#   THREADS3 [1], MINUTES3, TEACHER [demo] (the teacher of stages 2 and 3), SKIP1=1 / SKIP2=1 / SKIP4=1.
+#   THREADS3 [1], MINUTES3, TEACHER [demo] (the teacher of stages 2 and 3: they ran with the 128-px demo of commit
+#   5588783, docs/distillation.md), STAGE3_FROM [OUT/stage3/last] (stage 4's student; the bundled float16 demo-small of
+#   2026-12-06 is stage 3's), TEACHER4 [demo] (stage 4's teacher), MIX4 [runs/demo/stage13-data, scripts/
+#   train_demo.sh builds it], STEPS4 [4000], THREADS4 [1], MINUTES4, SKIP1=1 / SKIP2=1 / SKIP3=1 / SKIP4=1 /
+#   SKIP5=1.
 set -euo pipefail
 OUT=${1:-runs/demo-small}
 OFA=${OFA:-ofa-ground}
@@ -44,6 +51,13 @@ if [ -z "${SKIP3:-}" ]; then
   distill_stage stage3 "$OUT/stage2/last" "$STEPS3" "${THREADS3:-1}" 3e-4 19 "${MINUTES3:-}" "${HEADS[@]}"
 fi
 
-[ -n "${SKIP4:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage3/last" --name demo-small \
+STAGE3_FROM=${STAGE3_FROM:-$OUT/stage3/last}
+# bf16 autocast for student and teacher only where the CPU has bfloat16 units (AVX-512 BF16 / AMX): elsewhere ~7x slower
+BF16=$(${PYTHON:-python3} -c 'from ofa_grounding.backbone import cpu_bf16_supported as s; print("--bf16 --teacher-bf16" if s() else "")')
+if [ -z "${SKIP4:-}" ]; then  # fresh cell heads: stage 3's trainer state is only where stage 3 ran
+  TEACHER=${TEACHER4:-demo} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage4 "$STAGE3_FROM" \
+    "${STEPS4:-4000}" "${THREADS4:-1}" 3e-4 23 "${MINUTES4:-}" --attn-weight 0 $BF16
+fi
+[ -n "${SKIP5:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage4/best" --name demo-small \
   --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 --recipe scripts/train_demo_small.sh \
-  --stage "stage 3" --earlier-note "Stage 1: the distilled student of seed 1 of scripts/distill_experiment.sh."
+  --stage "stage 4" --earlier-card src/ofa_grounding/models/demo-small/README.md
