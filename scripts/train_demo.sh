@@ -4,8 +4,8 @@
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1,
 # STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
 # STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11,
-# STAGE13_FROM=DIR stage 13; stages 8, 9 and 12, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1 and
-# RUN_STAGE12=1, stage 14, being tried, with RUN_STAGE14=1). Stage 13's best is the bundled model since 2026-12-06.
+# STAGE13_FROM=DIR stage 13; stages 8, 9, 12 and 14, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1,
+# RUN_STAGE12=1 and RUN_STAGE14=1). Stage 13's best is the bundled model since 2026-12-06.
 # Stage 2's weights are the bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo
 # | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
@@ -268,10 +268,11 @@ if [ -z "${STAGE13_FROM:-}" ]; then
   STAGE13_FROM="$OUT/stage13/best"
 fi
 
-# 14. Being tried (2026-12-06), not shipped: more of stage 13 on its own mix (its 5,000 updates saw 40 % of the
-#     rows), from its best weights and the cell heads of its last/ (HEADS14), a new seed and so a new order,
-#     4,000 updates, lr 1.2e-4, seed 53. Runs only with RUN_STAGE14=1; STEPS14 (default 4000) updates;
-#     THREADS14 threads (default: THREADS, else 2).
+# 14. Tried (2026-12-06), not shipped (stages/demo/stage14/NOTES.md): more of stage 13 on its own mix (its 5,000
+#     updates saw 40 % of the rows), from its best weights and the cell heads of its last/ (HEADS14), a new seed
+#     and so a new order, 4,000 updates, lr 1.2e-4, seed 53. Best val 82.8 % (stage 13: 82.1), yet 0.3-2 points
+#     lower on every test split. Runs only with RUN_STAGE14=1; STEPS14 (default 4000) updates; THREADS14 threads
+#     (default: THREADS, else 2).
 if [ -n "${RUN_STAGE14:-}" ]; then
   STEPS14=${STEPS14:-4000}
   HEADS14=${HEADS14:-$(last_heads stage13)}
