@@ -49,6 +49,10 @@ wide_stage() {  # wide_stage NAME FROM DATA STEPS THREADS LR WARMUP SEED RESUME 
 last_heads() {  # last_heads STAGE: that stage's last/ when it holds the trainer state (its cell heads), else nothing
   [ -f "$OUT/$1/last/trainer_state.safetensors" ] && echo "$OUT/$1/last" || true
 }
+need_mix() {  # need_mix N M: stage M trains on stage N's mix ($OUT/stageN-data), which only stage N builds
+  [ -f "$OUT/stage$1-data/train.jsonl" ] || { echo "stage $2 trains on stage $1's mix, $OUT/stage$1-data:" \
+    "run stage $1 once (without STAGE$1_FROM)" >&2; exit 2; }
+}
 [ -f "$OUT/stages.tsv" ] || printf 'stage\tsamples_seen\twall_s\tmachine\tcommand\n' > "$OUT/stages.tsv"
 
 # 0. Data: the benchmark (its val split validates, its test split scores) and a larger training set of the
@@ -235,8 +239,7 @@ fi
 if [ -n "${RUN_STAGE12:-}" ]; then
   STEPS12=${STEPS12:-2500}
   HEADS12=${HEADS12:-$(last_heads stage11)}
-  [ -f "$OUT/stage11-data/train.jsonl" ] || { echo "stage 12 trains on stage 11's mix, $OUT/stage11-data:" \
-    "run stage 11 once (without STAGE11_FROM)" >&2; exit 2; }
+  need_mix 11 12
   wide_stage stage12 "$STAGE11_FROM" "$OUT/stage11-data" "$STEPS12" "${THREADS12:-${THREADS:-2}}" 1.5e-4 0.03 43 \
     "${RESUME12:-}" --image-size 256 ${HEADS12:+--heads-from "$HEADS12"}
 fi
@@ -251,8 +254,7 @@ if [ -z "${STAGE13_FROM:-}" ]; then
   STEPS13=${STEPS13:-5000}
   FRESH=${FRESH:-data/v2-train-s103}
   HEADS13=${HEADS13:-$(last_heads stage11)}
-  [ -f "$OUT/stage11-data/train.jsonl" ] || { echo "stage 13 trains on stage 11's mix, $OUT/stage11-data:" \
-    "run stage 11 once (without STAGE11_FROM)" >&2; exit 2; }
+  need_mix 11 13
   [ -f "$FRESH/train.jsonl" ] || "$OFA" make-synthetic "$FRESH" --world v2 --n 60000 --seed 103 --per-scene 3 \
     --simple 2 --absent 0.7 --max-side 1024 --workers 2
   MIX13="$OUT/stage13-data"
@@ -276,8 +278,7 @@ fi
 if [ -n "${RUN_STAGE14:-}" ]; then
   STEPS14=${STEPS14:-4000}
   HEADS14=${HEADS14:-$(last_heads stage13)}
-  [ -f "$OUT/stage13-data/train.jsonl" ] || { echo "stage 14 trains on stage 13's mix, $OUT/stage13-data:" \
-    "run stage 13 once (without STAGE13_FROM)" >&2; exit 2; }
+  need_mix 13 14
   wide_stage stage14 "$STAGE13_FROM" "$OUT/stage13-data" "$STEPS14" "${THREADS14:-${THREADS:-2}}" 1.2e-4 0.03 53 \
     "${RESUME14:-}" --image-size 224 ${HEADS14:+--heads-from "$HEADS14"}
 fi

@@ -219,9 +219,9 @@ class DistillTerm(LossTerm):
     name = "distill"
 
     def __init__(self, cfg: DistillConfig, teacher: OFAModel, student: OFAModel, vocab_ids: torch.Tensor,
-                 pad_id: int, teacher_preprocess: PreprocessConfig | None = None) -> None:
+                 pad_id: int, teacher_preprocess: PreprocessConfig) -> None:
         self.cfg, self.student, self.vocab_ids, self.pad_id = cfg, student, vocab_ids, pad_id
-        self.teacher_preprocess = teacher_preprocess or PreprocessConfig()  # its mean and std, for teacher_pixels
+        self.teacher_preprocess = teacher_preprocess  # its mean and std normalise teacher_pixels
         self.distiller = Distiller(cfg, teacher, student)
         self.reset()
 
