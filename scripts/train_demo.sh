@@ -4,8 +4,9 @@
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1,
 # STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
 # STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11,
-# STAGE13_FROM=DIR stage 13; stages 8, 9, 12 and 14, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1,
-# RUN_STAGE12=1 and RUN_STAGE14=1). Stage 13's best is the bundled model since 2026-12-06.
+# STAGE13_FROM=DIR stage 13, STAGE15_FROM=DIR stage 15; stages 8, 9, 12 and 14, tried and not shipped, run with
+# RUN_STAGE8=1, RUN_STAGE9=1, RUN_STAGE12=1 and RUN_STAGE14=1). Stage 15's best is the bundled model since
+# 2026-12-06 16:40.
 # Stage 2's weights are the bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo
 # | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
@@ -247,8 +248,8 @@ fi
 # 13. From stage 11's weights and cell heads (HEADS13, default its last/) at 224 px, stage 11's mix plus the
 #     train split of a fresh v2 set (FRESH, default data/v2-train-s103: make-synthetic --world v2 --n 60000
 #     --seed 103 --per-scene 3 --simple 2 --absent 0.7 --max-side 1024; its ordinal rows twice, relation rows
-#     1.5 times, as in stage 4), 5,000 updates, lr 1.5e-4, seed 47; its best (step 4,000) ships
-#     (docs/experiments/2026-12-05-demo-wide-world.md, stage 13). STAGE13_FROM=DIR skips it; STEPS13 (default
+#     1.5 times, as in stage 4), 5,000 updates, lr 1.5e-4, seed 47; its best (step 4,000) shipped 2026-12-06
+#     12:15-16:40 (docs/experiments/2026-12-05-demo-wide-world.md, stage 13). STAGE13_FROM=DIR skips it; STEPS13 (default
 #     5000) updates; THREADS13 threads (default: THREADS, else 2).
 if [ -z "${STAGE13_FROM:-}" ]; then
   STEPS13=${STEPS13:-5000}
@@ -283,10 +284,39 @@ if [ -n "${RUN_STAGE14:-}" ]; then
     "${RESUME14:-}" --image-size 224 ${HEADS14:+--heads-from "$HEADS14"}
 fi
 
-# 15. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
+# 15. From stage 13's best weights and the cell heads of its last/ (HEADS15) at 224 px, stage 13's mix plus the
+#     train split of another fresh v2 set (FRESH15, default data/v2-train-s105: make-synthetic --world v2 --n 60000
+#     --seed 105 --per-scene 3 --simple 2 --absent 0.7 --max-side 1024; ordinal rows twice, relation rows 1.5
+#     times; 496,675 rows), 4,000 updates, lr 1.2e-4, seed 59: fresh scenes again, as stage 13 was to stage 11
+#     (stage 14, more of the same mix, had lost). Its best (step 4,000) ships since 2026-12-06 16:40
+#     (docs/experiments/2026-12-05-demo-wide-world.md, stage 15). STAGE15_FROM=DIR skips it; STEPS15 (default
+#     4000) updates; THREADS15 threads (default: THREADS, else 2).
+if [ -z "${STAGE15_FROM:-}" ]; then
+  STEPS15=${STEPS15:-4000}
+  FRESH15=${FRESH15:-data/v2-train-s105}
+  HEADS15=${HEADS15:-$(last_heads stage13)}
+  need_mix 13 15
+  [ -f "$FRESH15/train.jsonl" ] || "$OFA" make-synthetic "$FRESH15" --world v2 --n 60000 --seed 105 --per-scene 3 \
+    --simple 2 --absent 0.7 --max-side 1024 --workers 2
+  MIX15="$OUT/stage15-data"
+  if [ ! -f "$MIX15/train.jsonl" ]; then
+    mkdir -p "$MIX15"
+    for images in v2-images v1-images c-images f-images; do
+      ln -sfn "$(readlink "$OUT/stage13-data/$images")" "$MIX15/$images"
+    done
+    ln -sfn "$(cd "$FRESH15" && pwd)/images" "$MIX15/g-images"
+    ${PYTHON:-python3} "$MIXER" "$OUT/stage13-data/train.jsonl" "$FRESH15/train.jsonl,prefix=g-,ordinal=2,relation=1.5" \
+      > "$MIX15/train.jsonl"
+  fi
+  wide_stage stage15 "$STAGE13_FROM" "$MIX15" "$STEPS15" "${THREADS15:-${THREADS:-2}}" 1.2e-4 0.03 59 \
+    "${RESUME15:-}" --image-size 224 ${HEADS15:+--heads-from "$HEADS15"}
+  STAGE15_FROM="$OUT/stage15/best"
+fi
+
+# 16. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
 [ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
 [ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
 for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
-  "$OFA" eval --model "$STAGE13_FROM" --data "$data" --split test --device "$DEVICE"
+  "$OFA" eval --model "$STAGE15_FROM" --data "$data" --split test --device "$DEVICE"
 done
-# 16. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE13_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
+# 17. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE15_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...

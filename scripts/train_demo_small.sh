@@ -12,16 +12,20 @@
 #      on that model's last training mix (MIX4), soft labels only (the image grids differ, so no attention maps);
 #   5. more of stage 4 (its val rose at every evaluation): from its last weights and cell heads, a new schedule
 #      at half its peak learning rate, the same teacher and mix;
-#   6. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
+#   6. more of stage 5 (its val still rose): from its last weights and cell heads, a new schedule at lr 1e-4, the
+#      same teacher, on the mix of scripts/train_demo.sh's stage 15 (MIX6: stage 13's mix plus 60,000 fresh scenes);
+#   7. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
 #      history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
 # Environment: MIX [runs/demo/stage4-data], BENCH2 [data/v2-bench], UNSEEN2 [data/v2-unseen-seed-7],
 #   STEPS2 [6000] updates of stage 2, THREADS2 [1], MINUTES2 (optional wall-time guard), STEPS3 [7000],
 #   THREADS3 [1], MINUTES3, TEACHER [demo] (the teacher of stages 2 and 3: they ran with the 128-px demo of commit
 #   5588783, docs/distillation.md), STAGE3_FROM [OUT/stage3/last] (stage 4's student; the bundled float16 demo-small of
-#   2026-12-06 is stage 3's), TEACHER4 [demo] (stage 4's teacher), MIX4 [runs/demo/stage13-data, scripts/
+#   2026-12-06 is stage 3's), TEACHER4 [stages/demo/stage13/weights: the bundled `demo` of 2026-12-06 12:15-16:40, stage 13 of
+#   scripts/train_demo.sh] (the teacher of stages 4-6), MIX4 [runs/demo/stage13-data, scripts/
 #   train_demo.sh builds it], STEPS4 [4000], THREADS4 [1], MINUTES4, STEPS5 [4000], THREADS5 [1], MINUTES5,
-#   SKIP1=1 / SKIP2=1 / SKIP3=1 / SKIP4=1 / SKIP5=1 / SKIP6=1.
+#   MIX6 [runs/demo/stage15-data, scripts/train_demo.sh builds it], STEPS6 [5000], THREADS6 [1],
+#   MINUTES6, SKIP1=1 / SKIP2=1 / SKIP3=1 / SKIP4=1 / SKIP5=1 / SKIP6=1 / SKIP7=1.
 set -euo pipefail
 OUT=${1:-runs/demo-small}
 OFA=${OFA:-ofa-ground}
@@ -58,17 +62,26 @@ STAGE3_FROM=${STAGE3_FROM:-$OUT/stage3/last}
 # bf16 autocast for student and teacher only where the CPU has bfloat16 units (AVX-512 BF16 / AMX): elsewhere ~7x slower
 BF16=$(${PYTHON:-python3} -c 'from ofa_grounding.backbone import cpu_bf16_supported as s; print("--bf16 --teacher-bf16" if s() else "")')
 if [ -z "${SKIP4:-}" ]; then  # fresh cell heads: stage 3's trainer state is only where stage 3 ran
-  TEACHER=${TEACHER4:-demo} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage4 "$STAGE3_FROM" \
+  TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage4 "$STAGE3_FROM" \
     "${STEPS4:-4000}" "${THREADS4:-1}" 3e-4 23 "${MINUTES4:-}" --attn-weight 0 $BF16
 fi
 if [ -z "${SKIP5:-}" ]; then
   HEADS=(); [ -d "$OUT/stage5/last" ] || HEADS=(--heads-from "$OUT/stage4/last")  # a new run: stage 4's cell heads
-  TEACHER=${TEACHER4:-demo} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage5 "$OUT/stage4/last" \
+  TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage5 "$OUT/stage4/last" \
     "${STEPS5:-4000}" "${THREADS5:-1}" 1.5e-4 29 "${MINUTES5:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-[ -n "${SKIP6:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage5/best" --name demo-small \
-  --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 --recipe scripts/train_demo_small.sh \
-  --stage "stage 5" --earlier-card "$STAGE3_FROM/README.md" --earlier-note "Stage 4 (\`scripts/train_demo_small.sh\`\
- stage 4): stage 3 distilled from the 224-px default model (stage 13 of \`scripts/train_demo.sh\`), each model\
- seeing the images at its own side, soft labels only, on that model's last training mix, 4,000 updates x 32, lr 3e-4,\
- seed 23, fresh cell heads."
+STAGE6_NOTE="stage 6, 2026-12-06: from stage 5's last weights and cell heads, a new schedule at lr 1e-4, the same\
+ teacher, on the mix of stage 15 of \`scripts/train_demo.sh\` (stage 13's mix plus the train split of 60,000 fresh\
+ scenes of seed 105)"
+if [ -z "${SKIP6:-}" ]; then
+  HEADS=(); [ -d "$OUT/stage6/last" ] || HEADS=(--heads-from "$OUT/stage5/last")  # a new run: stage 5's cell heads
+  TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
+    "${STEPS6:-5000}" "${THREADS6:-1}" 1e-4 31 "${MINUTES6:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
+fi
+[ -n "${SKIP7:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage6/best" --name demo-small \
+  --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 data/v2-unseen-seed-23 \
+  --recipe scripts/train_demo_small.sh --stage "$STAGE6_NOTE" --earlier-card "$STAGE3_FROM/README.md" \
+  --earlier-note "Stages 4 and 5 (\`scripts/train_demo_small.sh\`): stage 3 distilled from the 224-px default model\
+ (stage 13 of \`scripts/train_demo.sh\`), each model seeing the images at its own side, soft labels only, on that\
+ model's last training mix, 4,000 updates x 32 at lr 3e-4 (seed 23, fresh cell heads), then 4,000 more at lr 1.5e-4\
+ (seed 29)."
