@@ -54,6 +54,17 @@ need_mix() {  # need_mix N M: stage M trains on stage N's mix ($OUT/stageN-data)
   [ -f "$OUT/stage$1-data/train.jsonl" ] || { echo "stage $2 trains on stage $1's mix, $OUT/stage$1-data:" \
     "run stage $1 once (without STAGE$1_FROM)" >&2; exit 2; }
 }
+fresh_mix() {  # fresh_mix BASE FRESH PREFIX MIX: BASE's mix plus FRESH's train split (its rows' images under PREFIX,
+  # ordinal rows twice, relation rows 1.5 times), written once to MIX
+  local base=$1 fresh=$2 prefix=$3 mix=$4 link
+  [ -f "$mix/train.jsonl" ] && return
+  mkdir -p "$mix"
+  for link in "$base"/*-images; do ln -sfn "$(readlink "$link")" "$mix/$(basename "$link")"; done
+  ln -sfn "$(cd "$fresh" && pwd)/images" "$mix/${prefix}images"
+  ${PYTHON:-python3} "$MIXER" "$base/train.jsonl" "$fresh/train.jsonl,prefix=$prefix,ordinal=2,relation=1.5" \
+    > "$mix/train.jsonl.part"
+  mv "$mix/train.jsonl.part" "$mix/train.jsonl"
+}
 [ -f "$OUT/stages.tsv" ] || printf 'stage\tsamples_seen\twall_s\tmachine\tcommand\n' > "$OUT/stages.tsv"
 
 # 0. Data: the benchmark (its val split validates, its test split scores) and a larger training set of the
@@ -259,13 +270,7 @@ if [ -z "${STAGE13_FROM:-}" ]; then
   [ -f "$FRESH/train.jsonl" ] || "$OFA" make-synthetic "$FRESH" --world v2 --n 60000 --seed 103 --per-scene 3 \
     --simple 2 --absent 0.7 --max-side 1024 --workers 2
   MIX13="$OUT/stage13-data"
-  if [ ! -f "$MIX13/train.jsonl" ]; then
-    mkdir -p "$MIX13"
-    for images in v2-images v1-images c-images; do ln -sfn "$(readlink "$OUT/stage11-data/$images")" "$MIX13/$images"; done
-    ln -sfn "$(cd "$FRESH" && pwd)/images" "$MIX13/f-images"
-    ${PYTHON:-python3} "$MIXER" "$OUT/stage11-data/train.jsonl" "$FRESH/train.jsonl,prefix=f-,ordinal=2,relation=1.5" \
-      > "$MIX13/train.jsonl"
-  fi
+  fresh_mix "$OUT/stage11-data" "$FRESH" f- "$MIX13"
   wide_stage stage13 "$STAGE11_FROM" "$MIX13" "$STEPS13" "${THREADS13:-${THREADS:-2}}" 1.5e-4 0.03 47 \
     "${RESUME13:-}" --image-size 224 ${HEADS13:+--heads-from "$HEADS13"}
   STAGE13_FROM="$OUT/stage13/best"
@@ -299,15 +304,7 @@ if [ -z "${STAGE15_FROM:-}" ]; then
   [ -f "$FRESH15/train.jsonl" ] || "$OFA" make-synthetic "$FRESH15" --world v2 --n 60000 --seed 105 --per-scene 3 \
     --simple 2 --absent 0.7 --max-side 1024 --workers 2
   MIX15="$OUT/stage15-data"
-  if [ ! -f "$MIX15/train.jsonl" ]; then
-    mkdir -p "$MIX15"
-    for images in v2-images v1-images c-images f-images; do
-      ln -sfn "$(readlink "$OUT/stage13-data/$images")" "$MIX15/$images"
-    done
-    ln -sfn "$(cd "$FRESH15" && pwd)/images" "$MIX15/g-images"
-    ${PYTHON:-python3} "$MIXER" "$OUT/stage13-data/train.jsonl" "$FRESH15/train.jsonl,prefix=g-,ordinal=2,relation=1.5" \
-      > "$MIX15/train.jsonl"
-  fi
+  fresh_mix "$OUT/stage13-data" "$FRESH15" g- "$MIX15"
   wide_stage stage15 "$STAGE13_FROM" "$MIX15" "$STEPS15" "${THREADS15:-${THREADS:-2}}" 1.2e-4 0.03 59 \
     "${RESUME15:-}" --image-size 224 ${HEADS15:+--heads-from "$HEADS15"}
   STAGE15_FROM="$OUT/stage15/best"

@@ -43,7 +43,8 @@ def test_every_setting_has_a_flag_and_reaches_the_config() -> None:
               "dropout": ("0.3", 0.3), "bf16": (None, True), "augment": ("flip,jitter", ["flip", "jitter"]),
               "log_every": ("10", 10), "eval_every": ("5", 5), "save_every": ("6", 6), "seed": ("8", 8),
               "workers": ("2", 2),
-              "cache_images": (None, True), "device": ("cuda", "cuda"), "resume": (None, True),
+              "cache_images": (None, True), "cache_images_mb": ("512", 512), "device": ("cuda", "cuda"),
+              "resume": (None, True),
               "overwrite": (None, True), "modelscope": (None, True), "progress": (None, False)}
     distill = {"kd_weight": ("0.5", 0.5), "temperature": ("2", 2.0), "attn_weight": ("0", 0.0),
                "layer_map": ("uniform", "uniform"), "attn_heads": ("mean", "mean"), "hidden_weight": ("1", 1.0),
@@ -86,6 +87,7 @@ def test_help_comes_from_the_config() -> None:
     (["--warmup-ratio", "2"], r"--warmup-ratio must be in \[0, 1\], got 2.0"),
     (["--label-smoothing", "1"], r"--label-smoothing must be in \[0, 1\), got 1.0"),
     (["--bin-sigma", "-1"], "--bin-sigma must not be negative, got -1.0"),
+    (["--cache-images-mb", "-1"], "--cache-images-mb must not be negative, got -1"),
     (["--clip-norm", "0"], "--clip-norm must be positive, got 0.0"),
     (["--max-minutes", "0"], "--max-minutes must be positive"),
 ])

@@ -190,3 +190,30 @@ def test_the_teacher_gets_its_own_side_flipped_and_jittered_alike(tmp_path: Path
     assert batch["teacher_pixels"].shape == grouped["teacher_pixels"].shape
     assert "teacher_pixels" not in collate([GroundingTrainSet([sample], OFATokenizer.default(), pre,
                                                               GenerationConfig()).item(0)])
+
+
+def test_image_cache_stops_at_its_limit_and_reads_the_rest_from_disk(tmp_path: Path, caplog) -> None:
+    from PIL import Image
+
+    samples = []
+    for i in range(3):
+        Image.new("RGB", (40, 30), (80 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        samples.append(Sample(f"s{i}", tmp_path / f"{i}.png", "the red square", (1.0, 1.0, 20.0, 20.0)))
+    pre = PreprocessConfig(patch_image_size=32, max_image_size=32)
+    one_image = 32 * 32 * 3
+    ds = GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig(), cache_images=True,
+                           cache_limit_bytes=2 * one_image)
+    with caplog.at_level("INFO", logger="ofa_grounding.train.data"):
+        first = [ds.item(i).pixels.clone() for i in range(3)]
+    assert ds.cache_bytes == 2 * one_image and ds.cache_full
+    assert sum("image cache full (2 images" in r.getMessage() for r in caplog.records) == 1
+    # the third image is not cached: a change on disk shows, while the cached ones keep their pixels
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(tmp_path / "2.png")
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(tmp_path / "0.png")
+    again = [ds.item(i).pixels for i in range(3)]
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    assert not torch.equal(again[2], first[2]) and int(again[2][0, 0, 2]) == 255
+    assert sum("image cache full" in r.getMessage() for r in caplog.records) == 1  # said once
+    with pytest.raises(ValueError, match="cache_limit_bytes"):
+        GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig(), cache_images=True,
+                          cache_limit_bytes=-1)

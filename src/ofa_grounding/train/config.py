@@ -94,6 +94,9 @@ class TrainConfig:
     seed: int = _opt(1, "seed of the shuffling, augmentation, dropout and fresh weights")
     workers: int = _opt(0, "data-loading processes")
     cache_images: bool = _opt(False, "keep resized training images in memory")
+    cache_images_mb: int = _opt(4096, "the memory --cache-images may fill, in MB (default 4096; with --workers, "
+                                      "per loader process): once full, further images are read from disk each "
+                                      "time", metavar="MB")
     device: str | None = _opt(None, "torch device, e.g. cpu or cuda (default: cpu; under torchrun cuda means "
                                     "each process's own GPU)")
     resume: bool = _opt(False, "continue the run in --out from its last checkpoint")

@@ -14,6 +14,7 @@ image resized for the teacher (`teacher_pixels`), mirrored and jittered exactly 
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,8 @@ from ..data import Sample
 from ..image import NULL_BOX_BINS, box_to_bins, load_image, resize_ratios, resize_square
 from ..synthetic import absent_expressions
 from ..tokenizer import BOS, PAD, OFATokenizer, pad_ids
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GroundingTrainSet", "ShardedShuffleSampler", "collate", "mirror_text", "AUGMENTATIONS"]
 
@@ -59,7 +62,8 @@ class GroundingTrainSet(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[Sample], tokenizer: OFATokenizer, preprocess: PreprocessConfig,
                  generation: GenerationConfig, augment: Sequence[str] = (), seed: int = 0,
                  cache_images: bool = False, max_pixels: int | None = None, group_by_image: int = 1,
-                 absent_rate: float = 0.0, teacher_side: int | None = None) -> None:
+                 absent_rate: float = 0.0, teacher_side: int | None = None,
+                 cache_limit_bytes: int | None = None) -> None:
         unknown = set(augment) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
@@ -73,9 +77,13 @@ class GroundingTrainSet(torch.utils.data.Dataset):
         self.absent_rate = absent_rate
         self.max_pixels = max_pixels
         self.teacher_side = teacher_side
-        # One entry per image, not per sample: datasets have several expressions per image.
+        # One entry per image, not per sample: datasets have several expressions per image. Up to
+        # `cache_limit_bytes` of pixels (None: no limit); once full, further images are read from disk each time.
         self._cache: dict[str, tuple[np.ndarray, tuple[int, int], np.ndarray | None]] | None = \
             {} if cache_images else None
+        if cache_limit_bytes is not None and cache_limit_bytes < 0:
+            raise ValueError(f"cache_limit_bytes must be at least 0, got {cache_limit_bytes}")
+        self.cache_limit_bytes, self.cache_bytes, self.cache_full = cache_limit_bytes, 0, False
         if group_by_image < 1:
             raise ValueError(f"group_by_image must be at least 1, got {group_by_image}")
         self.group_by_image = group_by_image
@@ -105,10 +113,17 @@ class GroundingTrainSet(torch.utils.data.Dataset):
                 np.asarray(resize_square(image, self.teacher_side), dtype=np.uint8)
         out = (pixels, image.size, teacher)
         if self._cache is not None:
-            for array in (pixels, teacher):
-                if array is not None:
-                    array.setflags(write=False)  # shared by every sample of the image
-            self._cache[key] = out
+            size = pixels.nbytes + (teacher.nbytes if teacher is not None and teacher is not pixels else 0)
+            if self.cache_limit_bytes is None or self.cache_bytes + size <= self.cache_limit_bytes:
+                for array in (pixels, teacher):
+                    if array is not None:
+                        array.setflags(write=False)  # shared by every sample of the image
+                self._cache[key] = out
+                self.cache_bytes += size
+            elif not self.cache_full:
+                self.cache_full = True
+                log.info("image cache full (%d images, %.0f MB): further images are read from disk each time",
+                         len(self._cache), self.cache_bytes / 2**20)
         return out
 
     def __getitem__(self, index: int) -> Item | list[Item]:

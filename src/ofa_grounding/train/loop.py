@@ -227,7 +227,8 @@ class Trainer:
             raise ValueError(f"{cfg.data}: no training samples (split {cfg.split!r})")
         self.train_set = GroundingTrainSet(self.samples, self.tokenizer, self.preprocess, self.generation,
                                            cfg.augment, cfg.seed, cfg.cache_images, group_by_image=cfg.group_by_image,
-                                           absent_rate=cfg.absent_rate, teacher_side=self.teacher_side)
+                                           absent_rate=cfg.absent_rate, teacher_side=self.teacher_side,
+                                           cache_limit_bytes=cfg.cache_images_mb * 2**20)
         self.units_per_batch = cfg.batch_size // cfg.group_by_image  # images when grouping, else samples
         self.sampler = ShardedShuffleSampler(len(self.train_set), cfg.seed, self.ctx.rank, self.ctx.world_size)
         steps_per_epoch = max(1, len(self.sampler) // (self.units_per_batch * cfg.accum))
@@ -543,7 +544,8 @@ def _check_settings(cfg: TrainConfig) -> None:
         if value is not None and not 0 <= value < 1:
             raise ValueError(f"{option} must be in [0, 1), got {value}")
     for option, value in {"--weight-decay": cfg.weight_decay, "--bin-sigma": cfg.bin_sigma,
-                          "--attr-weight": cfg.attr_weight, "--pointer-weight": cfg.pointer_weight}.items():
+                          "--attr-weight": cfg.attr_weight, "--pointer-weight": cfg.pointer_weight,
+                          "--cache-images-mb": cfg.cache_images_mb}.items():
         if not value >= 0:
             raise ValueError(f"{option} must not be negative, got {value}")
     if not cfg.clip_norm > 0:  # 0 would scale every gradient to nothing
