@@ -71,8 +71,9 @@ if [ -z "${SKIP5:-}" ]; then
     "${STEPS5:-4000}" "${THREADS5:-1}" 1.5e-4 29 "${MINUTES5:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 STAGE6_NOTE="stage 6, 2026-12-06: from stage 5's last weights and cell heads, a new schedule at lr 1e-4, the same\
- teacher, on the mix of stage 15 of \`scripts/train_demo.sh\` (stage 13's mix plus the train split of 60,000 fresh\
- scenes of seed 105)"
+ teacher (stage 13 of the demo model, kept as \`stages/demo/stage13/weights\`: \`demo\` in these commands is the\
+ bundled model of that day), on the mix of stage 15 of \`scripts/train_demo.sh\` (stage 13's mix plus the train\
+ split of 60,000 fresh scenes of seed 105)"
 if [ -z "${SKIP6:-}" ]; then
   HEADS=(); [ -d "$OUT/stage6/last" ] || HEADS=(--heads-from "$OUT/stage5/last")  # a new run: stage 5's cell heads
   TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
