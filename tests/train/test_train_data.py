@@ -203,7 +203,7 @@ def test_image_cache_stops_at_its_limit_and_reads_the_rest_from_disk(tmp_path: P
     one_image = 32 * 32 * 3
     ds = GroundingTrainSet(samples, OFATokenizer.default(), pre, GenerationConfig(), cache_images=True,
                            cache_limit_bytes=2 * one_image)
-    with caplog.at_level("INFO", logger="ofa_grounding.train.data"):
+    with caplog.at_level("WARNING", logger="ofa_grounding.train.data"):
         first = [ds.item(i).pixels.clone() for i in range(3)]
     assert ds.cache_bytes == 2 * one_image and ds.cache_full
     assert sum("image cache full (2 images" in r.getMessage() for r in caplog.records) == 1

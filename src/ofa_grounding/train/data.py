@@ -122,8 +122,8 @@ class GroundingTrainSet(torch.utils.data.Dataset):
                 self.cache_bytes += size
             elif not self.cache_full:
                 self.cache_full = True
-                log.info("image cache full (%d images, %.0f MB): further images are read from disk each time",
-                         len(self._cache), self.cache_bytes / 2**20)
+                log.warning("image cache full (%d images, %.0f MB, --cache-images-mb): further images are read "
+                            "from disk each time", len(self._cache), self.cache_bytes / 2**20)
         return out
 
     def __getitem__(self, index: int) -> Item | list[Item]:
