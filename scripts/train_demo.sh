@@ -54,9 +54,12 @@ need_mix() {  # need_mix N M: stage M trains on stage N's mix ($OUT/stageN-data)
   [ -f "$OUT/stage$1-data/train.jsonl" ] || { echo "stage $2 trains on stage $1's mix, $OUT/stage$1-data:" \
     "run stage $1 once (without STAGE$1_FROM)" >&2; exit 2; }
 }
-fresh_mix() {  # fresh_mix BASE FRESH PREFIX MIX: BASE's mix plus FRESH's train split (its rows' images under PREFIX,
-  # ordinal rows twice, relation rows 1.5 times), written once to MIX
-  local base=$1 fresh=$2 prefix=$3 mix=$4 link
+fresh_mix() {  # fresh_mix BASE FRESH SEED PREFIX MIX: BASE's mix plus the train split of FRESH, a fresh v2 set
+  # (make-synthetic --world v2 --n 60000 --seed SEED --per-scene 3 --simple 2 --absent 0.7 --max-side 1024, made
+  # here if missing; its rows' images under PREFIX, ordinal rows twice, relation rows 1.5 times), written once to MIX
+  local base=$1 fresh=$2 seed=$3 prefix=$4 mix=$5 link
+  [ -f "$fresh/train.jsonl" ] || "$OFA" make-synthetic "$fresh" --world v2 --n 60000 --seed "$seed" --per-scene 3 \
+    --simple 2 --absent 0.7 --max-side 1024 --workers 2
   [ -f "$mix/train.jsonl" ] && return
   mkdir -p "$mix"
   for link in "$base"/*-images; do ln -sfn "$(readlink "$link")" "$mix/$(basename "$link")"; done
@@ -267,10 +270,8 @@ if [ -z "${STAGE13_FROM:-}" ]; then
   FRESH=${FRESH:-data/v2-train-s103}
   HEADS13=${HEADS13:-$(last_heads stage11)}
   need_mix 11 13
-  [ -f "$FRESH/train.jsonl" ] || "$OFA" make-synthetic "$FRESH" --world v2 --n 60000 --seed 103 --per-scene 3 \
-    --simple 2 --absent 0.7 --max-side 1024 --workers 2
   MIX13="$OUT/stage13-data"
-  fresh_mix "$OUT/stage11-data" "$FRESH" f- "$MIX13"
+  fresh_mix "$OUT/stage11-data" "$FRESH" 103 f- "$MIX13"
   wide_stage stage13 "$STAGE11_FROM" "$MIX13" "$STEPS13" "${THREADS13:-${THREADS:-2}}" 1.5e-4 0.03 47 \
     "${RESUME13:-}" --image-size 224 ${HEADS13:+--heads-from "$HEADS13"}
   STAGE13_FROM="$OUT/stage13/best"
@@ -301,10 +302,8 @@ if [ -z "${STAGE15_FROM:-}" ]; then
   FRESH15=${FRESH15:-data/v2-train-s105}
   HEADS15=${HEADS15:-$(last_heads stage13)}
   need_mix 13 15
-  [ -f "$FRESH15/train.jsonl" ] || "$OFA" make-synthetic "$FRESH15" --world v2 --n 60000 --seed 105 --per-scene 3 \
-    --simple 2 --absent 0.7 --max-side 1024 --workers 2
   MIX15="$OUT/stage15-data"
-  fresh_mix "$OUT/stage13-data" "$FRESH15" g- "$MIX15"
+  fresh_mix "$OUT/stage13-data" "$FRESH15" 105 g- "$MIX15"
   wide_stage stage15 "$STAGE13_FROM" "$MIX15" "$STEPS15" "${THREADS15:-${THREADS:-2}}" 1.2e-4 0.03 59 \
     "${RESUME15:-}" --image-size 224 ${HEADS15:+--heads-from "$HEADS15"}
   STAGE15_FROM="$OUT/stage15/best"

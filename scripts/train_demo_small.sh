@@ -61,13 +61,14 @@ fi
 STAGE3_FROM=${STAGE3_FROM:-$OUT/stage3/last}
 # bf16 autocast for student and teacher only where the CPU has bfloat16 units (AVX-512 BF16 / AMX): elsewhere ~7x slower
 BF16=$(${PYTHON:-python3} -c 'from ofa_grounding.backbone import cpu_bf16_supported as s; print("--bf16 --teacher-bf16" if s() else "")')
+TEACHER4=${TEACHER4:-stages/demo/stage13/weights}  # the teacher of stages 4-6
 if [ -z "${SKIP4:-}" ]; then  # fresh cell heads: stage 3's trainer state is only where stage 3 ran
-  TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage4 "$STAGE3_FROM" \
+  TEACHER=$TEACHER4 MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage4 "$STAGE3_FROM" \
     "${STEPS4:-4000}" "${THREADS4:-1}" 3e-4 23 "${MINUTES4:-}" --attn-weight 0 $BF16
 fi
 if [ -z "${SKIP5:-}" ]; then
   HEADS=(); [ -d "$OUT/stage5/last" ] || HEADS=(--heads-from "$OUT/stage4/last")  # a new run: stage 4's cell heads
-  TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage5 "$OUT/stage4/last" \
+  TEACHER=$TEACHER4 MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage5 "$OUT/stage4/last" \
     "${STEPS5:-4000}" "${THREADS5:-1}" 1.5e-4 29 "${MINUTES5:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 STAGE6_NOTE="stage 6, 2026-12-06: from stage 5's last weights and cell heads, a new schedule at lr 1e-4, the same\
@@ -76,7 +77,7 @@ STAGE6_NOTE="stage 6, 2026-12-06: from stage 5's last weights and cell heads, a 
  split of 60,000 fresh scenes of seed 105)"
 if [ -z "${SKIP6:-}" ]; then
   HEADS=(); [ -d "$OUT/stage6/last" ] || HEADS=(--heads-from "$OUT/stage5/last")  # a new run: stage 5's cell heads
-  TEACHER=${TEACHER4:-stages/demo/stage13/weights} MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
+  TEACHER=$TEACHER4 MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
     "${STEPS6:-5000}" "${THREADS6:-1}" 1e-4 31 "${MINUTES6:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 [ -n "${SKIP7:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage6/best" --name demo-small \
