@@ -14,6 +14,10 @@
 #      at half its peak learning rate, the same teacher and mix;
 #   6. more of stage 5 (its val still rose): from its last weights and cell heads, a new schedule at lr 1e-4, the
 #      same teacher, on the mix of scripts/train_demo.sh's stage 15 (MIX6: stage 13's mix plus 60,000 fresh scenes);
+#   (7. being tried, only with RUN_STAGE7=1: from stage 6's best weights and the cell heads of its last/, lr 1e-4,
+#      seed 37, teacher TEACHER7 [runs/demo/stage15/best: scripts/train_demo.sh's stage 15, whose float16 copy is
+#      the bundled `demo` since 2026-12-06 16:40], on MIX7 [runs/demo/stage16-data: stage 15's mix plus 60,000
+#      fresh scenes of seed 107, scripts/train_demo.sh's stage 16 builds it], STEPS7 [5000], THREADS7 [1], MINUTES7;)
 #   7. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
 #      history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
@@ -79,6 +83,11 @@ if [ -z "${SKIP6:-}" ]; then
   HEADS=(); [ -d "$OUT/stage6/last" ] || HEADS=(--heads-from "$OUT/stage5/last")  # a new run: stage 5's cell heads
   TEACHER=$TEACHER4 MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
     "${STEPS6:-5000}" "${THREADS6:-1}" 1e-4 31 "${MINUTES6:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
+fi
+if [ -n "${RUN_STAGE7:-}" ]; then  # being tried (2026-12-06): the new default model as teacher, fresh scenes again
+  HEADS=(); [ -d "$OUT/stage7/last" ] || HEADS=(--heads-from "$OUT/stage6/last")  # a new run: stage 6's cell heads
+  TEACHER=${TEACHER7:-runs/demo/stage15/best} MIX=${MIX7:-runs/demo/stage16-data} distill_stage stage7 \
+    "$OUT/stage6/best" "${STEPS7:-5000}" "${THREADS7:-1}" 1e-4 37 "${MINUTES7:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 [ -n "${SKIP7:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage6/best" --name demo-small \
   --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 data/v2-unseen-seed-23 \

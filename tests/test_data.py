@@ -142,3 +142,21 @@ def test_jsonl_box_null_is_an_absent_object(tmp_path: Path) -> None:
     assert [i.where for i in ds.issues] == ["d.jsonl:2", "d.jsonl:3", "d.jsonl:4"]
     assert 'missing "box"' in ds.issues[0].message and "null for an object" in ds.issues[0].message
     assert "4 numbers" in ds.issues[1].message and '"image"' in ds.issues[2].message
+
+
+def test_jsonl_rows_of_one_image_share_one_copy_of_its_scene(tmp_path: Path) -> None:
+    # A training mix repeats each scene's objects on every row of its image: held once, a 500k-row mix fits twice
+    # in memory. Rows whose lists differ keep their own.
+    scene = [{"shape": "circle", "color": "red", "box": [1, 2, 3, 4]}]
+    other = [{"shape": "square", "color": "blue", "box": [5, 6, 7, 8]}]
+    rows = [{"image": "a.png", "text": "the red circle", "box": [1, 2, 3, 4], "objects": scene, "image_size": [9, 9]},
+            {"image": "a.png", "text": "the circle", "box": [1, 2, 3, 4], "objects": scene, "image_size": [9, 9]},
+            {"image": "b.png", "text": "the red circle", "box": [1, 2, 3, 4], "objects": scene, "image_size": [9, 9]},
+            {"image": "a.png", "text": "the blue square", "box": [5, 6, 7, 8], "objects": other, "image_size": [9, 9]}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a1, a2, b, a3 = read_jsonl(tmp_path / "d.jsonl")
+    assert [s.meta["objects"] for s in (a1, a2, b, a3)] == [scene, scene, scene, other]
+    assert a1.meta["objects"] is a2.meta["objects"] and a1.meta["image_size"] is a2.meta["image_size"]
+    assert a1.image is a2.image and a1.image_id == str(tmp_path / "a.png")
+    assert b.meta["objects"] is not a1.meta["objects"] and a3.meta["objects"] is not a1.meta["objects"]
+    assert a3.image_id == a1.image_id and a3.meta["line"] == "d.jsonl:4"

@@ -114,6 +114,9 @@ class Dataset:
 
 def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
     base = path.parent
+    # Rows of one image repeat its path and its scene (make-synthetic's "objects", "image_size"): one copy per
+    # image, so that a training mix of half a million rows holds each scene once, not six times.
+    per_image: dict[str, tuple[Path, str, dict[str, Any]]] = {}
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -138,11 +141,20 @@ def _jsonl(ds: Dataset, path: Path, split: str | None) -> Iterator[Sample]:
             row_split = row.get("split")
             if split is not None and row_split != split:
                 continue  # rows without a split label only count when no split is asked for
-            image_path = Path(image) if Path(image).is_absolute() else base / image
+            if image not in per_image:
+                image_path = Path(image) if Path(image).is_absolute() else base / image
+                per_image[image] = (image_path, str(image_path), {})
+            image_path, image_id, scene = per_image[image]
             meta = {k: v for k, v in row.items() if k not in ("image", "text", "box", "id", "split")}
+            for key, value in meta.items():
+                if isinstance(value, list):
+                    if scene.get(key) == value:
+                        meta[key] = scene[key]
+                    else:
+                        scene[key] = value
             meta["line"] = where
             yield Sample(str(row.get("id", f"{path.stem}:{n}")), image_path, text, box, row_split,
-                         image_id=str(image_path), meta=meta)
+                         image_id=image_id, meta=meta)
 
 
 def read_jsonl(path: str | Path, split: str | None = None, strict: bool = False) -> Dataset:
