@@ -14,11 +14,12 @@
 #      at half its peak learning rate, the same teacher and mix;
 #   6. more of stage 5 (its val still rose): from its last weights and cell heads, a new schedule at lr 1e-4, the
 #      same teacher, on the mix of scripts/train_demo.sh's stage 15 (MIX6: stage 13's mix plus 60,000 fresh scenes);
-#   (7. being tried, only with RUN_STAGE7=1: from stage 6's best weights and the cell heads of its last/, lr 1e-4,
-#      seed 37, teacher TEACHER7 [runs/demo/stage15/best: scripts/train_demo.sh's stage 15, whose float16 copy is
-#      the bundled `demo` since 2026-12-06 16:40], on MIX7 [runs/demo/stage16-data: stage 15's mix plus 60,000
-#      fresh scenes of seed 107, scripts/train_demo.sh's stage 16 builds it], STEPS7 [5000], THREADS7 [1], MINUTES7;)
-#   7. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
+#   7. more of stage 6 (its val still rose) with the stronger teacher of 2026-12-06 16:40 and fresh scenes: from
+#      stage 6's best weights and the cell heads of its last/, lr 1e-4, seed 37, teacher TEACHER7
+#      [runs/demo/stage15/best: scripts/train_demo.sh's stage 15, whose float16 copy was the bundled `demo` from
+#      2026-12-06 16:40], on MIX7 [runs/demo/stage16-data: stage 15's mix plus 60,000 fresh scenes of seed 107,
+#      scripts/train_demo.sh's stage 16 builds it];
+#   8. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
 #      history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
 # Environment: MIX [runs/demo/stage4-data], BENCH2 [data/v2-bench], UNSEEN2 [data/v2-unseen-seed-7],
@@ -29,7 +30,7 @@
 #   scripts/train_demo.sh] (the teacher of stages 4-6), MIX4 [runs/demo/stage13-data, scripts/
 #   train_demo.sh builds it], STEPS4 [4000], THREADS4 [1], MINUTES4, STEPS5 [4000], THREADS5 [1], MINUTES5,
 #   MIX6 [runs/demo/stage15-data, scripts/train_demo.sh builds it], STEPS6 [5000], THREADS6 [1],
-#   MINUTES6, SKIP1=1 / SKIP2=1 / SKIP3=1 / SKIP4=1 / SKIP5=1 / SKIP6=1 / SKIP7=1.
+#   MINUTES6, STEPS7 [5000], THREADS7 [1], MINUTES7, SKIP1=1 / ... / SKIP8=1 (SKIPn=1 skips stage n).
 set -euo pipefail
 OUT=${1:-runs/demo-small}
 OFA=${OFA:-ofa-ground}
@@ -75,24 +76,25 @@ if [ -z "${SKIP5:-}" ]; then
   TEACHER=$TEACHER4 MIX=${MIX4:-runs/demo/stage13-data} distill_stage stage5 "$OUT/stage4/last" \
     "${STEPS5:-4000}" "${THREADS5:-1}" 1.5e-4 29 "${MINUTES5:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-STAGE6_NOTE="stage 6, 2026-12-06: from stage 5's last weights and cell heads, a new schedule at lr 1e-4, the same\
- teacher (stage 13 of the demo model, kept as \`stages/demo/stage13/weights\`: \`demo\` in these commands is the\
- bundled model of that day), on the mix of stage 15 of \`scripts/train_demo.sh\` (stage 13's mix plus the train\
- split of 60,000 fresh scenes of seed 105)"
 if [ -z "${SKIP6:-}" ]; then
   HEADS=(); [ -d "$OUT/stage6/last" ] || HEADS=(--heads-from "$OUT/stage5/last")  # a new run: stage 5's cell heads
   TEACHER=$TEACHER4 MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
     "${STEPS6:-5000}" "${THREADS6:-1}" 1e-4 31 "${MINUTES6:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-if [ -n "${RUN_STAGE7:-}" ]; then  # being tried (2026-12-06): the new default model as teacher, fresh scenes again
+STAGE7_NOTE="stage 7, 2026-12-06: from stage 6's best weights and the cell heads of its last step, a new schedule at\
+ lr 1e-4 (seed 37), the teacher now stage 15 of the demo model (\`runs/demo/stage15/best\`, whose float16 copy was\
+ the bundled \`demo\` from 2026-12-06 16:40), on the mix of stage 16 of \`scripts/train_demo.sh\` (stage 15's mix\
+ plus the train split of 60,000 fresh scenes of seed 107; 588,787 rows)"
+if [ -z "${SKIP7:-}" ]; then
   HEADS=(); [ -d "$OUT/stage7/last" ] || HEADS=(--heads-from "$OUT/stage6/last")  # a new run: stage 6's cell heads
   TEACHER=${TEACHER7:-runs/demo/stage15/best} MIX=${MIX7:-runs/demo/stage16-data} distill_stage stage7 \
     "$OUT/stage6/best" "${STEPS7:-5000}" "${THREADS7:-1}" 1e-4 37 "${MINUTES7:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-[ -n "${SKIP7:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage6/best" --name demo-small \
+[ -n "${SKIP8:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage7/best" --name demo-small \
   --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 data/v2-unseen-seed-23 \
-  --recipe scripts/train_demo_small.sh --stage "$STAGE6_NOTE" --earlier-card "$STAGE3_FROM/README.md" \
-  --earlier-note "Stages 4 and 5 (\`scripts/train_demo_small.sh\`): stage 3 distilled from the 224-px default model\
+  --recipe scripts/train_demo_small.sh --stage "$STAGE7_NOTE" --earlier-card "$STAGE3_FROM/README.md" \
+  --earlier-note "Stages 4 to 6 (\`scripts/train_demo_small.sh\`): stage 3 distilled from the 224-px default model\
  (stage 13 of \`scripts/train_demo.sh\`), each model seeing the images at its own side, soft labels only, on that\
  model's last training mix, 4,000 updates x 32 at lr 3e-4 (seed 23, fresh cell heads), then 4,000 more at lr 1.5e-4\
- (seed 29)."
+ (seed 29), then 4,500 more at lr 1e-4 (seed 31) on the mix of \`scripts/train_demo.sh\`'s stage 15 (60,000 fresh\
+ scenes of seed 105 added), its step 4,000 kept."
