@@ -4,9 +4,9 @@
 # committed and the next stage started from them on another machine (STAGE1_FROM=DIR skips stage 1,
 # STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
 # STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11,
-# STAGE13_FROM=DIR stage 13, STAGE15_FROM=DIR stage 15; stages 8, 9, 12 and 14, tried and not shipped, run with
-# RUN_STAGE8=1, RUN_STAGE9=1, RUN_STAGE12=1 and RUN_STAGE14=1; stage 16, being tried, with RUN_STAGE16=1).
-# Stage 15's best is the bundled model since 2026-12-06 16:40.
+# STAGE13_FROM=DIR stage 13, STAGE15_FROM=DIR stage 15, STAGE16_FROM=DIR stage 16, STAGE17_FROM=DIR stage 17;
+# stages 8, 9, 12 and 14, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1, RUN_STAGE12=1 and
+# RUN_STAGE14=1). Stage 17's best is the bundled model since 2026-12-06 19:55.
 # Stage 2's weights are the bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo
 # | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
@@ -294,8 +294,9 @@ fi
 #     train split of another fresh v2 set (FRESH15, default data/v2-train-s105: make-synthetic --world v2 --n 60000
 #     --seed 105 --per-scene 3 --simple 2 --absent 0.7 --max-side 1024; ordinal rows twice, relation rows 1.5
 #     times; 496,675 rows), 4,000 updates, lr 1.2e-4, seed 59: fresh scenes again, as stage 13 was to stage 11
-#     (stage 14, more of the same mix, had lost). Its best (step 4,000) ships since 2026-12-06 16:40
-#     (docs/experiments/2026-12-05-demo-wide-world.md, stage 15). STAGE15_FROM=DIR skips it; STEPS15 (default
+#     (stage 14, more of the same mix, had lost). Its best (step 4,000) shipped 2026-12-06 16:40-19:55
+#     (docs/experiments/2026-12-05-demo-wide-world.md, stage 15; kept as stages/demo/stage15/weights, the teacher
+#     of demo-small's stage 7). STAGE15_FROM=DIR skips it; STEPS15 (default
 #     4000) updates; THREADS15 threads (default: THREADS, else 2).
 if [ -z "${STAGE15_FROM:-}" ]; then
   STEPS15=${STEPS15:-4000}
@@ -309,28 +310,30 @@ if [ -z "${STAGE15_FROM:-}" ]; then
   STAGE15_FROM="$OUT/stage15/best"
 fi
 
-# 16. Trying (2026-12-06): from stage 15's best weights and the cell heads of its last/ (HEADS16) at 224 px, stage
-#     15's mix plus the train split of a third fresh v2 set (FRESH16, default data/v2-train-s107: make-synthetic
-#     --world v2 --n 60000 --seed 107 ...; ordinal rows twice, relation rows 1.5 times), 4,000 updates, lr 1.2e-4,
-#     seed 61: fresh scenes paid about a point in stages 13 and 15. Runs only with RUN_STAGE16=1; STEPS16 (default
-#     4000) updates; THREADS16 threads (default: THREADS, else 2); STAGE15_FROM must name stage 15's best.
-if [ -n "${RUN_STAGE16:-}" ]; then
+# 16. From stage 15's best weights and the cell heads of its last/ (HEADS16) at 224 px, stage 15's mix plus the
+#     train split of a third fresh v2 set (FRESH16, default data/v2-train-s107: make-synthetic --world v2 --n 60000
+#     --seed 107 ...; ordinal rows twice, relation rows 1.5 times; 588,787 rows), 4,000 updates, lr 1.2e-4, seed 61.
+#     Not shipped by itself: it lost the squares standing on a corner (stage 17 wins them back;
+#     docs/experiments/2026-12-05-demo-wide-world.md, stage 16). STAGE16_FROM=DIR skips it (stage 17 starts from
+#     its last/, so DIR is that); STEPS16 (default 4000) updates; THREADS16 threads (default: THREADS, else 2).
+if [ -z "${STAGE16_FROM:-}" ]; then
   STEPS16=${STEPS16:-4000}
   FRESH16=${FRESH16:-data/v2-train-s107}
   HEADS16=${HEADS16:-$(last_heads stage15)}
   need_mix 15 16
-  MIX16="$OUT/stage16-data"
-  fresh_mix "$OUT/stage15-data" "$FRESH16" 107 h- "$MIX16"
-  wide_stage stage16 "$STAGE15_FROM" "$MIX16" "$STEPS16" "${THREADS16:-${THREADS:-2}}" 1.2e-4 0.03 61 \
+  fresh_mix "$OUT/stage15-data" "$FRESH16" 107 h- "$OUT/stage16-data"
+  wide_stage stage16 "$STAGE15_FROM" "$OUT/stage16-data" "$STEPS16" "${THREADS16:-${THREADS:-2}}" 1.2e-4 0.03 61 \
     "${RESUME16:-}" --image-size 224 ${HEADS16:+--heads-from "$HEADS16"}
+  STAGE16_FROM="$OUT/stage16/last"
 fi
 
-# 17. Trying (2026-12-06): stage 16 lost the squares standing on a corner (the drawings probe's rotated-45 squares:
-#     62 of 84 found, stage 15: 78) as their rows' share of the mix fell (18.0 % in stage 13's, 12.3 % in stage
-#     16's); from stage 16's last weights and cell heads (HEADS17) at 224 px, stage 16's mix plus the corner set
-#     (CORNER) once more (17.4 % of the rows), 2,500 updates, lr 1e-4, seed 67. Runs only with RUN_STAGE17=1
-#     (after stage 16); STEPS17 (default 2500) updates; THREADS17 threads (default: THREADS, else 2).
-if [ -n "${RUN_STAGE17:-}" ]; then
+# 17. Stage 16 lost the squares standing on a corner (the drawings probe's rotated-45 squares: 62 of 84 found,
+#     stage 15: 78) as their rows' share of the mix fell (18.0 % in stage 13's, 12.3 % in stage 16's). From stage
+#     16's last weights and cell heads (HEADS17) at 224 px, stage 16's mix plus the corner set (CORNER) once more
+#     (625,074 rows, 17.4 % corner scenes), 2,500 updates, lr 1e-4, seed 67. Its best (step 2,500) ships since
+#     2026-12-06 19:55 (docs/experiments/2026-12-05-demo-wide-world.md, stage 17). STAGE17_FROM=DIR skips it;
+#     STEPS17 (default 2500) updates; THREADS17 threads (default: THREADS, else 2).
+if [ -z "${STAGE17_FROM:-}" ]; then
   STEPS17=${STEPS17:-2500}
   HEADS17=${HEADS17:-$(last_heads stage16)}
   need_mix 16 17
@@ -341,14 +344,15 @@ if [ -n "${RUN_STAGE17:-}" ]; then
     ${PYTHON:-python3} "$MIXER" "$OUT/stage16-data/train.jsonl" "$CORNER/train.jsonl,prefix=c-" > "$MIX17/train.jsonl.part"
     mv "$MIX17/train.jsonl.part" "$MIX17/train.jsonl"
   fi
-  wide_stage stage17 "$OUT/stage16/last" "$MIX17" "$STEPS17" "${THREADS17:-${THREADS:-2}}" 1e-4 0.03 67 \
+  wide_stage stage17 "$STAGE16_FROM" "$MIX17" "$STEPS17" "${THREADS17:-${THREADS:-2}}" 1e-4 0.03 67 \
     "${RESUME17:-}" --image-size 224 ${HEADS17:+--heads-from "$HEADS17"}
+  STAGE17_FROM="$OUT/stage17/best"
 fi
 
 # 18. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.
 [ -f "$OUT/unseen-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-seed-7" --world v1 --n 8000 --seed 7 >/dev/null
 [ -f "$OUT/unseen-v2-seed-7/test.jsonl" ] || "$OFA" make-synthetic "$OUT/unseen-v2-seed-7" --world v2 --n 8000 --seed 7 >/dev/null
 for data in "$BENCH" "$OUT/unseen-seed-7" "$BENCH2" "$OUT/unseen-v2-seed-7"; do
-  "$OFA" eval --model "$STAGE15_FROM" --data "$data" --split test --device "$DEVICE"
+  "$OFA" eval --model "$STAGE17_FROM" --data "$data" --split test --device "$DEVICE"
 done
-# 19. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE15_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...
+# 19. Ship (with the second look at small answers, package_demo.py's default): python scripts/package_demo.py "$STAGE17_FROM" --data "$BENCH2" --unseen "$OUT/unseen-v2-seed-7" ...

@@ -16,9 +16,9 @@
 #      same teacher, on the mix of scripts/train_demo.sh's stage 15 (MIX6: stage 13's mix plus 60,000 fresh scenes);
 #   7. more of stage 6 (its val still rose) with the stronger teacher of 2026-12-06 16:40 and fresh scenes: from
 #      stage 6's best weights and the cell heads of its last/, lr 1e-4, seed 37, teacher TEACHER7
-#      [runs/demo/stage15/best: scripts/train_demo.sh's stage 15, whose float16 copy was the bundled `demo` from
-#      2026-12-06 16:40], on MIX7 [runs/demo/stage16-data: stage 15's mix plus 60,000 fresh scenes of seed 107,
-#      scripts/train_demo.sh's stage 16 builds it];
+#      [stages/demo/stage15/weights: scripts/train_demo.sh's stage 15 in float16, the bundled `demo` of 2026-12-06
+#      16:40-19:55; the run had its float32 weights, runs/demo/stage15/best], on MIX7 [runs/demo/stage16-data:
+#      stage 15's mix plus 60,000 fresh scenes of seed 107, scripts/train_demo.sh's stage 16 builds it];
 #   8. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
 #      history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
@@ -82,12 +82,12 @@ if [ -z "${SKIP6:-}" ]; then
     "${STEPS6:-5000}" "${THREADS6:-1}" 1e-4 31 "${MINUTES6:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 STAGE7_NOTE="stage 7, 2026-12-06: from stage 6's best weights and the cell heads of its last step, a new schedule at\
- lr 1e-4 (seed 37), the teacher now stage 15 of the demo model (\`runs/demo/stage15/best\`, whose float16 copy was\
- the bundled \`demo\` from 2026-12-06 16:40), on the mix of stage 16 of \`scripts/train_demo.sh\` (stage 15's mix\
- plus the train split of 60,000 fresh scenes of seed 107; 588,787 rows)"
+ lr 1e-4 (seed 37), the teacher now stage 15 of the demo model (\`runs/demo/stage15/best\`; float16 in\
+ \`stages/demo/stage15/weights\`, the bundled \`demo\` of 2026-12-06 16:40-19:55), on the mix of stage 16 of\
+ \`scripts/train_demo.sh\` (stage 15's mix plus the train split of 60,000 fresh scenes of seed 107; 588,787 rows)"
 if [ -z "${SKIP7:-}" ]; then
   HEADS=(); [ -d "$OUT/stage7/last" ] || HEADS=(--heads-from "$OUT/stage6/last")  # a new run: stage 6's cell heads
-  TEACHER=${TEACHER7:-runs/demo/stage15/best} MIX=${MIX7:-runs/demo/stage16-data} distill_stage stage7 \
+  TEACHER=${TEACHER7:-stages/demo/stage15/weights} MIX=${MIX7:-runs/demo/stage16-data} distill_stage stage7 \
     "$OUT/stage6/best" "${STEPS7:-5000}" "${THREADS7:-1}" 1e-4 37 "${MINUTES7:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 [ -n "${SKIP8:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage7/best" --name demo-small \
