@@ -8,9 +8,10 @@ three objects of distinct colour and shape per scene, one description per object
 canvas shapes (4:3, 16:9, 2:1, 2.5:1, 3.2:1, 1:2), rotated squares and triangles (20, 30, 45 degrees), a
 triangle pointing down, a dark background, small objects (20-40 px on 640 x 480), everyday phrasings ("the
 big red circle", "the biggest square", "the little circle", "the round shape", "the circle that is red"),
-and absent objects (a colour and shape that are not there, some with colour words no training scene shows).
-Prints Acc@0.5 (found, IoU >= 0.5) and Acc@0.75 per condition and model; for absent objects, the share
-answered "not found". Without --model: the bundled model.
+absent objects (a colour and shape that are not there, some with colour words no training scene shows), and
+the rotated-45 scenes' squares asked for as diamonds (a square standing on a corner is still a square: there
+is no diamond). Prints Acc@0.5 (found, IoU >= 0.5) and Acc@0.75 per condition and model; for absent objects
+and the diamonds, the share answered "not found". Without --model: the bundled model.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ SHAPES = ("circle", "square", "triangle")
 UNKNOWN_COLOURS = ("magenta", "violet", "gold", "navy")
 CONDITIONS = ("4:3", "16:9", "2:1", "2.5:1", "3.2:1", "portrait 1:2", "rotated 20", "rotated 30", "rotated 45",
               "triangle pointing down", "dark background", "small objects 20-40 px", "everyday phrasings",
-              "absent objects")
+              "absent objects", "rotated 45, asked for a diamond")
+# Conditions that ask other questions of another condition's scenes (the same random stream draws them)
+SCENES_OF = {"rotated 45, asked for a diamond": "rotated 45"}
 CANVAS = {"4:3": (640, 480), "16:9": (1280, 720), "2:1": (800, 400), "2.5:1": (1000, 400), "3.2:1": (1280, 400),
           "portrait 1:2": (400, 800)}
 
@@ -79,6 +82,8 @@ def scene(condition: str, rng: random.Random) -> tuple[Image.Image, list[dict]]:
 
 def queries(condition: str, objects: list[dict], rng: random.Random) -> list[tuple[str, list[float] | None]]:
     """(description, true box or None for an absent object) pairs for one scene."""
+    if condition == "rotated 45, asked for a diamond":
+        return [(f"the {o['colour']} diamond", None) for o in objects if o["shape"] == "square"]
     if condition == "absent objects":
         present = {(o["colour"], o["shape"]) for o in objects}
         out = []
@@ -123,11 +128,14 @@ def main() -> int:
         grounder = Grounder.from_pretrained(name, min_confidence=0)
         label = name or "bundled"
         for condition in CONDITIONS:
-            rng = random.Random(f"drawings-probe/{args.seed}/{condition}")
+            drawn = SCENES_OF.get(condition, condition)
+            rng = random.Random(f"drawings-probe/{args.seed}/{drawn}")
             hits50 = hits75 = n = 0
             for _ in range(args.scenes):
-                image, objects = scene(condition, rng)
+                image, objects = scene(drawn, rng)
                 pairs = queries(condition, objects, rng)
+                if not pairs:
+                    continue
                 for (_, truth), r in zip(pairs, grounder.predict(image, [t for t, _ in pairs])):
                     n += 1
                     if truth is None:
@@ -136,17 +144,17 @@ def main() -> int:
                     elif r.found:
                         v = iou(list(r.box), truth)
                         hits50, hits75 = hits50 + (v >= 0.5), hits75 + (v >= 0.75)
-            table.setdefault(condition, {})[label] = {"n": n, "acc50": hits50 / n, "acc75": hits75 / n}
+            table.setdefault(condition, {})[label] = {"n": n, "acc50": hits50 / max(n, 1), "acc75": hits75 / max(n, 1)}
     if args.json:
         print(json.dumps(table, indent=1))
         return 0
     labels = [m or "bundled" for m in models]
-    print(f"{'condition':26}" + "".join(f"{'Acc@0.5 | @0.75  ' + lab[-22:]:>42}" for lab in labels))
+    print(f"{'condition':32}" + "".join(f"{'Acc@0.5 | @0.75  ' + lab[-22:]:>42}" for lab in labels))
     for condition, row in table.items():
         cells = "".join(f"{100 * row[lab]['acc50']:>30.1f} | {100 * row[lab]['acc75']:5.1f} (n={row[lab]['n']})"
                         for lab in labels)
-        print(f"{condition:26}{cells}")
-    print("(absent objects: the share answered 'not found', in both columns)")
+        print(f"{condition:32}{cells}")
+    print("(absent objects and the diamonds: the share answered 'not found', in both columns)")
     return 0
 
 
