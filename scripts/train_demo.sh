@@ -54,19 +54,24 @@ need_mix() {  # need_mix N M: stage M trains on stage N's mix ($OUT/stageN-data)
   [ -f "$OUT/stage$1-data/train.jsonl" ] || { echo "stage $2 trains on stage $1's mix, $OUT/stage$1-data:" \
     "run stage $1 once (without STAGE$1_FROM)" >&2; exit 2; }
 }
-fresh_mix() {  # fresh_mix BASE FRESH SEED PREFIX MIX: BASE's mix plus the train split of FRESH, a fresh v2 set
-  # (make-synthetic --world v2 --n 60000 --seed SEED --per-scene 3 --simple 2 --absent 0.7 --max-side 1024, made
-  # here if missing; its rows' images under PREFIX, ordinal rows twice, relation rows 1.5 times), written once to MIX
-  local base=$1 fresh=$2 seed=$3 prefix=$4 mix=$5 link
-  [ -f "$fresh/train.jsonl" ] || "$OFA" make-synthetic "$fresh" --world v2 --n 60000 --seed "$seed" --per-scene 3 \
-    --simple 2 --absent 0.7 --max-side 1024 --workers 2
+extend_mix() {  # extend_mix BASE MIX ROWS: BASE's mix (its rows and image links) plus ROWS (mix_rows.py's
+  # FILE[,prefix=P,...]; the caller links P's images), written once to MIX (through a .part file)
+  local base=$1 mix=$2 rows=$3 link
   [ -f "$mix/train.jsonl" ] && return
   mkdir -p "$mix"
   for link in "$base"/*-images; do ln -sfn "$(readlink "$link")" "$mix/$(basename "$link")"; done
-  ln -sfn "$(cd "$fresh" && pwd)/images" "$mix/${prefix}images"
-  ${PYTHON:-python3} "$MIXER" "$base/train.jsonl" "$fresh/train.jsonl,prefix=$prefix,ordinal=2,relation=1.5" \
-    > "$mix/train.jsonl.part"
+  ${PYTHON:-python3} "$MIXER" "$base/train.jsonl" "$rows" > "$mix/train.jsonl.part"
   mv "$mix/train.jsonl.part" "$mix/train.jsonl"
+}
+fresh_mix() {  # fresh_mix BASE FRESH SEED PREFIX MIX: BASE's mix plus the train split of FRESH, a fresh v2 set
+  # (make-synthetic --world v2 --n 60000 --seed SEED --per-scene 3 --simple 2 --absent 0.7 --max-side 1024, made
+  # here if missing; its rows' images under PREFIX, ordinal rows twice, relation rows 1.5 times), written once to MIX
+  local base=$1 fresh=$2 seed=$3 prefix=$4 mix=$5
+  [ -f "$fresh/train.jsonl" ] || "$OFA" make-synthetic "$fresh" --world v2 --n 60000 --seed "$seed" --per-scene 3 \
+    --simple 2 --absent 0.7 --max-side 1024 --workers 2
+  mkdir -p "$mix"
+  ln -sfn "$(cd "$fresh" && pwd)/images" "$mix/${prefix}images"
+  extend_mix "$base" "$mix" "$fresh/train.jsonl,prefix=$prefix,ordinal=2,relation=1.5"
 }
 [ -f "$OUT/stages.tsv" ] || printf 'stage\tsamples_seen\twall_s\tmachine\tcommand\n' > "$OUT/stages.tsv"
 
@@ -338,12 +343,7 @@ if [ -z "${STAGE17_FROM:-}" ]; then
   HEADS17=${HEADS17:-$(last_heads stage16)}
   need_mix 16 17
   MIX17="$OUT/stage17-data"
-  if [ ! -f "$MIX17/train.jsonl" ]; then
-    mkdir -p "$MIX17"
-    for link in "$OUT/stage16-data"/*-images; do ln -sfn "$(readlink "$link")" "$MIX17/$(basename "$link")"; done
-    ${PYTHON:-python3} "$MIXER" "$OUT/stage16-data/train.jsonl" "$CORNER/train.jsonl,prefix=c-" > "$MIX17/train.jsonl.part"
-    mv "$MIX17/train.jsonl.part" "$MIX17/train.jsonl"
-  fi
+  extend_mix "$OUT/stage16-data" "$MIX17" "$CORNER/train.jsonl,prefix=c-"  # c-images: linked in stage 16's mix
   wide_stage stage17 "$STAGE16_FROM" "$MIX17" "$STEPS17" "${THREADS17:-${THREADS:-2}}" 1e-4 0.03 67 \
     "${RESUME17:-}" --image-size 224 ${HEADS17:+--heads-from "$HEADS17"}
   STAGE17_FROM="$OUT/stage17/best"
