@@ -19,7 +19,14 @@
 #      [stages/demo/stage15/weights: scripts/train_demo.sh's stage 15 in float16, the bundled `demo` of 2026-12-06
 #      16:40-19:55; the run had its float32 weights, runs/demo/stage15/best], on MIX7 [runs/demo/stage16-data:
 #      stage 15's mix plus 60,000 fresh scenes of seed 107, scripts/train_demo.sh's stage 16 builds it];
-#   8. packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
+#   8. more of stage 7 with the teacher of 2026-12-06 19:55: from stage 7's best weights and the cell heads of its
+#      last/, lr 1e-4, seed 41, teacher TEACHER8 [stages/demo/stage17/weights: scripts/train_demo.sh's stage 17 in
+#      float16, the bundled `demo` since 2026-12-06 19:55], on MIX8 [runs/demo/stage17-data: stage 16's mix plus the
+#      corner-square set once more, scripts/train_demo.sh's stage 17 builds it];
+#   9. (opt-in, RUN_STAGE9=1: tried 2026-12-06) more of stage 8 on fresh scenes: from stage 8's last weights and cell
+#      heads, lr 1e-4, seed 43, the same teacher, on MIX9 [runs/demo/stage18-data: stage 17's mix plus 60,000 fresh
+#      scenes of seed 109, scripts/train_demo.sh's stage 18 builds it];
+#   then stage 8's last weights packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
 #      history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
 # Environment: MIX [runs/demo/stage4-data], BENCH2 [data/v2-bench], UNSEEN2 [data/v2-unseen-seed-7],
@@ -30,7 +37,8 @@
 #   scripts/train_demo.sh] (the teacher of stages 4-6), MIX4 [runs/demo/stage13-data, scripts/
 #   train_demo.sh builds it], STEPS4 [4000], THREADS4 [1], MINUTES4, STEPS5 [4000], THREADS5 [1], MINUTES5,
 #   MIX6 [runs/demo/stage15-data, scripts/train_demo.sh builds it], STEPS6 [5000], THREADS6 [1],
-#   MINUTES6, STEPS7 [5000], THREADS7 [1], MINUTES7, SKIP1=1 / ... / SKIP8=1 (SKIPn=1 skips stage n).
+#   MINUTES6, STEPS7 [5000], THREADS7 [1], MINUTES7, STEPS8 [5000], THREADS8 [1], MINUTES8, STEPS9 [3500],
+#   THREADS9 [1], MINUTES9, SKIP1=1 / ... / SKIP8=1 (SKIPn=1 skips stage n), SKIP_PACKAGE=1 (no packaging).
 set -euo pipefail
 OUT=${1:-runs/demo-small}
 OFA=${OFA:-ofa-ground}
@@ -90,11 +98,29 @@ if [ -z "${SKIP7:-}" ]; then
   TEACHER=${TEACHER7:-stages/demo/stage15/weights} MIX=${MIX7:-runs/demo/stage16-data} distill_stage stage7 \
     "$OUT/stage6/best" "${STEPS7:-5000}" "${THREADS7:-1}" 1e-4 37 "${MINUTES7:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-[ -n "${SKIP8:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage7/best" --name demo-small \
+STAGE8_NOTE="stage 8, 2026-12-06: from stage 7's best weights and the cell heads of its last step, a new schedule at\
+ lr 1e-4 (seed 41), the teacher now stage 17 of the demo model (float16 in \`stages/demo/stage17/weights\`, the\
+ bundled \`demo\` since 2026-12-06 19:55), on the mix of stage 17 of \`scripts/train_demo.sh\` (stage 16's mix plus\
+ the corner-square set once more; 625,074 rows)"
+if [ -z "${SKIP8:-}" ]; then
+  HEADS=(); [ -d "$OUT/stage8/last" ] || HEADS=(--heads-from "$OUT/stage7/last")  # a new run: stage 7's cell heads
+  TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX8:-runs/demo/stage17-data} distill_stage stage8 \
+    "$OUT/stage7/best" "${STEPS8:-5000}" "${THREADS8:-1}" 1e-4 41 "${MINUTES8:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
+fi
+STAGE9_NOTE="stage 9, 2026-12-06: from stage 8's last weights and cell heads, a new schedule at lr 1e-4 (seed 43),\
+ the same teacher (stage 17 of the demo model, \`stages/demo/stage17/weights\`), on the mix of stage 18 of\
+ \`scripts/train_demo.sh\` (stage 17's mix plus the train split of 60,000 fresh scenes of seed 109; 718,038 rows)"
+if [ -n "${RUN_STAGE9:-}" ]; then
+  HEADS=(); [ -d "$OUT/stage9/last" ] || HEADS=(--heads-from "$OUT/stage8/last")  # a new run: stage 8's cell heads
+  TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX9:-runs/demo/stage18-data} distill_stage stage9 \
+    "$OUT/stage8/last" "${STEPS9:-3500}" "${THREADS9:-1}" 1e-4 43 "${MINUTES9:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
+fi
+[ -n "${SKIP_PACKAGE:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage8/last" --name demo-small \
   --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 data/v2-unseen-seed-23 \
-  --recipe scripts/train_demo_small.sh --stage "$STAGE7_NOTE" --earlier-card "$STAGE3_FROM/README.md" \
-  --earlier-note "Stages 4 to 6 (\`scripts/train_demo_small.sh\`): stage 3 distilled from the 224-px default model\
+  --recipe scripts/train_demo_small.sh --stage "$STAGE8_NOTE" --earlier-card "$STAGE3_FROM/README.md" \
+  --earlier-note "Stages 4 to 7 (\`scripts/train_demo_small.sh\`): stage 3 distilled from the 224-px default model\
  (stage 13 of \`scripts/train_demo.sh\`), each model seeing the images at its own side, soft labels only, on that\
  model's last training mix, 4,000 updates x 32 at lr 3e-4 (seed 23, fresh cell heads), then 4,000 more at lr 1.5e-4\
  (seed 29), then 4,500 more at lr 1e-4 (seed 31) on the mix of \`scripts/train_demo.sh\`'s stage 15 (60,000 fresh\
- scenes of seed 105 added), its step 4,000 kept."
+ scenes of seed 105 added), its step 4,000 kept; then 5,000 more at lr 1e-4 (seed 37) from the teacher of stage 15 of\
+ \`scripts/train_demo.sh\` on the mix of its stage 16 (60,000 fresh scenes of seed 107 added)."
