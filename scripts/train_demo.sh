@@ -5,8 +5,8 @@
 # STAGE2_FROM=DIR stage 2, STAGE3_FROM=DIR stage 3, STAGE4_FROM=DIR stage 4, STAGE5_FROM=DIR stage 5,
 # STAGE6_FROM=DIR stage 6, STAGE7_FROM=DIR stage 7, STAGE10_FROM=DIR stage 10, STAGE11_FROM=DIR stage 11,
 # STAGE13_FROM=DIR stage 13, STAGE15_FROM=DIR stage 15, STAGE16_FROM=DIR stage 16, STAGE17_FROM=DIR stage 17;
-# stages 8, 9, 12 and 14, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1, RUN_STAGE12=1 and
-# RUN_STAGE14=1). Stage 17's best is the bundled model since 2026-12-06 19:55.
+# stages 8, 9, 12, 14, 18 and 19, tried and not shipped, run with RUN_STAGE8=1, RUN_STAGE9=1, RUN_STAGE12=1,
+# RUN_STAGE14=1, RUN_STAGE18=1 and RUN_STAGE19=1). Stage 17's best is the bundled model since 2026-12-06 19:55.
 # Stage 2's weights are the bundled model of commit 9922adc (git archive 9922adc src/ofa_grounding/models/demo
 # | tar -x -C /tmp).
 #   bash scripts/train_demo.sh [OUT]        (needs the package installed: see the README's first command)
@@ -353,8 +353,9 @@ fi
 # 18. From stage 17's best weights and the cell heads of its last/ (HEADS18) at 224 px, stage 17's mix plus the
 #     train split of a fourth fresh v2 set (FRESH18, default data/v2-train-s109: make-synthetic --world v2 --n 60000
 #     --seed 109 ... --corner-squares 0.2, so that the corner-square scenes keep their share of the mix, ~17.5 %;
-#     ordinal rows twice, relation rows 1.5 times), 4,000 updates, lr 1.2e-4, seed 71. Opt-in (RUN_STAGE18=1)
-#     until it is shipped or not; STEPS18 (default 4000) updates; THREADS18 threads (default: THREADS, else 2).
+#     ordinal rows twice, relation rows 1.5 times), 4,000 updates, lr 1.2e-4, seed 71. Tried, not shipped
+#     (selection set 84.0 %, stage 17: 84.3); runs with RUN_STAGE18=1; STEPS18 (default 4000) updates; THREADS18
+#     threads (default: THREADS, else 2).
 if [ -n "${RUN_STAGE18:-}" ]; then
   STEPS18=${STEPS18:-4000}
   FRESH18=${FRESH18:-data/v2-train-s109}
@@ -366,7 +367,8 @@ if [ -n "${RUN_STAGE18:-}" ]; then
   STAGE17_FROM="$OUT/stage18/best"
 fi
 
-# 19. Stage 18 did not beat stage 17 on the selection set (83.9-84.0 against 84.3 %; docs/experiments/
+# 19. Tried, not shipped (selection set 84.2 %, level with stage 17). Stage 18 did not beat stage 17 on the
+#     selection set (83.9-84.0 against 84.3 %; docs/experiments/
 #     2026-12-05-demo-wide-world.md, stage 18), its val dipping 2.5 points at the first evaluation (lr 1.2e-4).
 #     From stage 17's best weights and the cell heads of its last/ (HEADS19) at 224 px, stage 18's mix at half
 #     the learning rate: 2,500 updates, lr 6e-5, seed 73. Opt-in (RUN_STAGE19=1); STEPS19 (default 2500) updates;
