@@ -23,7 +23,8 @@
 #      last/, lr 1e-4, seed 41, teacher TEACHER8 [stages/demo/stage17/weights: scripts/train_demo.sh's stage 17 in
 #      float16, the bundled `demo` since 2026-12-06 19:55], on MIX8 [runs/demo/stage17-data: stage 16's mix plus the
 #      corner-square set once more, scripts/train_demo.sh's stage 17 builds it];
-#   9. (opt-in, RUN_STAGE9=1: tried 2026-12-06) more of stage 8 on fresh scenes: from stage 8's last weights and cell
+#   9. (opt-in, RUN_STAGE9=1: tried 2026-12-06, not shipped: +0.8 on boxes, -1.5 on absent objects) more of stage 8 on
+#      fresh scenes: from stage 8's last weights and cell
 #      heads, lr 1e-4, seed 43, the same teacher, on MIX9 [runs/demo/stage18-data: stage 17's mix plus 60,000 fresh
 #      scenes of seed 109, scripts/train_demo.sh's stage 18 builds it];
 #   then stage 8's last weights packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
