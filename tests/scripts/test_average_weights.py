@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,15 +11,10 @@ from safetensors.torch import load_file, save_file
 
 from ofa_grounding.model_names import bundled_models
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def average_weights():
-    spec = importlib.util.spec_from_file_location("average_weights", ROOT / "scripts" / "average_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def average_weights(load_script):
+    return load_script("average_weights")
 
 
 def _shifted_copy(src: Path, out: Path, shift: float) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,8 @@ EXAMPLE = ROOT / "examples" / "shapes.png"
 
 
 @pytest.fixture(scope="module")
-def deepen_model():
-    spec = importlib.util.spec_from_file_location("deepen_model", ROOT / "scripts" / "deepen_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def deepen_model(load_script):
+    return load_script("deepen_model")
 
 
 def test_layer_plan(deepen_model) -> None:
