@@ -8,6 +8,7 @@ use `reference_dir` & co., and they must be marked `@pytest.mark.reference` (che
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import IO
 
 import pytest
@@ -203,3 +205,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     return save_checkpoint(out, model, ASSETS_DIR, PreprocessConfig(patch_image_size=128, max_image_size=128),
                            GenerationConfig())
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """load_script("name") -> scripts/name.py as a module (scripts/ is not a package: tests load them by path)."""
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
