@@ -364,22 +364,19 @@ if [ -n "${RUN_STAGE18:-}" ]; then
   fresh_mix "$OUT/stage17-data" "$FRESH18" 109 i- "$OUT/stage18-data" 0.2
   wide_stage stage18 "$STAGE17_FROM" "$OUT/stage18-data" "$STEPS18" "${THREADS18:-${THREADS:-2}}" 1.2e-4 0.03 71 \
     "${RESUME18:-}" --image-size 224 ${HEADS18:+--heads-from "$HEADS18"}
-  STAGE17_FROM="$OUT/stage18/best"
 fi
 
-# 19. Tried, not shipped (selection set 84.2 %, level with stage 17). Stage 18 did not beat stage 17 on the
-#     selection set (83.9-84.0 against 84.3 %; docs/experiments/
-#     2026-12-05-demo-wide-world.md, stage 18), its val dipping 2.5 points at the first evaluation (lr 1.2e-4).
-#     From stage 17's best weights and the cell heads of its last/ (HEADS19) at 224 px, stage 18's mix at half
-#     the learning rate: 2,500 updates, lr 6e-5, seed 73. Opt-in (RUN_STAGE19=1); STEPS19 (default 2500) updates;
-#     THREADS19 threads (default: THREADS, else 2).
+# 19. Stage 18's val dipped 2.5 points at its first evaluation (lr 1.2e-4): was it the step size? From stage 17's
+#     best weights and the cell heads of its last/ (HEADS19) at 224 px, stage 18's mix at half the learning rate:
+#     2,500 updates, lr 6e-5, seed 73. Tried, not shipped (selection set 84.2 %, stage 17: 84.3;
+#     docs/experiments/2026-12-05-demo-wide-world.md, stage 19); runs with RUN_STAGE19=1; STEPS19 (default 2500)
+#     updates; THREADS19 threads (default: THREADS, else 2).
 if [ -n "${RUN_STAGE19:-}" ]; then
   STEPS19=${STEPS19:-2500}
   HEADS19=${HEADS19:-$(last_heads stage17)}
   need_mix 18 19
   wide_stage stage19 "$STAGE17_FROM" "$OUT/stage18-data" "$STEPS19" "${THREADS19:-${THREADS:-2}}" 6e-5 0.03 73 \
     "${RESUME19:-}" --image-size 224 ${HEADS19:+--heads-from "$HEADS19"}
-  STAGE17_FROM="$OUT/stage19/best"
 fi
 
 # 20. Score on both benchmarks' test splits and on splits of seeds never trained or tuned on.

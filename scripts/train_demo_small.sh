@@ -23,12 +23,12 @@
 #      last/, lr 1e-4, seed 41, teacher TEACHER8 [stages/demo/stage17/weights: scripts/train_demo.sh's stage 17 in
 #      float16, the bundled `demo` since 2026-12-06 19:55], on MIX8 [runs/demo/stage17-data: stage 16's mix plus the
 #      corner-square set once more, scripts/train_demo.sh's stage 17 builds it];
-#   9. (opt-in, RUN_STAGE9=1: tried 2026-12-06, not shipped: +0.8 on boxes, -1.5 on absent objects) more of stage 8 on
-#      fresh scenes: from stage 8's last weights and cell
-#      heads, lr 1e-4, seed 43, the same teacher, on MIX9 [runs/demo/stage18-data: stage 17's mix plus 60,000 fresh
-#      scenes of seed 109, scripts/train_demo.sh's stage 18 builds it];
-#   then stage 8's last weights packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val split; the card's
-#      history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
+#   9. more of stage 8 on fresh scenes: from stage 8's last weights and cell heads, lr 1e-4, seed 43, the same teacher
+#      (TEACHER8), on MIX9 [runs/demo/stage18-data: stage 17's mix plus 60,000 fresh scenes of seed 109,
+#      scripts/train_demo.sh's stage 18 builds it]; tried 2026-12-06, not shipped (+0.8 on boxes, -1.5 on absent
+#      objects), runs with RUN_STAGE9=1;
+#   then stage 8's last weights are packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide
+#      world's val split; the card's history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
 # Environment: MIX [runs/demo/stage4-data], BENCH2 [data/v2-bench], UNSEEN2 [data/v2-unseen-seed-7],
 #   STEPS2 [6000] updates of stage 2, THREADS2 [1], MINUTES2 (optional wall-time guard), STEPS3 [7000],
@@ -90,10 +90,6 @@ if [ -z "${SKIP6:-}" ]; then
   TEACHER=$TEACHER4 MIX=${MIX6:-runs/demo/stage15-data} distill_stage stage6 "$OUT/stage5/last" \
     "${STEPS6:-5000}" "${THREADS6:-1}" 1e-4 31 "${MINUTES6:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-STAGE7_NOTE="stage 7, 2026-12-06: from stage 6's best weights and the cell heads of its last step, a new schedule at\
- lr 1e-4 (seed 37), the teacher now stage 15 of the demo model (\`runs/demo/stage15/best\`; float16 in\
- \`stages/demo/stage15/weights\`, the bundled \`demo\` of 2026-12-06 16:40-19:55), on the mix of stage 16 of\
- \`scripts/train_demo.sh\` (stage 15's mix plus the train split of 60,000 fresh scenes of seed 107; 588,787 rows)"
 if [ -z "${SKIP7:-}" ]; then
   HEADS=(); [ -d "$OUT/stage7/last" ] || HEADS=(--heads-from "$OUT/stage6/last")  # a new run: stage 6's cell heads
   TEACHER=${TEACHER7:-stages/demo/stage15/weights} MIX=${MIX7:-runs/demo/stage16-data} distill_stage stage7 \
@@ -108,9 +104,6 @@ if [ -z "${SKIP8:-}" ]; then
   TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX8:-runs/demo/stage17-data} distill_stage stage8 \
     "$OUT/stage7/best" "${STEPS8:-5000}" "${THREADS8:-1}" 1e-4 41 "${MINUTES8:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
-STAGE9_NOTE="stage 9, 2026-12-06: from stage 8's last weights and cell heads, a new schedule at lr 1e-4 (seed 43),\
- the same teacher (stage 17 of the demo model, \`stages/demo/stage17/weights\`), on the mix of stage 18 of\
- \`scripts/train_demo.sh\` (stage 17's mix plus the train split of 60,000 fresh scenes of seed 109; 718,038 rows)"
 if [ -n "${RUN_STAGE9:-}" ]; then
   HEADS=(); [ -d "$OUT/stage9/last" ] || HEADS=(--heads-from "$OUT/stage8/last")  # a new run: stage 8's cell heads
   TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX9:-runs/demo/stage18-data} distill_stage stage9 \
