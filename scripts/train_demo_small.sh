@@ -27,6 +27,8 @@
 #      (TEACHER8), on MIX9 [runs/demo/stage18-data: stage 17's mix plus 60,000 fresh scenes of seed 109,
 #      scripts/train_demo.sh's stage 18 builds it]; tried 2026-12-06, not shipped (+0.8 on boxes, -1.5 on absent
 #      objects), runs with RUN_STAGE9=1;
+#  10. stage 9 again (from stage 8's last weights and cell heads, lr 1e-4, seed 43, TEACHER8, 3,500 updates) on MIX9
+#      with its absent-object rows twice (MIX10 [OUT/stage10-data], mix_rows.py's absent=2), runs with RUN_STAGE10=1;
 #   then stage 8's last weights are packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide
 #      world's val split; the card's history before stage 4 from stage 4's student's card, STAGE3_FROM/README.md).
 #   bash scripts/train_demo_small.sh [OUT]
@@ -39,7 +41,7 @@
 #   train_demo.sh builds it], STEPS4 [4000], THREADS4 [1], MINUTES4, STEPS5 [4000], THREADS5 [1], MINUTES5,
 #   MIX6 [runs/demo/stage15-data, scripts/train_demo.sh builds it], STEPS6 [5000], THREADS6 [1],
 #   MINUTES6, STEPS7 [5000], THREADS7 [1], MINUTES7, STEPS8 [5000], THREADS8 [1], MINUTES8, STEPS9 [3500],
-#   THREADS9 [1], MINUTES9, SKIP1=1 / ... / SKIP8=1 (SKIPn=1 skips stage n), SKIP_PACKAGE=1 (no packaging).
+#   THREADS9 [1], MINUTES9, STEPS10 [3500], THREADS10 [1], MINUTES10, SKIP1=1 / ... / SKIP8=1 (SKIPn=1 skips stage n), SKIP_PACKAGE=1 (no packaging).
 set -euo pipefail
 OUT=${1:-runs/demo-small}
 OFA=${OFA:-ofa-ground}
@@ -108,6 +110,19 @@ if [ -n "${RUN_STAGE9:-}" ]; then
   HEADS=(); [ -d "$OUT/stage9/last" ] || HEADS=(--heads-from "$OUT/stage8/last")  # a new run: stage 8's cell heads
   TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX9:-runs/demo/stage18-data} distill_stage stage9 \
     "$OUT/stage8/last" "${STEPS9:-3500}" "${THREADS9:-1}" 1e-4 43 "${MINUTES9:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
+fi
+if [ -n "${RUN_STAGE10:-}" ]; then  # stage 9 again with the absent rows twice: does "not found" stay?
+  MIX10=${MIX10:-$OUT/stage10-data}
+  if [ ! -f "$MIX10/train.jsonl" ]; then
+    mkdir -p "$MIX10"
+    for link in "${MIX9:-runs/demo/stage18-data}"/*-images; do ln -sfn "$(readlink -f "$link")" "$MIX10/$(basename "$link")"; done
+    ${PYTHON:-python3} "$(dirname "$0")/mix_rows.py" "${MIX9:-runs/demo/stage18-data}/train.jsonl,absent=2" \
+      > "$MIX10/train.jsonl.part"
+    mv "$MIX10/train.jsonl.part" "$MIX10/train.jsonl"
+  fi
+  HEADS=(); [ -d "$OUT/stage10/last" ] || HEADS=(--heads-from "$OUT/stage8/last")  # a new run: stage 8's cell heads
+  TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=$MIX10 distill_stage stage10 \
+    "$OUT/stage8/last" "${STEPS10:-3500}" "${THREADS10:-1}" 1e-4 43 "${MINUTES10:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 [ -n "${SKIP_PACKAGE:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage8/last" --name demo-small \
   --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 data/v2-unseen-seed-23 \
