@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ofa_grounding import load_model
-from ofa_grounding.checkpoint import save_checkpoint
+from ofa_grounding.checkpoint import LoadedCheckpoint, save_checkpoint
 from ofa_grounding.model import OFAModel
 
 
@@ -77,22 +77,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     loaded = load_model(args.model)
     deeper = deepen(loaded.model.eval(), args.encoder_layers, args.decoder_layers)
-    # The same function: the same decoder logits on a random image and some tokens.
+    return write_if_same(loaded, deeper, args.out, {"deepened_from": str(args.model)},
+                         f"{args.encoder_layers}+{args.decoder_layers} layers")
+
+
+def write_if_same(loaded: LoadedCheckpoint, grown: OFAModel, out: Path, metadata: dict[str, str], what: str,
+                  tolerance: float = 1e-5) -> int:
+    """Save `grown` to `out` (beside `loaded`'s tokenizer and settings) if it gives the same decoder logits as
+    `loaded.model` on a random image and some tokens; 0 when written, 1 (with a message) when it answers differently.
+    """
     torch.manual_seed(0)
     side = loaded.preprocess.patch_image_size
     images, tokens = torch.randn(2, 3, side, side), torch.randint(4, 1000, (2, 9))
     prev = torch.randint(4, 1000, (2, 4))
     with torch.no_grad():
-        a, b = (m(tokens, images, prev) for m in (loaded.model, deeper))
+        a, b = (m(tokens, images, prev) for m in (loaded.model, grown))
     diff = (a - b).abs().max().item()
-    if diff > 1e-5:
-        print(f"error: the deeper copy answers differently (max logit difference {diff:.3g})", file=sys.stderr)
+    if diff > tolerance:
+        print(f"error: the grown copy answers differently (max logit difference {diff:.3g})", file=sys.stderr)
         return 1
-    save_checkpoint(args.out, deeper, loaded.tokenizer_dir, loaded.preprocess, loaded.generation,
-                    metadata={"deepened_from": str(args.model)})
-    n = sum(p.numel() for p in deeper.parameters())
-    print(f"{args.out}: {args.encoder_layers}+{args.decoder_layers} layers, {n / 1e6:.2f} M parameters "
-          f"(max logit difference from the original {diff:.2g})")
+    save_checkpoint(out, grown, loaded.tokenizer_dir, loaded.preprocess, loaded.generation, metadata=metadata)
+    n = sum(p.numel() for p in grown.parameters())
+    print(f"{out}: {what}, {n / 1e6:.2f} M parameters (max logit difference from the original {diff:.2g})")
     return 0
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from ofa_grounding import load_model
-from ofa_grounding.checkpoint import save_checkpoint
 from ofa_grounding.model import OFAModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # a sibling script, also when loaded by path
+from deepen_model import write_if_same
 
 
 def widen(model: OFAModel, factor: int, seed: int = 0) -> OFAModel:
@@ -64,24 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --factor must be at least 2, got {args.factor}", file=sys.stderr)
         return 2
     loaded = load_model(args.model)
-    original = loaded.model.float().eval()  # bundled models may keep their token table in float16
-    wider = widen(original, args.factor, args.seed)
-    # The same function: the same decoder logits on a random image and some tokens.
-    torch.manual_seed(0)
-    side = loaded.preprocess.patch_image_size
-    images, tokens = torch.randn(2, 3, side, side), torch.randint(4, 1000, (2, 9))
-    prev = torch.randint(4, 1000, (2, 4))
-    with torch.no_grad():
-        a, b = (m(tokens, images, prev) for m in (original, wider))
-    diff = (a - b).abs().max().item()
-    if diff > 1e-4:
-        print(f"error: the wider copy answers differently (max logit difference {diff:.3g})", file=sys.stderr)
-        return 1
-    save_checkpoint(args.out, wider, loaded.tokenizer_dir, loaded.preprocess, loaded.generation,
-                    metadata={"widened_from": str(args.model)})
-    n = sum(p.numel() for p in wider.parameters())
-    print(f"{args.out}: FFN {wider.config.encoder_ffn_dim} (encoder) / {wider.config.decoder_ffn_dim} (decoder), "
-          f"{n / 1e6:.2f} M parameters (max logit difference from the original {diff:.2g})")
+    loaded.model.float().eval()  # bundled models may keep their token table in float16
+    wider = widen(loaded.model, args.factor, args.seed)
+    cfg = wider.config
+    return write_if_same(loaded, wider, args.out, {"widened_from": str(args.model)},
+                         f"FFN {cfg.encoder_ffn_dim} (encoder) / {cfg.decoder_ffn_dim} (decoder)", tolerance=1e-4)
     return 0
 
 
