@@ -171,6 +171,9 @@ def main() -> int:
                     "the weights the run started from, when those have no card (e.g. the shipped model's README.md)")
     ap.add_argument("--earlier-note", default="",
                     help="text on the stages between that card and the run (for the card)")
+    ap.add_argument("--mean-with", type=Path, action="append", default=[],
+                    help="ship the mean of the run's weights and this model directory's, in equal shares "
+                    "(scripts/average_weights.py; repeatable), as the card then says")
     ap.add_argument("--no-zoom", action="store_true", help="ship without the second look at small answers "
                     "(grounding.json's zoom, zoom.Zoom's defaults, on by default; set before calibrating)")
     args = ap.parse_args()
@@ -181,6 +184,14 @@ def main() -> int:
     from ofa_grounding.zoom import Zoom
 
     ckpt = read_checkpoint(args.run_model)
+    if args.mean_with:  # a soup of runs that share a start: the mean of their weights
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from average_weights import main as average_weights
+
+        mean = Path(tempfile.mkdtemp()) / "mean"
+        if average_weights([str(mean), str(args.run_model), *map(str, args.mean_with)]) != 0:
+            return 2
+        ckpt = read_checkpoint(mean)
     run = args.run_model.parent
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     cfg = state["config"]
@@ -271,12 +282,15 @@ def main() -> int:
         "",
         *([f"{EARLIER} {earlier}", ""] if earlier else []),
         f"{command} (`{args.recipe}` {args.stage}).",
-        f"The shipped weights are step {shipped_step}'s of a run of {state['step']} updates x {cfg['batch_size']} = "
+        f"The {'run' if args.mean_with else 'shipped'} weights are step {shipped_step}'s of a run of {state['step']} "
+        f"updates x {cfg['batch_size']} = "
         f"{state['step'] * cfg['batch_size']:,} samples seen, "
         + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
         + f"{' on ' + args.machine if args.machine else ''}."
         + (f" Validation Acc@0.5 (first {cfg['val_limit']} val samples) by step: "
-           + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + "." if val else ""),
+           + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + "." if val else "")
+        + (" What ships is the mean, in equal shares (`scripts/average_weights.py`), of these weights and "
+           + " and ".join(f"`{_repo_path(str(d.resolve()))}`" for d in args.mean_with) + "." if args.mean_with else ""),
         "",
         *([args.note, ""] if args.note else []),
     ]

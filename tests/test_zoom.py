@@ -48,7 +48,7 @@ def test_a_second_look_answers_from_the_crop() -> None:
     model's boxes have no area)."""
     texts = ["the red circle", "the blue square", "the green triangle", "the yellow star", "the purple star"]
     plain = Grounder.from_pretrained("demo-small", zoom=None, calibration=None)
-    zoom = Zoom(max_share=1.0, factor=1.0, min_side=200, min_iou=0.0)
+    zoom = Zoom(max_share=1.0, factor=1.5, min_side=200, min_iou=0.0)  # some context around each shape
     zooming = Grounder.from_pretrained("demo-small", zoom=zoom, calibration=None)
     image = Image.open(EXAMPLE).convert("RGB")
     first, second = plain.predict(image, texts), zooming.predict(image, texts)
