@@ -383,8 +383,9 @@ fi
 #     ordinal 83.8 against 81.7 %)? Stage 17's weights with FFNs twice as wide (scripts/widen_ffn.py: each unit copied,
 #     fc2 split between the copies in uneven shares, so training starts from stage 17's answers), from the cell heads
 #     of its last/ (HEADS20), on stage 18's mix at 224 px with stage 18's learning rate and seed (1.2e-4, 71): 3,000
-#     updates. Runs only with RUN_STAGE20=1; STEPS20 (default 3000) updates; THREADS20 threads (default: THREADS,
-#     else 2).
+#     updates. Tried 2026-12-07, not shipped (selection set 84.4 %, stage 17: 84.3; 1.46x the FLOPs;
+#     docs/experiments/2026-12-05-demo-wide-world.md, stage 20). Runs only with RUN_STAGE20=1; STEPS20 (default
+#     3000) updates; THREADS20 threads (default: THREADS, else 2).
 if [ -n "${RUN_STAGE20:-}" ]; then
   STEPS20=${STEPS20:-3000}
   HEADS20=${HEADS20:-$(last_heads stage17)}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe of the bundled `demo-small` model (issue 30; docs/distillation.md), three stages:
+# The recipe of the bundled `demo-small` model (issue 30; docs/distillation.md), in stages:
 #   1. the experiment: scripts/distill_experiment.sh (the `mini` preset trained and distilled from the bundled
 #      `demo` model, three seeds, on the first world; OUT/experiment/results.tsv holds the table's numbers);
 #   2. the distilled student of seed 1 (chosen before any score was seen) distilled further from `demo` on the
