@@ -183,15 +183,6 @@ def main() -> int:
     from ofa_grounding.presets import match_preset
     from ofa_grounding.zoom import Zoom
 
-    ckpt = read_checkpoint(args.run_model)
-    if args.mean_with:  # a soup of runs that share a start: the mean of their weights
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from average_weights import main as average_weights
-
-        mean = Path(tempfile.mkdtemp()) / "mean"
-        if average_weights([str(mean), str(args.run_model), *map(str, args.mean_with)]) != 0:
-            return 2
-        ckpt = read_checkpoint(mean)
     run = args.run_model.parent
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     cfg = state["config"]
@@ -207,6 +198,15 @@ def main() -> int:
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it
         earlier = earlier.split(command)[0].strip() or None
     with tempfile.TemporaryDirectory() as tmp:  # what ships, calibrated there, then moved into place
+        source = args.run_model
+        if args.mean_with:  # a soup of runs that share a start: the mean of their weights
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from average_weights import main as average_weights
+
+            source = Path(tmp) / "mean"
+            if average_weights([str(source), str(args.run_model), *map(str, args.mean_with)]) != 0:
+                return 2
+        ckpt = read_checkpoint(source)
         staged = Path(tmp) / "model"
         save_checkpoint(staged, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
                         metadata={"source": f"ofa-grounding {args.recipe}"}, dtype=torch.float16)

@@ -103,17 +103,18 @@ if [ -z "${SKIP8:-}" ]; then
   TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX8:-runs/demo/stage17-data} distill_stage stage8 \
     "$OUT/stage7/best" "${STEPS8:-5000}" "${THREADS8:-1}" 1e-4 41 "${MINUTES8:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
+MIX9=${MIX9:-runs/demo/stage18-data}  # stages 9 and 10 (absent rows twice) train on it
 if [ -z "${SKIP9:-}" ]; then
   HEADS=(); [ -d "$OUT/stage9/last" ] || HEADS=(--heads-from "$OUT/stage8/last")  # a new run: stage 8's cell heads
-  TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=${MIX9:-runs/demo/stage18-data} distill_stage stage9 \
+  TEACHER=${TEACHER8:-stages/demo/stage17/weights} MIX=$MIX9 distill_stage stage9 \
     "$OUT/stage8/last" "${STEPS9:-3500}" "${THREADS9:-1}" 1e-4 43 "${MINUTES9:-}" --attn-weight 0 $BF16 "${HEADS[@]}"
 fi
 if [ -z "${SKIP10:-}" ]; then  # stage 9 again with the absent rows twice: "not found" kept
   MIX10=${MIX10:-$OUT/stage10-data}
   if [ ! -f "$MIX10/train.jsonl" ]; then
     mkdir -p "$MIX10"
-    for link in "${MIX9:-runs/demo/stage18-data}"/*-images; do ln -sfn "$(readlink -f "$link")" "$MIX10/$(basename "$link")"; done
-    ${PYTHON:-python3} "$(dirname "$0")/mix_rows.py" "${MIX9:-runs/demo/stage18-data}/train.jsonl,absent=2" \
+    for link in "$MIX9"/*-images; do ln -sfn "$(readlink -f "$link")" "$MIX10/$(basename "$link")"; done
+    ${PYTHON:-python3} "$(dirname "$0")/mix_rows.py" "$MIX9/train.jsonl,absent=2" \
       > "$MIX10/train.jsonl.part"
     mv "$MIX10/train.jsonl.part" "$MIX10/train.jsonl"
   fi

@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = wider.config
     return write_if_same(loaded, wider, args.out, {"widened_from": str(args.model)},
                          f"FFN {cfg.encoder_ffn_dim} (encoder) / {cfg.decoder_ffn_dim} (decoder)", tolerance=1e-4)
-    return 0
 
 
 if __name__ == "__main__":
