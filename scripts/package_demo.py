@@ -9,6 +9,11 @@ calibrate --write`, held out on its test split, with a reliability plot), scores
 --data and --unseen benchmark (seeds never trained or tuned on) beside the trivial baselines, and writes the
 model card (README.md): what it knows (every word of its training descriptions), what it cannot do, the
 numbers, the run's training command, its samples seen and wall time.
+
+    python scripts/package_demo.py src/ofa_grounding/models/NAME --repackage --name NAME --zoom max_share=0.35 ...
+
+re-packages a bundled model as it is (its weights untouched, its card's Training section kept, --note added to
+it): for a new second-look setting (`--zoom`), calibrated and scored again.
 """
 
 from __future__ import annotations
@@ -148,6 +153,35 @@ def _kind_table(result: dict) -> list[str]:
               for k, v in kinds.items()]]
 
 
+def zoom_settings(text: str):
+    """--zoom's "max_share=0.35,min_iou=0.1" -> a Zoom (zoom.Zoom's defaults for the keys not given)."""
+    from ofa_grounding.zoom import Zoom
+
+    values: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            values[key.strip()] = float(value) if key.strip() != "min_side" else int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--zoom wants KEY=NUMBER items, got {item!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--zoom wants KEY=NUMBER items, got {item!r}")
+    try:
+        return Zoom.from_json(values)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def zoom_sentence(zoom) -> list[str]:
+    """The card's words for its second look."""
+    return [f"With a second look at small answers (`grounding.json`'s `zoom`: an answer at most "
+            f"{100 * zoom.max_share:g} % of the image's",
+            f"width and height is looked at again in a square crop {zoom.factor:g} times its size (at least "
+            f"{zoom.min_side} px), and the",
+            f"box found there replaces it when the two overlap (IoU >= {zoom.min_iou:g}); `--no-zoom` or `zoom=None` "
+            "turns it off).", ""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_model", type=Path, help="the run's best/ (or last/) model directory")
@@ -175,14 +209,23 @@ def main() -> int:
                     help="ship the mean of the run's weights and this model directory's, in equal shares "
                     "(scripts/average_weights.py; repeatable), as the card then says")
     ap.add_argument("--no-zoom", action="store_true", help="ship without the second look at small answers "
-                    "(grounding.json's zoom, zoom.Zoom's defaults, on by default; set before calibrating)")
+                    "(grounding.json's zoom, on by default; set before calibrating)")
+    ap.add_argument("--zoom", type=zoom_settings, default=zoom_settings(""), metavar="KEY=VALUE,...",
+                    help="the second look's settings where they differ from zoom.Zoom's defaults, e.g. "
+                    "max_share=0.35,min_iou=0.1")
+    ap.add_argument("--repackage", action="store_true",
+                    help="run_model is a bundled model: ship its weights as they are and keep its card's Training "
+                    "section (for a new --zoom), instead of a training run's")
     args = ap.parse_args()
+    if args.repackage and (args.mean_with or args.earlier_card or args.earlier_note):
+        ap.error("--repackage ships the model as it is: no --mean-with, --earlier-card or --earlier-note")
     args.out = args.out or ROOT / "src" / "ofa_grounding" / "models" / args.name
     args.plot = args.plot or ROOT / "docs" / f"{args.name}-confidence.png"
-    from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint, write_grounding
-    from ofa_grounding.presets import match_preset
-    from ofa_grounding.zoom import Zoom
-
+    if args.repackage:  # the card's Training section as it is, read before --out (often this very model) is replaced
+        kept = _training_history(args.run_model)
+        if kept is None:
+            ap.error(f"--repackage: {args.run_model} has no model card with a Training section")
+        return repackage(args, kept)
     run = args.run_model.parent
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     cfg = state["config"]
@@ -197,7 +240,7 @@ def main() -> int:
         earlier = f"{earlier or ''}\n\n{args.earlier_note}".strip()
     if earlier and command in earlier:  # re-packaging the run that wrote that card: keep what came before it
         earlier = earlier.split(command)[0].strip() or None
-    with tempfile.TemporaryDirectory() as tmp:  # what ships, calibrated there, then moved into place
+    with tempfile.TemporaryDirectory() as tmp:
         source = args.run_model
         if args.mean_with:  # a soup of runs that share a start: the mean of their weights
             sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -206,31 +249,78 @@ def main() -> int:
             source = Path(tmp) / "mean"
             if average_weights([str(source), str(args.run_model), *map(str, args.mean_with)]) != 0:
                 return 2
-        ckpt = read_checkpoint(source)
-        staged = Path(tmp) / "model"
-        save_checkpoint(staged, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
-                        metadata={"source": f"ofa-grounding {args.recipe}"}, dtype=torch.float16)
-        if not args.no_zoom:  # before the calibration, which then fits the answers as they ship
-            write_grounding(staged, None, None, Zoom())
-        calib = _calibrate(staged, args.data[0], args.plot)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        shutil.copytree(staged, args.out)
+        ckpt, calib = _ship(args, source, Path(tmp))
     log_rows = list(csv.DictReader((run / "log.csv").open()))
     val = [(r["step"], r["val_acc50"]) for r in log_rows if r["val_acc50"]]
-    size = (args.out / "model.safetensors").stat().st_size
     from safetensors import safe_open
 
     weights = args.run_model / "model.safetensors"
     with safe_open(str(weights), "pt") as f:
         shipped_step = (f.metadata() or {}).get("step", "?")
+    lines = [
+        *_card(args, ckpt, calib),
+        *([f"{EARLIER} {earlier}", ""] if earlier else []),
+        f"{command} (`{args.recipe}` {args.stage}).",
+        f"The {'run' if args.mean_with else 'shipped'} weights are step {shipped_step}'s of a run of {state['step']} "
+        f"updates x {cfg['batch_size']} = "
+        f"{state['step'] * cfg['batch_size']:,} samples seen, "
+        + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
+        + f"{' on ' + args.machine if args.machine else ''}."
+        + (f" Validation Acc@0.5 (first {cfg['val_limit']} val samples) by step: "
+           + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + "." if val else "")
+        + (" What ships is the mean, in equal shares (`scripts/average_weights.py`), of these weights and "
+           + " and ".join(f"`{_repo_path(str(d.resolve()))}`" for d in args.mean_with) + "." if args.mean_with else ""),
+        "",
+        *([args.note, ""] if args.note else []),
+    ]
+    (args.out / "README.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def repackage(args: argparse.Namespace, training: str) -> int:
+    """A bundled model shipped again as it is, with the second look of --zoom: calibrated and scored again; its
+    card's Training section kept, --note added."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, calib = _ship(args, args.run_model, Path(tmp))
+    lines = [*_card(args, ckpt, calib), training, "", *([args.note, ""] if args.note else [])]
+    (args.out / "README.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def _ship(args: argparse.Namespace, source: Path, tmp: Path):
+    """The float16 copy of SOURCE with its second look, calibrated in TMP, then moved to --out."""
+    from ofa_grounding.checkpoint import read_checkpoint, save_checkpoint, write_grounding
+
+    ckpt = read_checkpoint(source)
+    staged = tmp / "model"
+    if args.repackage:  # a bundled model's files as they are (its weights byte for byte)
+        shutil.copytree(source, staged)
+    else:
+        save_checkpoint(staged, ckpt.model, ckpt.tokenizer_dir, ckpt.preprocess, ckpt.generation,
+                        metadata={"source": f"ofa-grounding {args.recipe}"}, dtype=torch.float16)
+    # the second look before the calibration, which then fits the answers as they ship (an earlier
+    # grounding.json's calibration goes)
+    write_grounding(staged, None, None, None if args.no_zoom else args.zoom)
+    calib = _calibrate(staged, args.data[0], args.plot)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    shutil.copytree(staged, args.out)
+    return ckpt, calib
+
+
+def _card(args: argparse.Namespace, ckpt, calib: dict) -> list[str]:
+    """The model card up to its Training section's text: what it is and knows, its scores (the test split of
+    every --data and --unseen benchmark, scored now), its confidence."""
+    from ofa_grounding.presets import match_preset
 
     results = {}
     for data in args.data:
         results[f"{data.name} (test)"] = (_eval(args.out, data), _baselines(data))
     for unseen in args.unseen:
         results[f"{unseen.name} (test, unseen seed)"] = (_eval(args.out, unseen), _baselines(unseen))
-
+    size = (args.out / "model.safetensors").stat().st_size
     c, side = ckpt.model.config, ckpt.preprocess.patch_image_size
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     lines = [
@@ -251,10 +341,7 @@ def main() -> int:
         "",
         "## Scores (this float16 copy, test splits, beam 5)",
         "",
-        *([] if args.no_zoom else [
-            "With a second look at small answers (`grounding.json`'s `zoom`: an answer at most 15 % of the image's",
-            "width and height is looked at again in a square crop 4 times its size, and the box found there",
-            "replaces it when the two overlap; `--no-zoom` or `zoom=None` turns it off).", ""]),
+        *([] if args.no_zoom else zoom_sentence(args.zoom)),
         "| benchmark | samples | Acc@0.5 | Acc@0.75 | mIoU | absent: \"not found\" | best trivial baseline |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -280,23 +367,8 @@ def main() -> int:
         "",
         "## Training",
         "",
-        *([f"{EARLIER} {earlier}", ""] if earlier else []),
-        f"{command} (`{args.recipe}` {args.stage}).",
-        f"The {'run' if args.mean_with else 'shipped'} weights are step {shipped_step}'s of a run of {state['step']} "
-        f"updates x {cfg['batch_size']} = "
-        f"{state['step'] * cfg['batch_size']:,} samples seen, "
-        + (f"{args.wall_minutes:.0f} minutes of wall time" if args.wall_minutes else "wall time not recorded")
-        + f"{' on ' + args.machine if args.machine else ''}."
-        + (f" Validation Acc@0.5 (first {cfg['val_limit']} val samples) by step: "
-           + ", ".join(f"{s}: {100 * float(a):.1f} %" for s, a in val) + "." if val else "")
-        + (" What ships is the mean, in equal shares (`scripts/average_weights.py`), of these weights and "
-           + " and ".join(f"`{_repo_path(str(d.resolve()))}`" for d in args.mean_with) + "." if args.mean_with else ""),
-        "",
-        *([args.note, ""] if args.note else []),
     ]
-    (args.out / "README.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@
 #      +3.7, but more "not found" for small and tilted objects);
 #   then the mean of stage 9's and stage 10's last weights (scripts/average_weights.py, through package_demo.py's
 #      --mean-with) is packaged as src/ofa_grounding/models/demo-small (float16, calibrated on the wide world's val
-#      split; the card's history up to stage 8 from stage 8's card as it shipped, stages/demo-small/stage8/README.md).
+#      split; the card's history up to stage 8 from stage 8's card as it shipped, stages/demo-small/stage8/README.md),
+#      its second look counting at IoU >= 0.1 (--zoom min_iou=0.1: chosen on that val split on 2026-12-07,
+#      docs/experiments/2026-12-07-demo-small-second-look.md).
 #   bash scripts/train_demo_small.sh [OUT]
 # Environment: MIX [runs/demo/stage4-data], BENCH2 [data/v2-bench], UNSEEN2 [data/v2-unseen-seed-7],
 #   STEPS2 [6000] updates of stage 2, THREADS2 [1], MINUTES2 (optional wall-time guard), STEPS3 [7000],
@@ -129,6 +131,7 @@ STAGE10_NOTE="stage 10, 2026-12-07: stage 9 again with the absent-object rows tw
 [ -n "${SKIP_PACKAGE:-}" ] || python3 "$(dirname "$0")/package_demo.py" "$OUT/stage10/last" --mean-with "$OUT/stage9/last" \
   --name demo-small --data "$BENCH2" data/v1-bench --unseen "$UNSEEN2" data/v1-unseen-seed-7 data/v2-unseen-seed-23 \
   --recipe scripts/train_demo_small.sh --stage "$STAGE10_NOTE" --earlier-card stages/demo-small/stage8/README.md \
+  --zoom min_iou=0.1 \
   --limitation "Asked for a diamond where there is only a square standing on a corner, it points at the square (84\
  squares in the rotated-45 scenes of benchmarks/drawings_probe.py, seeds 0 and 1, 2026-12-07: 66 times); asked for the\
  square, it finds it (77 of 84)." \
