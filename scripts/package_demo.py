@@ -40,20 +40,30 @@ TRAIN_KEYS = ("model", "data", "max_steps", "batch_size", "lr", "min_lr", "warmu
               "bin_sigma", "attr_weight", "pointer_weight", "smooth_bins", "absent_rate", "backbone_from", "seed")
 
 
+def _cli(*args: str) -> dict:
+    """`ofa-ground ARGS --json`'s answer; a failure ends this script with the command's own one-line error."""
+    proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", *args, "--json", "--no-progress"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"package_demo: ofa-ground {args[0]} failed (exit {proc.returncode}): {last}")
+    return json.loads(proc.stdout)
+
+
 def _eval(model: Path, data: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "ofa_grounding.cli", "eval", "--model", str(model), "--data",
-                           str(data), "--split", "test", "--json", "--no-progress"],
-                          capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)["splits"]["test"]
+    return _cli("eval", "--model", str(model), "--data", str(data), "--split", "test")["splits"]["test"]
+
+
+def _auroc(value: float | None) -> str:
+    return "undefined (all answers right or all wrong)" if value is None else f"{value:.3f}"
 
 
 def _calibrate(model: Path, data: Path, plot: Path | None) -> dict:
     """Fit the confidence calibration on DATA's val split, held out on its test split; store it in MODEL."""
-    cmd = [sys.executable, "-m", "ofa_grounding.cli", "calibrate", "--model", str(model), "--data", str(data),
-           "--split", "val", "--test-split", "test", "--write", "--json", "--no-progress"]
     if plot:
-        cmd += ["--plot", str(plot)]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        plot.parent.mkdir(parents=True, exist_ok=True)
+    return _cli("calibrate", "--model", str(model), "--data", str(data), "--split", "val", "--test-split", "test",
+                "--write", *(["--plot", str(plot)] if plot else []))
 
 
 def _baselines(data: Path) -> dict[str, float]:
@@ -362,7 +372,7 @@ def _card(args: argparse.Namespace, ckpt, calib: dict) -> list[str]:
         "found\": the object is absent), calibrated by `ofa-ground calibrate` on the val split of "
         f"`{args.data[0].name}` ({calib['fit']['answers']} answers) and stored in `grounding.json`. On its test "
         f"split ({held['answers']} answers, held out): expected calibration error {held['raw_ece']:.3f} "
-        f"(raw) -> {held['ece']:.3f}, AUROC right vs wrong {held['raw_auroc']:.3f} -> {held['auroc']:.3f}; "
+        f"(raw) -> {held['ece']:.3f}, AUROC right vs wrong {_auroc(held['raw_auroc'])} -> {_auroc(held['auroc'])}; "
         f"{100 * half['answers']:.1f} % of answers at >= 0.5, {100 * (half['right'] or 0):.1f} % of those right.",
         "",
         "## Training",
