@@ -3,38 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from ofa_grounding.zoom import Zoom
 
-ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.fixture(scope="module")
+def package_demo(load_script):
+    return load_script("package_demo")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("package_demo", ROOT / "scripts" / "package_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_zoom_settings_override_the_defaults_given_only() -> None:
-    zoom_settings = _script().zoom_settings
+def test_zoom_settings_override_the_defaults_given_only(package_demo) -> None:
+    zoom_settings = package_demo.zoom_settings
     assert zoom_settings("") == Zoom()
     assert zoom_settings("max_share=0.35,min_iou=0.1") == Zoom(max_share=0.35, min_iou=0.1)
     assert zoom_settings("min_side=96").min_side == 96
 
 
 @pytest.mark.parametrize("text", ["max_share", "max_share=big", "size=3", "min_iou=2"])
-def test_zoom_settings_refuse_what_is_no_setting(text: str) -> None:
+def test_zoom_settings_refuse_what_is_no_setting(package_demo, text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        _script().zoom_settings(text)
+        package_demo.zoom_settings(text)
 
 
-def test_the_card_states_the_settings_it_ships() -> None:
-    text = " ".join(_script().zoom_sentence(Zoom(max_share=0.2, factor=4.0, min_side=64, min_iou=0.1)))
+def test_the_card_states_the_settings_it_ships(package_demo) -> None:
+    text = " ".join(package_demo.zoom_sentence(Zoom(max_share=0.2, factor=4.0, min_side=64, min_iou=0.1)))
     assert "at most 20 % of the image's width and height" in text
     assert "4 times its size (at least 64 px)" in text
     assert "(IoU >= 0.1)" in text
