@@ -165,17 +165,18 @@ def _kind_table(result: dict) -> list[str]:
 
 def zoom_settings(text: str):
     """--zoom's "max_share=0.35,min_iou=0.1" -> a Zoom (zoom.Zoom's defaults for the keys not given)."""
+    from dataclasses import fields
+
     from ofa_grounding.zoom import Zoom
 
+    kinds = {f.name: type(f.default) for f in fields(Zoom)}  # min_side an int, the others floats
     values: dict[str, float] = {}
     for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
+        key, _, value = (part.strip() for part in item.partition("="))
         try:
-            values[key.strip()] = float(value) if key.strip() != "min_side" else int(value)
-        except ValueError:
+            values[key] = kinds.get(key, float)(value)  # an unknown key: Zoom.from_json names it below
+        except ValueError:  # no "=" (an empty value) or not a number
             raise argparse.ArgumentTypeError(f"--zoom wants KEY=NUMBER items, got {item!r}") from None
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--zoom wants KEY=NUMBER items, got {item!r}")
     try:
         return Zoom.from_json(values)
     except (TypeError, ValueError) as e:
@@ -283,9 +284,7 @@ def main() -> int:
         "",
         *([args.note, ""] if args.note else []),
     ]
-    (args.out / "README.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return _write_card(args, lines)
 
 
 def repackage(args: argparse.Namespace, training: str) -> int:
@@ -293,7 +292,10 @@ def repackage(args: argparse.Namespace, training: str) -> int:
     card's Training section kept, --note added."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, calib = _ship(args, args.run_model, Path(tmp))
-    lines = [*_card(args, ckpt, calib), training, "", *([args.note, ""] if args.note else [])]
+    return _write_card(args, [*_card(args, ckpt, calib), training, "", *([args.note, ""] if args.note else [])])
+
+
+def _write_card(args: argparse.Namespace, lines: list[str]) -> int:
     (args.out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
